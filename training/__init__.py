@@ -1,0 +1,1 @@
+"""Training: teacher data, rewards, UDRL examples and the GPT-2 student."""

@@ -1,0 +1,28 @@
+"""`python -m training <command>`: every training stage behind one CLI.
+
+Each stage module registers its own subcommand (`add_parser`) so its flags live next
+to its code; this file only lists the stages in pipeline order.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Pipeline order: generate -> score -> train -> eval. A stage whose module is missing
+# is left out of --help rather than breaking the CLI.
+STAGES = ("training.generate", "training.score", "training.train", "training.evaluate")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__)
+    subparsers = parser.add_subparsers(dest="command", required=True)
+    for name in STAGES:
+        importlib.import_module(name).add_parser(subparsers)
+    args = parser.parse_args(argv)
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,60 @@
+"""The checkpoint: what training hands to export.
+
+A directory with the Hugging Face model (`config.json`, `model.safetensors`), the
+tokenizer with its command tokens (`tokenizer.json`), and `udrl.json`: the command
+vocabulary with its fitted bucket edges, generation defaults and provenance. Export
+copies the last two into the bundle manifest unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tokenizers import Tokenizer
+from transformers import GPT2LMHeadModel
+
+from contract.command import CommandSpec
+from training.tokenizer import TOKENIZER_FILE
+
+UDRL_FILE = "udrl.json"
+DEFAULT_GENERATION = {"temperature": 0.8, "top_p": 0.95, "top_k": 0, "max_new_tokens": 96}
+
+
+@dataclass
+class Checkpoint:
+    model: GPT2LMHeadModel
+    tokenizer: Tokenizer
+    command: CommandSpec
+    generation: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_GENERATION))
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+
+def save_checkpoint(checkpoint: Checkpoint, out_dir: Path | str) -> Path:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint.model.save_pretrained(out_dir, safe_serialization=True)
+    checkpoint.tokenizer.save(str(out_dir / TOKENIZER_FILE))
+    udrl = {
+        "command": checkpoint.command.to_dict(),
+        "generation": checkpoint.generation,
+        "provenance": checkpoint.provenance,
+    }
+    (out_dir / UDRL_FILE).write_text(json.dumps(udrl, indent=2) + "\n")
+    return out_dir
+
+
+def load_checkpoint(path: Path | str) -> Checkpoint:
+    path = Path(path)
+    if not (path / UDRL_FILE).is_file():
+        raise FileNotFoundError(f"{path} is not a checkpoint: it has no {UDRL_FILE}")
+    udrl = json.loads((path / UDRL_FILE).read_text())
+    return Checkpoint(
+        model=GPT2LMHeadModel.from_pretrained(str(path)).eval(),
+        tokenizer=Tokenizer.from_file(str(path / TOKENIZER_FILE)),
+        command=CommandSpec.from_dict(udrl["command"]),
+        generation=udrl.get("generation", dict(DEFAULT_GENERATION)),
+        provenance=udrl.get("provenance", {}),
+    )
