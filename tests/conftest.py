@@ -1,0 +1,43 @@
+"""Shared fixtures: small real artefacts built once per test session.
+
+Nothing here is downloaded: the tokenizer is GPT-2's real BPE (shipped in the repo),
+and models are initialised from config.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TINY_TASKS = ("t2i_prompt", "search_queries", "title")
+TINY_CORPUS = [
+    "holiday sale",
+    "cozy reading nook",
+    "a festive storefront with warm string lights and red ribbons, soft focus, golden hour",
+    "winter discount ideas, christmas deals near me, gift guide under 50",
+    "Warm Winter Savings",
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A randomly initialised 2-layer GPT-2 checkpoint with the compact tokenizer."""
+    import torch
+
+    from contract.command import CommandSpec
+    from training.checkpoint import Checkpoint, save_checkpoint
+    from training.model import build_model
+    from training.tokenizer import add_command_tokens, compact_gpt2_tokenizer
+
+    torch.manual_seed(0)
+    spec = CommandSpec(tasks=TINY_TASKS, max_words=32, relevance_edges={t: (0.3, 0.5) for t in TINY_TASKS})
+    tokenizer = add_command_tokens(compact_gpt2_tokenizer(TINY_CORPUS), spec.special_tokens())
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    model = build_model("tiny", tokenizer.get_vocab_size(), eos, n_layer=2, n_embd=64, n_head=2, n_positions=128)
+    out = tmp_path_factory.mktemp("tiny_checkpoint")
+    return save_checkpoint(Checkpoint(model.eval(), tokenizer, spec, provenance={"note": "random init, tests"}), out)
