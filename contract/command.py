@@ -77,9 +77,7 @@ class CommandSpec:
         if task not in self.tasks:
             raise CommandError(f"unknown task {task!r}; this model knows {list(self.tasks)}")
         if not self.min_words <= words <= self.max_words:
-            raise CommandError(
-                f"length {words} is outside the trained range {self.min_words}..{self.max_words} words"
-            )
+            raise CommandError(f"length {words} is outside the trained range {self.min_words}..{self.max_words} words")
         if relevance not in RELEVANCE_LEVELS:
             raise CommandError(f"unknown relevance {relevance!r}; use one of {list(RELEVANCE_LEVELS)}")
 

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from contract.command import CommandSpec, CommandError
+from contract.command import CommandError, CommandSpec
 
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
@@ -119,7 +119,9 @@ class Manifest:
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         version = data.get("format_version")
         if version != FORMAT_VERSION:
-            raise BundleError(f"manifest format_version {version!r} is not supported (this code reads {FORMAT_VERSION})")
+            raise BundleError(
+                f"manifest format_version {version!r} is not supported (this code reads {FORMAT_VERSION})"
+            )
         try:
             return cls(
                 name=data["name"],
@@ -157,5 +159,7 @@ def load_manifest(bundle_dir: Path | str, verify_hashes: bool = True) -> Manifes
                 raise BundleError(f"bundle file {name} is missing from {bundle_dir}")
             actual = sha256_file(file)
             if actual != expected:
-                raise BundleError(f"bundle file {name} has sha256 {actual[:12]}..., the manifest says {expected[:12]}...")
+                raise BundleError(
+                    f"bundle file {name} has sha256 {actual[:12]}..., the manifest says {expected[:12]}..."
+                )
     return manifest

@@ -1,0 +1,1 @@
+"""Load generator: drives a running server and reports latency percentiles and throughput."""
