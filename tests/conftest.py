@@ -41,3 +41,16 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model = build_model("tiny", tokenizer.get_vocab_size(), eos, n_layer=2, n_embd=64, n_head=2, n_positions=128)
     out = tmp_path_factory.mktemp("tiny_checkpoint")
     return save_checkpoint(Checkpoint(model.eval(), tokenizer, spec, provenance={"note": "random init, tests"}), out)
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The `tiny_checkpoint` exported by export's own code: fp32 + int8 + fp16, all verified."""
+    from export.bundle import build_bundle
+
+    out = tmp_path_factory.mktemp("tiny_bundle") / "bundle"
+    # INT8 next-token agreement only means something on a trained model; a random-init one
+    # has near-flat logits, so the threshold is off here (test_export checks it on a trained one).
+    result = build_bundle(tiny_checkpoint, out, ("fp32", "int8", "fp16"), int8_min_agreement=0.0)
+    assert result.bundle_dir is not None and not result.failures, result.failures
+    return result.bundle_dir

@@ -1,0 +1,158 @@
+"""Checkpoint -> bundle: export, derive variants, verify each, write the manifest.
+
+The bundle is assembled in `<out>.partial` and moved into place only at the end, so the
+server never finds a half-written bundle at `<out>`. A variant that fails verification is
+left out of the manifest; the caller learns why from the returned failures.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from contract.command import EOS_TOKEN
+from contract.manifest import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    LOGITS,
+    MANIFEST_FILE,
+    POSITION_IDS,
+    Manifest,
+    ModelInfo,
+    Variant,
+    past_names,
+    present_names,
+    sha256_file,
+)
+from export.onnx_graph import OPSET, TorchRunner, export_decoder
+from export.variants import DERIVE, VARIANTS
+from export.verify import MIN_INT8_AGREEMENT, verify_files
+from training.checkpoint import Checkpoint, load_checkpoint
+from training.tokenizer import TOKENIZER_FILE
+
+DEFAULT_VARIANTS = ("fp32", "int8", "fp16")
+
+
+class ExportError(RuntimeError):
+    """Bad input to export (unknown variant, output path in the way...)."""
+
+
+@dataclass
+class BundleResult:
+    bundle_dir: Path | None  # None when no variant passed and nothing was published
+    manifest: Manifest | None
+    failures: dict[str, list[str]] = field(default_factory=dict)
+
+
+def model_info(checkpoint: Checkpoint) -> ModelInfo:
+    config = checkpoint.model.config
+    eos = checkpoint.tokenizer.token_to_id(EOS_TOKEN)
+    return ModelInfo(
+        architecture="gpt2",
+        n_layer=config.n_layer,
+        n_head=config.n_head,
+        n_embd=config.n_embd,
+        vocab_size=config.vocab_size,
+        n_positions=config.n_positions,
+        eos_token_id=config.eos_token_id if eos is None else eos,
+    )
+
+
+def export_provenance(checkpoint_dir: Path) -> dict[str, Any]:
+    weights = checkpoint_dir / "model.safetensors"
+    versions = {pkg: importlib.metadata.version(pkg) for pkg in ("torch", "transformers", "onnx", "onnxruntime")}
+    return {
+        "checkpoint": str(checkpoint_dir),
+        "checkpoint_sha256": sha256_file(weights) if weights.is_file() else None,
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "versions": versions,
+    }
+
+
+def prepare_out_dir(out_dir: Path) -> Path:
+    """The staging directory; refuse to later replace anything that is not a bundle."""
+    if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).is_file():
+        raise ExportError(f"{out_dir} exists and is not a bundle; refusing to replace it")
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def build_bundle(
+    checkpoint_dir: Path | str,
+    out_dir: Path | str,
+    variants: tuple[str, ...] = DEFAULT_VARIANTS,
+    int8_min_agreement: float = MIN_INT8_AGREEMENT,
+    name: str | None = None,
+) -> BundleResult:
+    checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
+    unknown = [v for v in variants if v not in VARIANTS]
+    if unknown or not variants:
+        raise ExportError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    print(f"[1/4] loading checkpoint {checkpoint_dir}", flush=True)
+    checkpoint = load_checkpoint(checkpoint_dir)
+    info = model_info(checkpoint)
+    staging = prepare_out_dir(out_dir)
+
+    print(f"[2/4] exporting the fp32 decoder graph (opset {OPSET})", flush=True)
+    fp32_path = export_decoder(checkpoint.model, staging / "decoder_fp32.onnx")
+    files = {"fp32": fp32_path}
+    for variant in variants:
+        if variant != "fp32":
+            print(f"[3/4] deriving {variant}", flush=True)
+            files[variant] = DERIVE[variant](fp32_path, staging / f"decoder_{variant}.onnx")
+
+    print("[4/4] verifying each variant against PyTorch (prefill + decode steps)", flush=True)
+    checked = {v: files[v] for v in variants}
+    results = verify_files(
+        checked, info, TorchRunner(checkpoint.model), checkpoint.tokenizer, checkpoint.command, int8_min_agreement
+    )
+    if "fp32" not in variants:
+        fp32_path.unlink()  # only the source of the others
+
+    entries, failures = [], {}
+    for variant, result in results.items():
+        if not result["passed"]:
+            failures[variant] = result["failures"]
+            checked[variant].unlink()
+            continue
+        spec = VARIANTS[variant]
+        entries.append(
+            Variant(
+                name=variant,
+                file=checked[variant].name,
+                dtype=spec.dtype,
+                kv_dtype=spec.kv_dtype,
+                provider=spec.provider,
+                opset=OPSET,
+                sha256=sha256_file(checked[variant]),
+                inputs=[INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *past_names(info.n_layer)],
+                outputs=[LOGITS, *present_names(info.n_layer)],
+                verification=result,
+            )
+        )
+    if not entries:
+        shutil.rmtree(staging)
+        return BundleResult(None, None, failures)
+
+    shutil.copyfile(checkpoint_dir / TOKENIZER_FILE, staging / TOKENIZER_FILE)
+    manifest = Manifest(
+        name=name or checkpoint_dir.name,
+        model=info,
+        tokenizer_file=TOKENIZER_FILE,
+        tokenizer_sha256=sha256_file(staging / TOKENIZER_FILE),
+        command=checkpoint.command,
+        variants=entries,
+        generation=dict(checkpoint.generation),
+        provenance={**checkpoint.provenance, "export": export_provenance(checkpoint_dir)},
+    )
+    manifest.write(staging)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    staging.rename(out_dir)
+    print(f"bundle written to {out_dir}: {[v.name for v in entries]}", flush=True)
+    return BundleResult(out_dir, manifest, failures)

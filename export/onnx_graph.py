@@ -1,0 +1,157 @@
+"""PyTorch GPT-2 -> one ONNX decoder graph with a KV cache (the decoder contract in DESIGN.md).
+
+The graph serves both prefill (past length 0) and decode (one new token per row):
+
+    inputs   input_ids [B,S], attention_mask [B,P+S], position_ids [B,S],
+             past_key_values.{i}.key/value [B,n_head,P,head_dim]
+    outputs  logits [B,vocab] (last position only), present.{i}.key/value [B,n_head,P+S,head_dim]
+
+Batches are left-padded, so the last position is every row's newest token, and the LM head
+runs on one position per row instead of the whole prompt.
+
+A plain `torch.onnx.export(dynamo=False)` of a wrapper with flat past tensors matches torch
+to ~1e-7 (DESIGN.md). transformers 5 wants a Cache object, so the wrapper builds a
+DynamicCache from the flat tensors; the tracer only ever sees plain tensors at the boundary.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper
+from transformers import DynamicCache, GPT2LMHeadModel
+
+from contract.manifest import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, past_names, present_names
+
+OPSET = 17  # the first opset with LayerNormalization as one op
+
+
+class DecoderWithPast(torch.nn.Module):
+    """GPT-2 with flat past/present tensors and last-position logits: the graph's signature."""
+
+    def __init__(self, model: GPT2LMHeadModel) -> None:
+        super().__init__()
+        self.model = model
+        self.n_layer = model.config.n_layer
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        cache = DynamicCache(
+            ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(self.n_layer)], config=self.model.config
+        )
+        out = self.model.transformer(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True
+        )
+        logits = self.model.lm_head(out.last_hidden_state[:, -1, :])
+        present = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+        return (logits, *present)
+
+
+def decoder_for_export(model: GPT2LMHeadModel) -> DecoderWithPast:
+    """The wrapper in eval mode, with eager attention.
+
+    Eager attention traces to plain MatMul/Softmax that every ONNX Runtime provider runs;
+    eval mode matters twice: no dropout, and torch.onnx.export restores the *wrapper's*
+    training flag on the way out, so a fresh (training-mode) wrapper would leave the model
+    in training mode afterwards.
+    """
+    model.config._attn_implementation = "eager"
+    return DecoderWithPast(model).eval()
+
+
+def sample_inputs(model: GPT2LMHeadModel, batch: int = 2, past: int = 3, seq: int = 4) -> tuple[torch.Tensor, ...]:
+    """Tracing inputs with a past and a left-padded row, so no shape- or padding-specific
+    shortcut (empty cache, all-ones mask) can be baked into the traced graph."""
+    config = model.config
+    generator = torch.Generator().manual_seed(0)
+    input_ids = torch.randint(0, config.vocab_size, (batch, seq), generator=generator)
+    attention_mask = torch.ones(batch, past + seq, dtype=torch.long)
+    attention_mask[0, :2] = 0
+    position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
+    head_dim = config.n_embd // config.n_head
+    kv = [torch.randn(batch, config.n_head, past, head_dim, generator=generator) for _ in range(2 * config.n_layer)]
+    return (input_ids, attention_mask, position_ids, *kv)
+
+
+def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rewrite plain Gemm nodes (GPT-2's Conv1D exports as addmm -> Gemm) into MatMul + Add.
+
+    ONNX Runtime's dynamic quantisation handles MatMul but not Gemm, so without this the
+    INT8 variant would quantise only the LM head. MatMul + Add computes the same thing.
+    """
+    nodes = []
+    for node in model.graph.node:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        plain = attrs.get("alpha", 1.0) == 1.0 and attrs.get("beta", 1.0) == 1.0
+        plain = plain and not attrs.get("transA", 0) and not attrs.get("transB", 0)
+        if node.op_type != "Gemm" or not plain or len(node.input) != 3:
+            nodes.append(node)
+            continue
+        product = node.output[0] + "_matmul"
+        nodes.append(helper.make_node("MatMul", node.input[:2], [product], name=node.name + "_matmul"))
+        nodes.append(helper.make_node("Add", [product, node.input[2]], list(node.output), name=node.name + "_bias"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return model
+
+
+def export_decoder(model: GPT2LMHeadModel, path: Path | str, opset: int = OPSET) -> Path:
+    """Export the FP32 decoder graph to `path` and check it with the ONNX checker."""
+    path = Path(path)
+    n_layer = model.config.n_layer
+    inputs = [INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *past_names(n_layer)]
+    outputs = [LOGITS, *present_names(n_layer)]
+    dynamic_axes: dict[str, dict[int, str]] = {
+        INPUT_IDS: {0: "batch", 1: "seq"},
+        ATTENTION_MASK: {0: "batch", 1: "total_seq"},
+        POSITION_IDS: {0: "batch", 1: "seq"},
+        LOGITS: {0: "batch"},
+    }
+    dynamic_axes |= {name: {0: "batch", 2: "past_seq"} for name in past_names(n_layer)}
+    dynamic_axes |= {name: {0: "batch", 2: "total_seq"} for name in present_names(n_layer)}
+    decoder = decoder_for_export(model)
+    # The tracer warns about every Python branch on a shape; tracing with a past and a padded
+    # row picks the general branch, and verification runs other shapes against PyTorch.
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter, on purpose (see top)
+        torch.onnx.export(
+            decoder,
+            sample_inputs(model),
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    graph = gemm_to_matmul(onnx.load(str(path)))
+    onnx.checker.check_model(graph)
+    onnx.save(graph, str(path))
+    return path
+
+
+class TorchRunner:
+    """The PyTorch reference behind the runner interface (numpy in, numpy out)."""
+
+    kv_dtype = np.dtype(np.float32)
+
+    def __init__(self, model: GPT2LMHeadModel) -> None:
+        self.decoder = decoder_for_export(model)
+        config = model.config
+        self.n_layer, self.n_head, self.vocab_size = config.n_layer, config.n_head, config.vocab_size
+        self.head_dim = config.n_embd // config.n_head
+
+    def forward(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in (input_ids, attention_mask, position_ids, *past)]
+        with torch.no_grad():
+            logits, *present = self.decoder(*tensors)
+        return logits.float().numpy(), [p.numpy() for p in present]

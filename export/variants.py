@@ -1,0 +1,65 @@
+"""The FP16 (CUDA) and INT8 (CPU) variants, derived from the FP32 graph.
+
+FP16 uses onnxruntime.transformers.float16 (onnxconverter-common's converter failed on the
+tied-embedding graph, DESIGN.md). INT8 is ONNX Runtime's dynamic quantisation: weights
+int8 per output channel, activations quantised on the fly, so no calibration data is needed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+from onnxruntime.quantization import QuantType, quantize_dynamic
+from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+
+from contract.manifest import LOGITS
+
+
+@dataclass(frozen=True)
+class VariantSpec:
+    name: str
+    dtype: str  # weights
+    kv_dtype: str  # past/present at the graph boundary
+    provider: str
+
+
+VARIANTS = {
+    "fp32": VariantSpec("fp32", "float32", "float32", "CPUExecutionProvider"),
+    "int8": VariantSpec("int8", "int8", "float32", "CPUExecutionProvider"),
+    # KV in fp16 halves the cache's memory and its traffic on the device; logits stay fp32
+    # (the contract), since sampling wants full-precision softmax over a 50k vocabulary.
+    "fp16": VariantSpec("fp16", "float16", "float16", "CUDAExecutionProvider"),
+}
+
+# LayerNorm's variance and Softmax's exponentials overflow or lose the small terms in fp16;
+# Pow (GELU's x^3) overflows for |x| > 40. They are cheap next to the MatMuls, so they stay fp32.
+FP16_KEEP_FP32 = ["LayerNormalization", "Softmax", "Pow"]
+
+
+def to_fp16(fp32_path: Path, out_path: Path) -> Path:
+    model = convert_float_to_float16(
+        onnx.load(str(fp32_path)),
+        keep_io_types=[LOGITS],
+        op_block_list=DEFAULT_OP_BLOCK_LIST + FP16_KEEP_FP32,
+    )
+    onnx.save(model, str(out_path))
+    return out_path
+
+
+def to_int8(fp32_path: Path, out_path: Path) -> Path:
+    """Every MatMul with a weight, the LM head included: at batch 1 decoding is bound by weight
+    bandwidth, and the LM head holds a third of a tiny model's weights (DESIGN.md)."""
+    quantize_dynamic(
+        fp32_path,
+        out_path,
+        op_types_to_quantize=["MatMul"],
+        per_channel=True,  # 99.8% next-token agreement vs 99.3% per-tensor (DESIGN.md)
+        weight_type=QuantType.QInt8,
+    )
+    return out_path
+
+
+# How each variant is made from the FP32 graph (FP32 is the export itself).
+DERIVE = {"fp16": to_fp16, "int8": to_int8}

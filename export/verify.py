@@ -1,0 +1,269 @@
+"""Verification: an ONNX variant must decode like its source before it enters a bundle.
+
+Every check decodes the same prompts step by step through the KV cache (prefill with an
+empty past, then one token per step), teacher-forced on the reference's greedy tokens so
+that logits stay comparable position by position:
+
+- fp32 vs PyTorch: max abs logit difference <= 1e-4 and greedy tokens identical.
+- fp16 vs reference: no NaN/Inf, relative logit error <= 1e-2, greedy identical on the fixed
+  prompts. On the CPU provider this checks weight rounding only: ORT computes the MatMuls
+  and Adds of an FP16 graph in FP32 there (DESIGN.md); FP16 arithmetic needs the GPU check.
+- int8 vs reference: next-token agreement >= 99% on the fixed prompts. Only meaningful on a
+  trained model: a random-init model's logits are nearly flat, so any noise flips argmax.
+
+Prompts: fixed ones built from the model's own command vocabulary (real serving prompts), and
+random token ids with ragged lengths, which exercise left padding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+from contract.command import RELEVANCE_LEVELS, CommandSpec, TokenizerLike, prompt_ids
+from contract.manifest import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    POSITION_IDS,
+    BundleError,
+    ModelInfo,
+    load_manifest,
+    past_names,
+)
+
+FIXED_INTENTS = ("holiday sale", "cozy reading nook", "mountain cabin at dawn", "vintage camera repair")
+MAX_FP32_ABS_DIFF = 1e-4
+MAX_FP16_REL_ERROR = 1e-2
+MIN_INT8_AGREEMENT = 0.99
+NUMPY_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}
+
+
+class Runner(Protocol):
+    n_layer: int
+    n_head: int
+    head_dim: int
+    vocab_size: int
+    kv_dtype: np.dtype
+
+    def forward(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]: ...
+
+
+class OrtRunner:
+    """An ONNX Runtime session behind the runner interface.
+
+    Minimal on purpose: export only needs it for verification and benchmarks; the server
+    has its own runtime with preallocated buffers and IO binding.
+    """
+
+    def __init__(
+        self, path: Path | str, model: ModelInfo, provider: str = "CPUExecutionProvider", threads: int = 0
+    ) -> None:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads  # 0: ORT's default (all cores)
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(path), options, providers=[provider])
+        self.n_layer, self.n_head, self.head_dim, self.vocab_size = (
+            model.n_layer,
+            model.n_head,
+            model.head_dim,
+            model.vocab_size,
+        )
+        self.past_names = past_names(model.n_layer)
+        kv_type = {i.name: i.type for i in self.session.get_inputs()}[self.past_names[0]]
+        self.kv_dtype = np.dtype(np.float16) if kv_type == "tensor(float16)" else np.dtype(np.float32)
+
+    def forward(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        feed = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask, POSITION_IDS: position_ids}
+        feed |= dict(zip(self.past_names, past, strict=True))
+        logits, *present = self.session.run(None, feed)
+        return logits.astype(np.float32, copy=False), present
+
+
+def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """input_ids, attention_mask, position_ids of a left-padded batch (positions start at 0
+    on each row's first real token; pads get position 0 and are masked out)."""
+    width = max(len(p) for p in prompts)
+    input_ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(prompts), width), dtype=np.int64)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, width - len(prompt) :] = prompt
+        attention_mask[row, width - len(prompt) :] = 1
+    position_ids = np.clip(attention_mask.cumsum(-1) - 1, 0, None)
+    return input_ids, attention_mask, position_ids
+
+
+def empty_past(runner: Runner, batch: int) -> list[np.ndarray]:
+    shape = (batch, runner.n_head, 0, runner.head_dim)
+    return [np.zeros(shape, dtype=runner.kv_dtype) for _ in range(2 * runner.n_layer)]
+
+
+def decode(runner: Runner, prompts: list[list[int]], steps: int, forced: np.ndarray | None = None) -> np.ndarray:
+    """Logits [steps, batch, vocab] of `steps` decoding steps through the KV cache.
+
+    Step 0 is the prefill; each later step feeds one token per row: the greedy choice, or
+    `forced[:, step - 1]` when given (teacher forcing on another runner's tokens).
+    """
+    input_ids, attention_mask, position_ids = left_pad(prompts)
+    past = empty_past(runner, len(prompts))
+    all_logits = []
+    for step in range(steps):
+        logits, past = runner.forward(input_ids, attention_mask, position_ids, past)
+        all_logits.append(logits)
+        token = logits.argmax(-1) if forced is None else forced[:, step]
+        input_ids = token.astype(np.int64)[:, None]
+        attention_mask = np.concatenate([attention_mask, np.ones_like(input_ids)], axis=1)
+        position_ids = position_ids[:, -1:] + 1
+    return np.stack(all_logits)
+
+
+def fixed_prompts(tokenizer: TokenizerLike, spec: CommandSpec) -> list[list[int]]:
+    """Real serving prompts: every task, several lengths and relevance levels, a few intents."""
+    lengths = sorted({spec.min_words, spec.clamp_words(8), spec.clamp_words(20), spec.max_words})
+    prompts = []
+    for i, intent in enumerate(FIXED_INTENTS):
+        for j, task in enumerate(spec.tasks):
+            words = lengths[(i + j) % len(lengths)]
+            relevance = RELEVANCE_LEVELS[(i + 2 * j) % len(RELEVANCE_LEVELS)]
+            prompts.append(prompt_ids(tokenizer, spec, task, words, relevance, intent))
+    return prompts
+
+
+def random_prompts(vocab_size: int, count: int = 4, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, vocab_size, size=int(rng.integers(2, 20))).tolist() for _ in range(count)]
+
+
+@dataclass
+class PromptSet:
+    """Prompts and the reference's logits on them (greedy tokens are their argmax)."""
+
+    name: str
+    prompts: list[list[int]]
+    steps: int
+    reference: np.ndarray = field(default_factory=lambda: np.zeros(0))
+
+    @property
+    def greedy(self) -> np.ndarray:
+        return self.reference.argmax(-1).T  # [batch, steps]
+
+
+def prompt_sets(
+    reference: Runner, tokenizer: TokenizerLike, spec: CommandSpec, n_positions: int, steps: int = 16
+) -> list[PromptSet]:
+    sets = [
+        PromptSet("fixed", fixed_prompts(tokenizer, spec), steps),
+        PromptSet("random", random_prompts(reference.vocab_size), steps),
+    ]
+    for prompt_set in sets:
+        prompt_set.steps = min(steps, n_positions - max(len(p) for p in prompt_set.prompts))
+        prompt_set.reference = decode(reference, prompt_set.prompts, prompt_set.steps)
+    return sets
+
+
+def check_variant(variant: str, runner: Runner, sets: list[PromptSet], int8_min_agreement: float) -> dict[str, Any]:
+    """Compare `runner` with the reference on every prompt set; the result says why it failed."""
+    result: dict[str, Any] = {"checks": {}}
+    failures = []
+    for prompt_set in sets:
+        logits = decode(runner, prompt_set.prompts, prompt_set.steps, forced=prompt_set.greedy)
+        reference = prompt_set.reference
+        finite = bool(np.isfinite(logits).all())
+        abs_diff = float(np.abs(logits - reference).max()) if finite else float("inf")
+        scale = np.abs(reference).max(-1)
+        rel_error = float((np.abs(logits - reference).max(-1) / np.maximum(scale, 1e-6)).max()) if finite else 1.0
+        agreement = float((logits.argmax(-1) == reference.argmax(-1)).mean())
+        result["checks"][prompt_set.name] = {
+            "prompts": len(prompt_set.prompts),
+            "steps": prompt_set.steps,
+            "finite": finite,
+            "max_abs_logit_diff": abs_diff,
+            "max_rel_logit_error": rel_error,
+            "next_token_agreement": agreement,
+        }
+        where = f"{prompt_set.name} prompts"
+        if not finite:
+            failures.append(f"NaN/Inf logits on {where}")
+        elif variant == "fp32":
+            if abs_diff > MAX_FP32_ABS_DIFF:
+                failures.append(f"max abs logit diff {abs_diff:.2e} > {MAX_FP32_ABS_DIFF:.0e} on {where}")
+            if agreement < 1.0:
+                failures.append(f"greedy tokens differ on {where} (agreement {agreement:.2%})")
+        elif variant == "fp16":
+            if rel_error > MAX_FP16_REL_ERROR:
+                failures.append(f"relative logit error {rel_error:.2e} > {MAX_FP16_REL_ERROR:.0e} on {where}")
+            if prompt_set.name == "fixed" and agreement < 1.0:
+                failures.append(f"greedy tokens differ on {where} (agreement {agreement:.2%})")
+        elif variant == "int8" and prompt_set.name == "fixed" and agreement < int8_min_agreement:
+            failures.append(f"next-token agreement {agreement:.2%} < {int8_min_agreement:.0%} on {where}")
+    result["passed"] = not failures
+    result["failures"] = failures
+    return result
+
+
+def summary(variant: str, result: dict[str, Any]) -> str:
+    """One line per variant: the numbers a reader wants first."""
+    parts = []
+    for name, check in result["checks"].items():
+        parts.append(
+            f"{name}: max|dlogit| {check['max_abs_logit_diff']:.2e}, rel {check['max_rel_logit_error']:.2e}, "
+            f"agree {check['next_token_agreement']:.2%}"
+        )
+    verdict = "PASS" if result["passed"] else "FAIL: " + "; ".join(result["failures"])
+    return f"{variant}: {' | '.join(parts)} -> {verdict}"
+
+
+def verify_files(
+    files: dict[str, Path],
+    model: ModelInfo,
+    reference: Runner,
+    tokenizer: TokenizerLike,
+    spec: CommandSpec,
+    int8_min_agreement: float = MIN_INT8_AGREEMENT,
+) -> dict[str, dict[str, Any]]:
+    """Check each variant file against `reference`, on the CPU provider; print one line each."""
+    sets = prompt_sets(reference, tokenizer, spec, model.n_positions)
+    results = {}
+    for variant, path in files.items():
+        results[variant] = check_variant(variant, OrtRunner(path, model), sets, int8_min_agreement)
+        print(summary(variant, results[variant]), flush=True)
+    return results
+
+
+def verify_bundle(
+    bundle_dir: Path | str, checkpoint_dir: Path | str | None = None, int8_min_agreement: float = MIN_INT8_AGREEMENT
+) -> dict[str, dict[str, Any]]:
+    """Re-run the checks on a written bundle; raises BundleError if its files were tampered with.
+
+    With the checkpoint, every variant is checked against PyTorch. Without it the bundle's
+    FP32 graph is the reference, so FP32 itself is not re-checked.
+    """
+    bundle_dir = Path(bundle_dir)
+    manifest = load_manifest(bundle_dir)  # checks every sha256 first
+    print(f"bundle {bundle_dir}: sha256 of {len(manifest.variants) + 1} files OK", flush=True)
+    tokenizer = Tokenizer.from_file(str(bundle_dir / manifest.tokenizer_file))
+    files = {v.name: bundle_dir / v.file for v in manifest.variants}
+    if checkpoint_dir is not None:
+        # torch only when a checkpoint is given: verifying variants against FP32 needs none.
+        from export.onnx_graph import TorchRunner
+        from training.checkpoint import load_checkpoint
+
+        checkpoint = load_checkpoint(checkpoint_dir)
+        if checkpoint.model.config.vocab_size != manifest.model.vocab_size:
+            raise BundleError(f"checkpoint {checkpoint_dir} does not match the bundle (vocabulary size differs)")
+        reference: Runner = TorchRunner(checkpoint.model)
+        print(f"reference: PyTorch checkpoint {checkpoint_dir}", flush=True)
+    elif "fp32" in files:
+        reference = OrtRunner(files.pop("fp32"), manifest.model)
+        print("reference: the bundle's fp32 graph (pass --checkpoint to check it against PyTorch)", flush=True)
+    else:
+        raise BundleError("the bundle has no fp32 variant to compare with: pass --checkpoint")
+    return verify_files(files, manifest.model, reference, tokenizer, manifest.command, int8_min_agreement)
