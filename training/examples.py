@@ -1,0 +1,185 @@
+"""UDRL examples: scored teacher samples turned into `command + intent -> output` token ids.
+
+Hindsight relabelling: every sample trains the command it *achieved*: its own word
+count (clamped to the command's range) and the relevance level its score falls in.
+The level edges are tertiles of relevance on the train split, fitted here once and
+saved with the model (CommandSpec.relevance_edges); the server only reads them.
+
+Copy augmentation (`swap_intent_words`) is how the student learns to carry an intent
+it never saw into its output: the teacher's outputs repeat the intent's words, but a
+few hundred training intents are easily memorised, so the model learns to *recall*
+"holiday" after seeing "holiday" instead of *copying* whatever the intent says. Giving
+a share of examples fresh random English words, consistently substituted in intent and
+output, makes recall useless and copying the only way to lower the loss. The words
+come from GPT-2's own vocabulary, and the compact tokenizer splits most of them into
+sub-word pieces, exactly as it splits an unseen user intent.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+
+from contract.command import EOS_TOKEN, CommandSpec, TokenizerLike, encode_text, prompt_ids, special_ids
+from training.tokenizer import GPT2_BPE_DIR
+
+IGNORE_INDEX = -100  # label of positions that carry no loss (the command and intent, padding)
+
+# Words kept as they are when swapping intent words: swapping "for" teaches nothing about copying.
+STOP_WORDS = frozenset(
+    [
+        "a",
+        "an",
+        "and",
+        "at",
+        "by",
+        "for",
+        "from",
+        "in",
+        "into",
+        "of",
+        "on",
+        "or",
+        "the",
+        "to",
+        "with",
+        "your",
+        "my",
+        "our",
+    ]
+)
+_WORD = re.compile(r"[A-Za-z]+")
+
+
+@dataclass(frozen=True)
+class Example:
+    ids: list[int]  # command + intent + <|output|> + output + <|endoftext|>
+    n_prompt: int  # how many leading ids are the prompt (no loss on them)
+
+
+def fit_command_spec(train_records: Sequence[dict[str, Any]], max_words: int = 48) -> CommandSpec:
+    """Tasks (in first-seen order) and per-task relevance tertiles from the train split."""
+    by_task: dict[str, list[float]] = {}
+    for record in train_records:
+        by_task.setdefault(record["task"], []).append(float(record["relevance"]))
+    if not by_task:
+        raise ValueError("no training records to fit the command vocabulary on")
+    edges = {task: tuple(float(q) for q in np.quantile(scores, [1 / 3, 2 / 3])) for task, scores in by_task.items()}
+    return CommandSpec(tasks=tuple(by_task), max_words=max_words, relevance_edges=edges)  # type: ignore[arg-type]
+
+
+def hindsight_command(spec: CommandSpec, record: dict[str, Any]) -> tuple[str, int, str]:
+    """The command this sample achieved: (task, words, relevance level)."""
+    task = record["task"]
+    return task, spec.clamp_words(int(record["words"])), spec.relevance_level(task, float(record["relevance"]))
+
+
+def encode_example(tokenizer: TokenizerLike, spec: CommandSpec, record: dict[str, Any]) -> Example:
+    task, words, level = hindsight_command(spec, record)
+    prompt = prompt_ids(tokenizer, spec, task, words, level, record["intent"])
+    output = encode_text(tokenizer, record["output"]) + special_ids(tokenizer, [EOS_TOKEN])
+    return Example(ids=prompt + output, n_prompt=len(prompt))
+
+
+@lru_cache(maxsize=1)
+def word_pool() -> tuple[str, ...]:
+    """Lower-case English words from GPT-2's vocabulary (tokens " word", 3-12 letters)."""
+    vocab = json.loads((GPT2_BPE_DIR / "vocab.json").read_text(encoding="utf-8"))
+    words = (t[1:] for t in vocab if t.startswith("\u0120") and 3 <= len(t) - 1 <= 12)
+    return tuple(sorted(w for w in words if w.isascii() and w.isalpha() and w.islower()))
+
+
+def _match_case(template: str, word: str) -> str:
+    if template.isupper() and len(template) > 1:
+        return word.upper()
+    if template[:1].isupper():
+        return word.capitalize()
+    return word
+
+
+def swap_intent_words(record: dict[str, Any], rng: random.Random, pool: Sequence[str] | None = None) -> dict[str, Any]:
+    """The record with each content word of its intent replaced by a random word,
+    in the intent and wherever the output repeats it (keeping case and a plural "s").
+
+    Word for word, so the output's word count, and with it the length command, is
+    unchanged. The relevance label is kept: the output relates to the new intent as
+    the original related to the old one.
+    """
+    pool = pool or word_pool()
+    mapping = {w.lower(): rng.choice(pool) for w in _WORD.findall(record["intent"]) if w.lower() not in STOP_WORDS}
+    mapping = {old: new for old, new in mapping.items() if len(old) >= 2}
+    if not mapping:
+        return record
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, sorted(mapping, key=len, reverse=True))) + r")(e?s)?\b", re.I)
+
+    def substitute(match: re.Match[str]) -> str:
+        return _match_case(match.group(1), mapping[match.group(1).lower()]) + (match.group(2) or "")
+
+    intent, output = pattern.sub(substitute, record["intent"]), pattern.sub(substitute, record["output"])
+    return {**record, "intent": intent, "output": output}
+
+
+def epoch_examples(
+    tokenizer: TokenizerLike,
+    spec: CommandSpec,
+    records: Sequence[dict[str, Any]],
+    copy_share: float,
+    seed: int,
+    max_len: int,
+) -> list[Example]:
+    """One epoch's examples: a fresh `copy_share` of records get swapped intent words.
+
+    Seeded by (seed, epoch) through `seed`, so a resumed run rebuilds the same epoch.
+    Examples longer than the model's context are dropped, not truncated: a truncated
+    example would teach the model to stop without EOS.
+    """
+    rng = random.Random(seed)
+    examples = []
+    for record in records:
+        if copy_share > 0 and rng.random() < copy_share:
+            record = swap_intent_words(record, rng)
+        example = encode_example(tokenizer, spec, record)
+        if len(example.ids) <= max_len:
+            examples.append(example)
+    return examples
+
+
+def length_bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, pool: int = 64) -> list[list[int]]:
+    """Batches of indices of similar length, in random order.
+
+    Shuffle, cut into pools of `pool` batches, sort each pool by length, and slice it:
+    batches are random yet pad little (a t2i prompt is not batched with a title).
+    """
+    rng = random.Random(seed)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    batches = []
+    step = batch_size * pool
+    for start in range(0, len(order), step):
+        chunk = sorted(order[start : start + step], key=lengths.__getitem__)
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(examples: Iterable[Example], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Right-padded (input_ids, attention_mask, labels); labels are IGNORE_INDEX on the
+    prompt and on padding, so the loss is on the output and its EOS only."""
+    examples = list(examples)
+    width = max(len(e.ids) for e in examples)
+    input_ids = np.full((len(examples), width), pad_id, dtype=np.int64)
+    attention_mask = np.zeros((len(examples), width), dtype=np.int64)
+    labels = np.full((len(examples), width), IGNORE_INDEX, dtype=np.int64)
+    for row, example in enumerate(examples):
+        n = len(example.ids)
+        input_ids[row, :n] = example.ids
+        attention_mask[row, :n] = 1
+        labels[row, example.n_prompt : n] = example.ids[example.n_prompt :]
+    return input_ids, attention_mask, labels

@@ -1,0 +1,386 @@
+"""`python -m training train`: fit the UDRL student on the scored teacher samples.
+
+One run: fit the command vocabulary (relevance tertiles on the train split), build the
+tokenizer (compact GPT-2 for a preset, full GPT-2 for `--init`), then AdamW with
+warmup and cosine decay, gradient clipping, length-bucketed batches, loss on the
+output only, until the step or wall-clock budget is spent. The schedule decays on
+whichever budget is further along, so a time-boxed run still completes its decay.
+
+Resumable: `train_state.pt` (model, optimizer, RNG, position in the data) is written
+atomically every `--save-every` seconds; `--resume` continues from it after a kill.
+Data parallel: under `torchrun` (RANK/WORLD_SIZE set) each rank trains on its share of
+every epoch's batches through DistributedDataParallel; no flag needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import random
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tokenizers import Tokenizer
+from tqdm import tqdm
+from transformers import GPT2LMHeadModel
+
+from contract.command import EOS_TOKEN, CommandSpec
+from training.checkpoint import DEFAULT_GENERATION, Checkpoint, save_checkpoint
+from training.examples import collate, encode_example, epoch_examples, fit_command_spec, length_bucketed_batches
+from training.model import PRESETS, build_model, load_pretrained
+from training.tokenizer import add_command_tokens, compact_gpt2_tokenizer, gpt2_tokenizer
+
+STATE_FILE = "train_state.pt"
+LOG_FILE = "train_log.jsonl"
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "tiny"
+    init: str | None = None  # hub id or local folder of pretrained GPT-2 weights
+    batch_size: int = 32
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0
+    dropout: float = 0.1
+    copy_share: float = 0.3  # share of examples with swapped intent words (examples.py)
+    max_words: int = 48
+    max_minutes: float = 8.0
+    max_steps: int = 0  # 0: no step limit, the wall-clock budget decides
+    seed: int = 1337
+    save_every: float = 60.0  # seconds between resumable snapshots
+    log_every: int = 10
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> tuple[Dist, torch.device]:
+    """torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; a plain `python -m` run is rank 0 of 1."""
+    env = os.environ
+    dist = Dist(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)))
+    if torch.cuda.is_available():
+        device = torch.device("cuda", dist.local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if dist.world > 1:
+        torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist, device
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    needed = ("task", "intent", "output", "split", "words", "relevance")
+    missing = [k for k in needed if records and k not in records[0]]
+    if missing:
+        raise ValueError(f"{path} lacks fields {missing}: run `python -m training score` first")
+    return records
+
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def build_tokenizer(config: TrainConfig, spec: CommandSpec, train: list[dict[str, Any]]) -> Tokenizer:
+    # Pretrained weights need GPT-2's own ids; a model from scratch gets the compact vocabulary.
+    if config.init:
+        base = gpt2_tokenizer()
+    else:
+        base = compact_gpt2_tokenizer(r[k] for r in train for k in ("intent", "output"))
+    return add_command_tokens(base, spec.special_tokens())
+
+
+def build_student(config: TrainConfig, tokenizer: Tokenizer) -> GPT2LMHeadModel:
+    vocab = tokenizer.get_vocab_size()
+    if config.init:
+        return load_pretrained(config.init, vocab)
+    eos = tokenizer.token_to_id(EOS_TOKEN)
+    drop = {"resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout}
+    return build_model(config.preset, vocab, eos, **drop)
+
+
+def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on the matrices only. Not on the embeddings: the rows of
+    tokens the corpus never uses (the pieces an unseen word splits into) would decay
+    towards zero, and the tied output layer could then never emit them."""
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (decay if param.dim() >= 2 and ".wte." not in name and ".wpe." not in name else no_decay).append(param)
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.95), fused=torch.cuda.is_available())
+
+
+def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup over steps, times a cosine from lr to min_lr over the budget's progress."""
+    warmup = min(1.0, (step + 1) / max(1, config.warmup_steps))
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return config.lr * warmup * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
+
+
+def budget_progress(config: TrainConfig, step: int, elapsed: float) -> float:
+    by_steps = step / config.max_steps if config.max_steps else 0.0
+    by_time = elapsed / (config.max_minutes * 60.0) if config.max_minutes > 0 else 0.0
+    return max(by_steps, by_time)
+
+
+def autocast_for(device: torch.device) -> tuple[Any, torch.amp.GradScaler | None]:
+    """bf16 autocast on GPUs that have it, fp16 with loss scaling on older ones; fp32 on CPU."""
+    if device.type != "cuda":
+        return nullcontext(), None
+    if torch.cuda.is_bf16_supported():
+        return torch.autocast("cuda", dtype=torch.bfloat16), None
+    return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
+
+
+def save_state(path: Path, state: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: a kill mid-write leaves the previous snapshot
+
+
+@torch.no_grad()
+def mean_loss(
+    model: GPT2LMHeadModel, tokenizer: Tokenizer, spec: CommandSpec, records: list[dict[str, Any]], device: torch.device
+) -> float:
+    """Loss on output tokens of held-out records (no augmentation), up to 1,024 of them."""
+    if not records:
+        return float("nan")
+    model.eval()
+    pad = tokenizer.token_to_id(EOS_TOKEN)
+    max_len = model.config.n_positions
+    examples = [e for e in (encode_example(tokenizer, spec, r) for r in records[:1024]) if len(e.ids) <= max_len]
+    total, count = 0.0, 0
+    for start in range(0, len(examples), 64):
+        ids, mask, labels = (torch.from_numpy(a).to(device) for a in collate(examples[start : start + 64], pad))
+        n = int((labels[:, 1:] != -100).sum())
+        total += float(model(input_ids=ids, attention_mask=mask, labels=labels).loss) * n
+        count += n
+    model.train()
+    return total / max(1, count)
+
+
+def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> Path:
+    """Train and write the checkpoint to `out`; returns `out`."""
+    dist, device = setup_distributed()
+    records = read_records(data)
+    train_records = [r for r in records if r["split"] == "train"]
+    val_records = [r for r in records if r["split"] == "val"]
+    if not train_records:
+        raise ValueError(f"{data} has no records with split 'train'")
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / STATE_FILE
+    state = torch.load(state_path, map_location="cpu", weights_only=False) if resume and state_path.is_file() else None
+    if resume and state is None and dist.main:
+        print(f"no {STATE_FILE} in {out}: starting afresh", file=sys.stderr)
+
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    torch.manual_seed(config.seed)
+    if state:
+        # The vocabulary and bucket edges are part of what the snapshot's weights mean.
+        spec = CommandSpec.from_dict(state["command"])
+        tokenizer = Tokenizer.from_str(state["tokenizer"])
+    else:
+        spec = fit_command_spec(train_records, config.max_words)
+        tokenizer = build_tokenizer(config, spec, train_records)
+    model = build_student(config, tokenizer).to(device)
+    optimizer = make_optimizer(model, config)
+    step, epoch, batch_in_epoch, elapsed, tokens_seen = 0, 0, 0, 0.0, 0
+    if state:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        step, epoch, batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        elapsed, tokens_seen = state["elapsed"], state["tokens_seen"]
+        torch.set_rng_state(state["torch_rng"])
+    model.train()
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if dist.world > 1 else model
+    autocast, scaler = autocast_for(device)
+    pad = tokenizer.token_to_id(EOS_TOKEN)
+    max_len = model.config.n_positions
+
+    def snapshot() -> None:
+        if dist.main:
+            save_state(
+                state_path,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "step": step,
+                    "epoch": epoch,
+                    "batch_in_epoch": batch_in_epoch,
+                    "elapsed": elapsed,
+                    "tokens_seen": tokens_seen,
+                    "torch_rng": torch.get_rng_state(),
+                    "command": spec.to_dict(),
+                    "tokenizer": tokenizer.to_str(),
+                    "config": asdict(config),
+                },
+            )
+
+    n_params = sum(p.numel() for p in model.parameters())
+    if dist.main:
+        print(
+            f"{len(train_records)} train / {len(val_records)} val records, vocab {tokenizer.get_vocab_size()}, "
+            f"{n_params / 1e6:.1f}M parameters, device {device}, world {dist.world}"
+            + (f", resuming at step {step}" if state else "")
+        )
+    if dist.main and not state:
+        (out / LOG_FILE).write_text("")  # a fresh run starts a fresh log; a resumed one appends
+    bar = tqdm(total=config.max_steps or None, initial=step, desc="train", unit="step", disable=not dist.main)
+    run_start, last_save = time.perf_counter() - elapsed, time.perf_counter()
+    window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+    done = budget_progress(config, step, elapsed) >= 1.0
+    while not done:
+        examples = epoch_examples(tokenizer, spec, train_records, config.copy_share, config.seed + epoch, max_len)
+        batches = length_bucketed_batches([len(e.ids) for e in examples], config.batch_size, config.seed + epoch)
+        per_rank = len(batches) // dist.world  # equal counts, or DDP ranks would wait on each other forever
+        batches = batches[dist.rank :: dist.world][:per_rank]
+        while batch_in_epoch < len(batches):
+            progress = budget_progress(config, step, elapsed)
+            if progress >= 1.0:
+                done = True
+                break
+            lr = learning_rate(config, step, progress)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            ids, mask, labels = (
+                torch.from_numpy(a).to(device) for a in collate([examples[i] for i in batches[batch_in_epoch]], pad)
+            )
+            with autocast:
+                loss = ddp_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+            optimizer.zero_grad(set_to_none=True)
+            if scaler:
+                scaler.scale(loss).backward()
+                scaler.unscale_(optimizer)
+            else:
+                loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            if scaler:
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                optimizer.step()
+            step += 1
+            batch_in_epoch += 1
+            batch_tokens = int(mask.sum()) * dist.world
+            tokens_seen += batch_tokens
+            window_loss += loss.item()
+            window_steps += 1
+            window_tokens += batch_tokens
+            elapsed = time.perf_counter() - run_start
+            if dist.world > 1:  # every rank must stop at the same step: agree on the slowest clock
+                clock = torch.tensor([elapsed], device=device)
+                torch.distributed.all_reduce(clock, op=torch.distributed.ReduceOp.MAX)
+                elapsed = float(clock)
+            bar.update(1)
+            if not config.max_steps and progress > 0.02:
+                bar.total = int(step / budget_progress(config, step, elapsed))  # an ETA for a time budget
+            if step % config.log_every == 0 or budget_progress(config, step, elapsed) >= 1.0:
+                seconds = time.perf_counter() - window_start
+                entry = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": round(window_loss / window_steps, 5),
+                    "lr": lr,
+                    "tokens_per_s": round(window_tokens / max(seconds, 1e-9), 1),
+                    "elapsed_s": round(elapsed, 1),
+                }
+                if dist.main:
+                    with open(out / LOG_FILE, "a", encoding="utf-8") as log:
+                        log.write(json.dumps(entry) + "\n")
+                bar.set_postfix(loss=f"{entry['loss']:.3f}", lr=f"{lr:.2e}", tok_s=f"{entry['tokens_per_s']:.0f}")
+                window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
+            if time.perf_counter() - last_save >= config.save_every:
+                snapshot()
+                last_save = time.perf_counter()
+        if not done:
+            epoch, batch_in_epoch = epoch + 1, 0
+    bar.close()
+    snapshot()
+    if dist.main:
+        model.eval()
+        val_loss = mean_loss(model, tokenizer, spec, val_records, device)
+        teachers = sorted({str(r.get("teacher", "unknown")) for r in records})
+        provenance = {
+            "dataset": {"file": str(data), "sha256": sha256_of(data), "records": len(records)},
+            "teacher": teachers,
+            "training": {
+                "config": asdict(config),
+                "steps": step,
+                "epochs": epoch + batch_in_epoch / max(1, len(batches)),
+                "tokens_seen": tokens_seen,
+                "tokens_per_s": round(tokens_seen / max(elapsed, 1e-9), 1),
+                "wall_s": round(elapsed, 1),
+                "val_loss": round(val_loss, 5),
+                "parameters": n_params,
+                "device": str(device),
+                "world_size": dist.world,
+            },
+        }
+        generation = dict(DEFAULT_GENERATION, max_new_tokens=min(DEFAULT_GENERATION["max_new_tokens"], max_len - 32))
+        save_checkpoint(Checkpoint(model.cpu(), tokenizer, spec, generation, provenance), out)
+        print(f"step {step}, val loss {val_loss:.4f}, {provenance['training']['tokens_per_s']:.0f} tokens/s -> {out}")
+    if dist.world > 1:
+        torch.distributed.destroy_process_group()
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    data, out = Path(args.data), Path(args.out)
+    if not data.is_file():
+        print(f"error: no scored data at {data} (run `python -m training score` first)", file=sys.stderr)
+        return 2
+    if args.preset not in PRESETS:
+        print(f"error: unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}", file=sys.stderr)
+        return 2
+    fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
+    try:
+        train(TrainConfig(**fields), data, out, resume=args.resume)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    defaults = TrainConfig()
+    parser = subparsers.add_parser("train", help="train the UDRL student on scored samples")
+    parser.add_argument("--data", default="artifacts/data/scored.jsonl", help="scored records (training.score)")
+    parser.add_argument("--out", default="artifacts/checkpoint", help="checkpoint directory")
+    parser.add_argument("--preset", default=defaults.preset, help=f"model size from config: {sorted(PRESETS)}")
+    parser.add_argument("--init", default=None, help="pretrained GPT-2: hub id (e.g. gpt2) or local folder")
+    parser.add_argument("--max-minutes", type=float, default=defaults.max_minutes, help="wall-clock budget")
+    parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="step budget (0: none)")
+    parser.add_argument("--resume", action="store_true", help=f"continue from {STATE_FILE} in --out")
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--lr", type=float, default=defaults.lr)
+    parser.add_argument("--warmup-steps", type=int, default=defaults.warmup_steps)
+    parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
+    parser.add_argument("--dropout", type=float, default=defaults.dropout)
+    parser.add_argument("--copy-share", type=float, default=defaults.copy_share, help="copy-augmented share")
+    parser.add_argument("--max-words", type=int, default=defaults.max_words, help="longest length command")
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--save-every", type=float, default=defaults.save_every, help="seconds between snapshots")
+    parser.set_defaults(func=run)
