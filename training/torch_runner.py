@@ -1,0 +1,51 @@
+"""A runner over the PyTorch checkpoint, with the same interface as the ONNX runner.
+
+The runner contract (see server/runtime): `forward(input_ids, attention_mask,
+position_ids, past) -> (logits [B, vocab] for the last position, present)`, numpy in
+and out, past/present ordered as contract.manifest.past_names(). Evaluation decodes
+through this interface, so the checkpoint and any exported ONNX variant are measured
+by the same loop and export losses show up as differences in the numbers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import DynamicCache, GPT2LMHeadModel
+
+from training.checkpoint import load_checkpoint
+
+
+class TorchRunner:
+    def __init__(self, model: GPT2LMHeadModel, device: str = "cpu") -> None:
+        self.model = model.eval().to(device)
+        self.device = torch.device(device)
+        config = model.config
+        self.n_layer, self.n_head, self.vocab_size = config.n_layer, config.n_head, config.vocab_size
+        self.head_dim = config.n_embd // config.n_head
+        self.kv_dtype = np.dtype(np.float32)
+
+    @classmethod
+    def from_checkpoint(cls, path: Path | str, device: str = "cpu") -> TorchRunner:
+        return cls(load_checkpoint(path).model, device)
+
+    @torch.inference_mode()
+    def forward(
+        self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: list[np.ndarray]
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        if len(past) != 2 * self.n_layer:
+            raise ValueError(f"expected {2 * self.n_layer} past arrays, got {len(past)}")
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in past]
+        cache = DynamicCache(ddp_cache_data=list(zip(tensors[0::2], tensors[1::2], strict=True)))
+        out = self.model(
+            input_ids=torch.from_numpy(input_ids).to(self.device),
+            attention_mask=torch.from_numpy(attention_mask).to(self.device),
+            position_ids=torch.from_numpy(position_ids).to(self.device),
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,  # only the last position: the LM head is the costly part of a tiny model
+        )
+        present = [t.float().cpu().numpy() for layer in out.cache.layers for t in (layer.keys, layer.values)]
+        return out.logits[:, -1, :].float().cpu().numpy(), present
