@@ -76,6 +76,9 @@ class Variant:
     inputs: list[str]
     outputs: list[str]
     verification: dict[str, Any] = field(default_factory=dict)
+    # Each input's and output's dims as the graph declares them: a name for a dynamic axis
+    # ("batch", "past_seq"), a number for a fixed one. Optional: older manifests lack it.
+    shapes: dict[str, list[str | int]] = field(default_factory=dict)
 
 
 @dataclass

@@ -28,7 +28,7 @@ from contract.manifest import (
     present_names,
     sha256_file,
 )
-from export.onnx_graph import OPSET, TorchRunner, export_decoder
+from export.onnx_graph import OPSET, TorchRunner, export_decoder, io_shapes
 from export.variants import DERIVE, VARIANTS
 from export.verify import MIN_INT8_AGREEMENT, verify_files
 from training.checkpoint import Checkpoint, load_checkpoint
@@ -134,6 +134,7 @@ def build_bundle(
                 inputs=[INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *past_names(info.n_layer)],
                 outputs=[LOGITS, *present_names(info.n_layer)],
                 verification=result,
+                shapes=io_shapes(checked[variant]),
             )
         )
     if not entries:

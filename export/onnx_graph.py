@@ -137,6 +137,15 @@ def export_decoder(model: GPT2LMHeadModel, path: Path | str, opset: int = OPSET)
     return path
 
 
+def io_shapes(path: Path | str) -> dict[str, list[str | int]]:
+    """Every graph input's and output's dims: the axis name where dynamic, the size where fixed."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {
+        value.name: [dim.dim_param or dim.dim_value for dim in value.type.tensor_type.shape.dim]
+        for value in [*graph.input, *graph.output]
+    }
+
+
 class TorchRunner:
     """The PyTorch reference behind the runner interface (numpy in, numpy out)."""
 

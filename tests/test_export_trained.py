@@ -1,0 +1,112 @@
+"""Export of trained checkpoints: INT8 agreement, a failing variant, and `--init` from a pretrained folder.
+
+INT8 next-token agreement is only meaningful where the logits are peaked, so these tests
+train tiny models for a few dozen steps on a repetitive toy corpus laid out exactly as
+UDRL examples (command + intent + <|output|> + output + EOS).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import GPT2Config, GPT2LMHeadModel
+
+from contract.command import EOS_TOKEN, CommandSpec, count_words, encode_text, prompt_ids
+from contract.manifest import load_manifest
+from export.__main__ import main as export_main
+from export.verify import FIXED_INTENTS, MIN_INT8_AGREEMENT
+from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from training.model import load_pretrained
+from training.tokenizer import add_command_tokens, gpt2_tokenizer
+
+OUTPUTS = {
+    "t2i_prompt": "a festive storefront with warm string lights and red ribbons, soft focus, golden hour",
+    "search_queries": "winter discount ideas, christmas deals near me, gift guide under 50",
+    "title": "Warm Winter Savings",
+}
+
+
+def train_briefly(checkpoint: Checkpoint, steps: int = 60) -> Checkpoint:
+    """Teacher-forced LM loss on one output per (task, intent): enough to make logits peaked."""
+    torch.manual_seed(0)
+    tokenizer, spec = checkpoint.tokenizer, checkpoint.command
+    eos = tokenizer.token_to_id(EOS_TOKEN)
+    rows = []
+    for intent in FIXED_INTENTS:
+        for task in spec.tasks:
+            output = OUTPUTS[task]
+            words = spec.clamp_words(count_words(output))
+            rows.append(
+                prompt_ids(tokenizer, spec, task, words, "high", intent) + encode_text(tokenizer, output) + [eos]
+            )
+    width = max(len(r) for r in rows)
+    batch = torch.tensor([r + [eos] * (width - len(r)) for r in rows])
+    model = checkpoint.model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss = model(input_ids=batch, labels=batch).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    checkpoint.model = model.eval()
+    checkpoint.provenance = {"note": f"trained {steps} steps on a toy corpus, tests", "final_loss": loss.item()}
+    return checkpoint
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_checkpoint(train_briefly(load_checkpoint(tiny_checkpoint)), tmp_path_factory.mktemp("trained"))
+
+
+def test_trained_model_int8_agrees_with_fp32(trained_checkpoint: Path, tmp_path: Path) -> None:
+    assert json.loads((trained_checkpoint / "udrl.json").read_text())["provenance"]["final_loss"] < 1.0
+    out = tmp_path / "bundle"
+    assert export_main(["bundle", "--checkpoint", str(trained_checkpoint), "--out", str(out)]) == 0
+    manifest = load_manifest(out)
+    assert [v.name for v in manifest.variants] == ["fp32", "int8", "fp16"]
+    int8 = manifest.variant("int8").verification["checks"]["fixed"]
+    assert int8["next_token_agreement"] >= MIN_INT8_AGREEMENT
+    assert manifest.variant("fp32").verification["checks"]["fixed"]["max_abs_logit_diff"] <= 1e-4
+    assert manifest.variant("fp16").verification["checks"]["fixed"]["max_rel_logit_error"] <= 1e-2
+
+
+def test_a_failing_variant_is_left_out_and_the_command_fails(
+    trained_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One MLP unit driven to ~1e5 (beyond fp16's 65504) and scaled back down by tiny output
+    weights: exact in fp32, overflowing in fp16. Verification must catch it and the other
+    variants must still ship."""
+    checkpoint = load_checkpoint(trained_checkpoint)
+    mlp = checkpoint.model.transformer.h[0].mlp
+    with torch.no_grad():
+        mlp.c_fc.weight[0, 0] = 1e5
+        mlp.c_proj.weight[0, :] = 1e-5 * torch.randn(mlp.c_proj.weight.shape[1])
+    broken = save_checkpoint(checkpoint, tmp_path / "broken")
+    out = tmp_path / "bundle"
+    assert export_main(["bundle", "--checkpoint", str(broken), "--out", str(out), "--variants", "fp32,fp16"]) == 1
+    err = capsys.readouterr().err
+    assert "variant fp16 failed verification" in err and "NaN/Inf logits" in err
+    assert [v.name for v in load_manifest(out).variants] == ["fp32"]
+    assert not (out / "decoder_fp16.onnx").exists()
+
+
+def test_export_of_a_checkpoint_initialised_from_a_pretrained_folder(tmp_path: Path) -> None:
+    """`--init <folder>`: full GPT-2 vocabulary (50257) + command tokens, embeddings resized."""
+    pretrained = tmp_path / "pretrained"
+    config = GPT2Config(vocab_size=50257, n_layer=1, n_head=2, n_embd=32, n_positions=64)
+    GPT2LMHeadModel(config).save_pretrained(pretrained)
+    spec = CommandSpec(tasks=tuple(OUTPUTS), max_words=16, relevance_edges={t: (0.3, 0.5) for t in OUTPUTS})
+    tokenizer = add_command_tokens(gpt2_tokenizer(), spec.special_tokens())
+    model = load_pretrained(pretrained, tokenizer.get_vocab_size())
+    assert model.config.vocab_size == 50257 + len(spec.special_tokens())
+    checkpoint = train_briefly(Checkpoint(model, tokenizer, spec), steps=40)
+    out = tmp_path / "bundle"
+    args = ["bundle", "--checkpoint", str(save_checkpoint(checkpoint, tmp_path / "ckpt")), "--out", str(out)]
+    assert export_main([*args, "--variants", "fp32,int8"]) == 0
+    manifest = load_manifest(out)
+    assert manifest.model.vocab_size == tokenizer.get_vocab_size()
+    assert manifest.model.eos_token_id == 50256
+    assert manifest.variant("fp32").shapes["logits"] == ["batch", tokenizer.get_vocab_size()]
