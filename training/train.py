@@ -183,6 +183,8 @@ def mean_loss(
 
 def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> Path:
     """Train and write the checkpoint to `out`; returns `out`."""
+    if config.max_steps <= 0 and config.max_minutes <= 0:
+        raise ValueError("give a budget: --max-minutes or --max-steps must be positive")
     dist, device = setup_distributed()
     records = read_records(data)
     train_records = [r for r in records if r["split"] == "train"]
@@ -322,10 +324,10 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
     if dist.main:
         model.eval()
         val_loss = mean_loss(model, tokenizer, spec, val_records, device)
-        teachers = sorted({str(r.get("teacher", "unknown")) for r in records})
+        teachers = sorted({json.dumps(r.get("teacher", "unknown"), sort_keys=True) for r in records})
         provenance = {
             "dataset": {"file": str(data), "sha256": sha256_of(data), "records": len(records)},
-            "teacher": teachers,
+            "teacher": [json.loads(t) for t in teachers],
             "training": {
                 "config": asdict(config),
                 "steps": step,

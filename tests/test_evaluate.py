@@ -1,0 +1,106 @@
+"""The eval command on a tiny model: every report field, PyTorch and ONNX through one loop."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from argparse import Namespace
+from pathlib import Path
+
+import numpy as np
+import pytest
+from toy_records import write_toy_scored
+
+from contract.command import RELEVANCE_LEVELS
+from training.evaluate import copies_intent, evaluate, load_model, run
+from training.rewards import Embedder
+
+SPLIT_FIELDS = {
+    "samples",
+    "intents",
+    "invalid_share",
+    "length",
+    "relevance_by_level",
+    "relevance_by_length_and_level",
+    "monotonic_by_length",
+    "monotonic",
+    "teacher_relevance",
+    "student_teacher_ratio_top",
+    "intent_copy_rate_top",
+    "diversity",
+}
+
+
+@pytest.fixture(scope="module")
+def scored(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_toy_scored(tmp_path_factory.mktemp("data") / "scored.jsonl")
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder()
+
+
+def test_copies_intent() -> None:
+    assert copies_intent("holiday sale", "Big Holiday Sales today")
+    assert copies_intent("a walk in the park", "parks for a walk")  # stop words need not appear
+    assert not copies_intent("holiday sale", "winter discounts")
+
+
+def test_eval_command_writes_every_report_field(tiny_checkpoint: Path, scored: Path, tmp_path: Path) -> None:
+    checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint"))  # eval records into udrl.json
+    out = tmp_path / "eval"
+    args = Namespace(
+        checkpoint=str(checkpoint), onnx=None, variant="int8", data=str(scored), out=str(out), intents=1,
+        lengths="4,8", n=2, batch_size=64, seed=0, no_record=False,
+    )  # fmt: skip
+    assert run(args) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["splits"]) == {"unseen", "train"}
+    for name, split in report["splits"].items():
+        assert set(split) >= SPLIT_FIELDS, name
+        assert set(split["by_task"]) == {"t2i_prompt", "search_queries", "title"}
+        for task_metrics in split["by_task"].values():
+            assert set(task_metrics) >= SPLIT_FIELDS
+        assert split["samples"] == 3 * 1 * 2 * 3 * 2  # tasks x intents x lengths x levels x n
+        assert set(split["length"]) == {"mae_words", "within_2", "within_20pct"}
+        assert set(split["relevance_by_level"]) == set(RELEVANCE_LEVELS)
+        assert set(split["relevance_by_length_and_level"]) == {"4", "8"}
+        assert set(split["diversity"]["student"]) == {"cosine_distance", "distinct_2", "groups"}
+        assert split["teacher_relevance"]["high"] > split["teacher_relevance"]["by_level"]["low"]
+        assert 0.0 <= split["invalid_share"] <= 1.0
+    unseen_intents = report["settings"]["plan"]["unseen"]["title"]["intents"]
+    assert unseen_intents and set(unseen_intents) <= {"desert sunrise", "winter market"}  # the test split only
+    for name in ("summary.md", "length.png", "relevance.png"):
+        assert (out / name).stat().st_size > 0
+    assert "| unseen | all |" in (out / "summary.md").read_text()
+    udrl = json.loads((checkpoint / "udrl.json").read_text())
+    assert set(udrl["provenance"]["eval"]) >= {"unseen", "train"}
+
+
+def test_pytorch_and_onnx_run_through_the_same_loop(
+    tiny_checkpoint: Path, tiny_bundle: Path, scored: Path, embedder: Embedder
+) -> None:
+    records = [json.loads(line) for line in scored.read_text().splitlines()]
+    reports = []
+    for checkpoint, bundle in ((tiny_checkpoint, None), (None, tiny_bundle)):
+        model = load_model(checkpoint, bundle, "fp32")
+        model.generation = {**model.generation, "temperature": 0.0, "max_new_tokens": 12}  # greedy: comparable
+        reports.append(evaluate(model, records, intents_per_task=1, lengths=[5], n=1, embedder=embedder))
+    torch_report, onnx_report = reports
+    assert onnx_report["model"]["format"] == "onnx" and torch_report["model"]["format"] == "pytorch"
+    # FP32 ONNX matches PyTorch to ~1e-6 in the logits: greedy decoding writes the same words.
+    assert [p[3] for p in torch_report["points"]] == [p[3] for p in onnx_report["points"]]
+    relevances = np.array([[p[5] for p in r["points"]] for r in reports])
+    assert np.allclose(relevances[0], relevances[1], atol=1e-3)
+
+
+def test_eval_rejects_bad_arguments(scored: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    base = {"checkpoint": None, "onnx": None, "variant": "int8", "data": str(scored), "out": str(tmp_path)}
+    base |= {"intents": 1, "lengths": "", "n": 1, "batch_size": 8, "seed": 0, "no_record": True}
+    assert run(Namespace(**base)) == 2
+    assert "exactly one of" in capsys.readouterr().err
+    assert run(Namespace(**{**base, "checkpoint": str(tmp_path), "lengths": "5,x"})) == 2
+    assert "--lengths" in capsys.readouterr().err
+    assert run(Namespace(**{**base, "checkpoint": str(tmp_path)})) == 2
+    assert "cannot load" in capsys.readouterr().err

@@ -1,0 +1,474 @@
+"""`python -m training eval`: does the student obey its commands, and how does it
+compare with its teacher?
+
+For intents of the test split (never seen in training) and, reported separately, a
+sample of training intents, for every task and a grid of commands (several lengths x
+each relevance level), draw n samples per command through one decoding loop over a
+runner (the PyTorch checkpoint, or an exported ONNX variant), and measure:
+- length adherence: mean absolute error in words, share within +/-2 words and +/-20%;
+- relevance achieved per requested level (it must rise with the level);
+- student/teacher relevance ratio at the top level (teacher = the data's own outputs
+  for the same task and intents that reached the top level);
+- diversity of the n samples of one command (mean pairwise cosine distance, distinct-2),
+  student vs teacher;
+- intent copy rate (does the output carry every content word of the intent?): the
+  behaviour that decides relevance on unseen intents;
+- share of invalid or empty outputs.
+Writes report.json, summary.md and PNG plots to --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import random
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from contract.command import EOS_TOKEN, RELEVANCE_LEVELS, CommandSpec, count_words, normalize_text, prompt_ids
+from training.decoding import Runner, generate
+from training.examples import STOP_WORDS
+from training.rewards import Embedder, distinct_n
+
+SPLITS = {"unseen": "test", "train": "train"}  # report name -> data split
+
+
+@dataclass
+class Model:
+    """What evaluation needs of a model, whichever format it comes in."""
+
+    runner: Runner
+    tokenizer: Any  # tokenizers.Tokenizer
+    spec: CommandSpec
+    generation: dict[str, Any]
+    n_positions: int
+    description: dict[str, Any]
+
+
+@dataclass
+class Sample:
+    split: str
+    task: str
+    intent: str
+    length: int
+    level: str
+    request: int  # index of the command request: the n samples of one request share it
+    text: str = ""
+    words: int = 0
+    relevance: float = 0.0
+    invalid: bool = False
+
+
+def load_model(checkpoint: Path | None, bundle: Path | None, variant: str) -> Model:
+    if bundle is not None:
+        from contract.manifest import load_manifest
+        from server.runtime.onnx_runner import OnnxRunner
+        from training.tokenizer import load_tokenizer
+
+        manifest = load_manifest(bundle)
+        return Model(
+            runner=OnnxRunner(bundle, variant),
+            tokenizer=load_tokenizer(bundle / manifest.tokenizer_file),
+            spec=manifest.command,
+            generation=manifest.generation,
+            n_positions=manifest.model.n_positions,
+            description={"format": "onnx", "bundle": str(bundle), "variant": variant},
+        )
+    from training.checkpoint import load_checkpoint
+    from training.torch_runner import TorchRunner
+
+    loaded = load_checkpoint(checkpoint)  # type: ignore[arg-type]
+    return Model(
+        runner=TorchRunner(loaded.model),
+        tokenizer=loaded.tokenizer,
+        spec=loaded.command,
+        generation=loaded.generation,
+        n_positions=loaded.model.config.n_positions,
+        description={"format": "pytorch", "checkpoint": str(checkpoint)},
+    )
+
+
+def content_words(text: str) -> set[str]:
+    return {w for w in normalize_text(text).lower().replace(",", " ").split() if w not in STOP_WORDS}
+
+
+def copies_intent(intent: str, output: str) -> bool:
+    """Every content word of the intent appears in the output (as a word or a word's start)."""
+    words = output.lower().replace(",", " ").split()
+    return all(any(w.startswith(c) for w in words) for c in content_words(intent))
+
+
+def grid_lengths(spec: CommandSpec, train: Sequence[dict[str, Any]], task: str) -> list[int]:
+    """Short, typical and long for this task: the 15th, 50th and 85th percentile of its
+    training outputs' word counts, so every command in the grid is one the data taught."""
+    counts = [r["words"] for r in train if r["task"] == task]
+    values = np.percentile(counts, [15, 50, 85]) if counts else [spec.min_words, spec.max_words]
+    return sorted({spec.clamp_words(round(float(v))) for v in values})
+
+
+def pick_intents(records: Sequence[dict[str, Any]], split: str, task: str, count: int, seed: int) -> list[str]:
+    intents = sorted({r["intent"] for r in records if r["split"] == split and r["task"] == task})
+    random.Random(f"{seed}-{split}-{task}").shuffle(intents)
+    return intents[:count]
+
+
+def run_samples(model: Model, samples: list[Sample], n: int, batch_size: int, seed: int) -> None:
+    """Fill in every sample's text: prompts sorted by length so batches pad little."""
+    eos = model.tokenizer.token_to_id(EOS_TOKEN)
+    command_ids = {model.tokenizer.token_to_id(t) for t in model.spec.special_tokens()} | {eos}
+    prompts = [
+        prompt_ids(model.tokenizer, model.spec, s.task, s.length, s.level, s.intent) for s in samples[::n]
+    ]  # one prompt per request, decoded n times
+    order = sorted(range(len(samples)), key=lambda i: len(prompts[i // n]))
+    max_new = int(model.generation.get("max_new_tokens", 96))
+    temperature = float(model.generation.get("temperature", 0.8))
+    top_p = float(model.generation.get("top_p", 0.95))
+    for start in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch"):
+        chunk = order[start : start + batch_size]
+        batch_prompts = [prompts[i // n] for i in chunk]
+        budget = min(max_new, model.n_positions - max(map(len, batch_prompts)))
+        outputs = generate(model.runner, batch_prompts, eos, budget, temperature, top_p, seed=seed + start)
+        for i, out in zip(chunk, outputs, strict=True):
+            text = normalize_text(model.tokenizer.decode(out.ids, skip_special_tokens=True))
+            bad_token = any(t in command_ids for t in out.ids)
+            samples[i].text = text
+            samples[i].invalid = not text or not out.finished or bad_token or "\ufffd" in text
+
+
+def mean(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return float(np.mean(values)) if values else None
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def increasing(values: Sequence[float | None]) -> bool:
+    """Strictly rising, and every value measured (a missing level is no evidence)."""
+    return all(v is not None for v in values) and all(a < b for a, b in itertools.pairwise(values))  # type: ignore[operator]
+
+
+def length_metrics(samples: Sequence[Sample]) -> dict[str, float | None]:
+    errors = [abs(s.words - s.length) for s in samples]
+    return {
+        "mae_words": mean(errors),
+        "within_2": mean(e <= 2 for e in errors),
+        "within_20pct": mean(abs(s.words - s.length) <= 0.2 * s.length for s in samples),
+    }
+
+
+def group_diversity(embedder: Embedder, groups: Iterable[Sequence[str]]) -> dict[str, float | None]:
+    groups = [g for g in groups if len(g) >= 2]
+    return {
+        "cosine_distance": mean(embedder.diversity(g) for g in groups),
+        "distinct_2": mean(distinct_n(g, 2) for g in groups),
+        "groups": len(groups),
+    }
+
+
+def teacher_groups(teacher: Sequence[dict[str, Any]], n: int, seed: int) -> list[list[str]]:
+    """The teacher's counterpart of one command's n samples: up to n of its outputs for
+    one intent at one relevance level."""
+    by_key: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for record in teacher:
+        by_key[(record["intent"], record["level"])].append(record["output"])
+    rng = random.Random(seed)
+    return [rng.sample(outputs, min(n, len(outputs))) for _, outputs in sorted(by_key.items())]
+
+
+def split_metrics(
+    samples: Sequence[Sample], teacher: Sequence[dict[str, Any]], embedder: Embedder, n: int, seed: int
+) -> dict[str, Any]:
+    """Every metric for one split, overall and per task."""
+    # Length and relevance count every sample, invalid ones included: a broken output is a missed command.
+    valid = [s for s in samples if not s.invalid]
+    relevance_by_level = {lvl: mean(s.relevance for s in samples if s.level == lvl) for lvl in RELEVANCE_LEVELS}
+    teacher_top = mean(r["relevance"] for r in teacher if r["level"] == "high")
+    by_length: dict[int, dict[str, float | None]] = {}
+    for length in sorted({s.length for s in samples}):
+        by_length[length] = {
+            lvl: mean(s.relevance for s in samples if s.length == length and s.level == lvl) for lvl in RELEVANCE_LEVELS
+        }
+    monotonic = {length: increasing(list(v.values())) for length, v in by_length.items()}
+    requests: dict[int, list[str]] = defaultdict(list)
+    for s in valid:
+        requests[s.request].append(s.text)
+    high = [s for s in samples if s.level == "high"]
+    teacher_high = [r for r in teacher if r["level"] == "high"]
+    return {
+        "samples": len(samples),
+        "intents": len({s.intent for s in samples}),
+        "invalid_share": mean(s.invalid for s in samples),
+        "length": length_metrics(samples),
+        "relevance_by_level": relevance_by_level,
+        "relevance_by_length_and_level": {str(k): v for k, v in by_length.items()},
+        "monotonic_by_length": {str(k): v for k, v in monotonic.items()},
+        "monotonic": all(monotonic.values()) if monotonic else False,
+        "teacher_relevance": {
+            "high": teacher_top,
+            "all": mean(r["relevance"] for r in teacher),
+            "by_level": {lvl: mean(r["relevance"] for r in teacher if r["level"] == lvl) for lvl in RELEVANCE_LEVELS},
+        },
+        "student_teacher_ratio_top": ratio(relevance_by_level["high"], teacher_top),
+        "intent_copy_rate_top": {
+            "student": mean(copies_intent(s.intent, s.text) for s in high),
+            "teacher": mean(copies_intent(r["intent"], r["output"]) for r in teacher_high),
+        },
+        "diversity": {
+            "student": group_diversity(embedder, requests.values()),
+            "teacher": group_diversity(embedder, teacher_groups(teacher, n, seed)),
+        },
+    }
+
+
+def evaluate(
+    model: Model,
+    records: Sequence[dict[str, Any]],
+    intents_per_task: int = 8,
+    lengths: Sequence[int] | None = None,
+    n: int = 4,
+    batch_size: int = 64,
+    seed: int = 0,
+    embedder: Embedder | None = None,
+) -> dict[str, Any]:
+    """The full report (a JSON-able dict) for one model on scored records."""
+    spec = model.spec
+    train = [r for r in records if r["split"] == "train"]
+    samples: list[Sample] = []
+    teacher: dict[str, list[dict[str, Any]]] = {}
+    plan: dict[str, dict[str, Any]] = {}
+    for name, split in SPLITS.items():
+        teacher[name] = []
+        for task in spec.tasks:
+            intents = pick_intents(records, split, task, intents_per_task, seed)
+            task_lengths = (
+                sorted({spec.clamp_words(x) for x in lengths}) if lengths else grid_lengths(spec, train, task)
+            )
+            plan.setdefault(name, {})[task] = {"intents": intents, "lengths": task_lengths}
+            chosen = set(intents)
+            teacher[name] += [
+                {**r, "level": spec.relevance_level(task, r["relevance"])}
+                for r in records
+                if r["split"] == split and r["task"] == task and r["intent"] in chosen
+            ]
+            for intent in intents:
+                for length in task_lengths:
+                    for level in RELEVANCE_LEVELS:
+                        request = len(samples) // n
+                        samples += [Sample(name, task, intent, length, level, request) for _ in range(n)]
+    if not samples:
+        raise ValueError("no intents to evaluate: the data has no test or train records for the model's tasks")
+    started = time.perf_counter()
+    run_samples(model, samples, n, batch_size, seed)
+    generate_s = time.perf_counter() - started
+    embedder = embedder or Embedder()
+    for s in samples:
+        s.words = count_words(s.text)
+    scores = embedder.relevance([s.intent for s in samples], [s.text for s in samples])
+    for s, score in zip(samples, scores, strict=True):
+        s.relevance = float(score)
+
+    report: dict[str, Any] = {
+        "model": model.description,
+        "settings": {
+            "intents_per_task": intents_per_task,
+            "samples_per_command": n,
+            "seed": seed,
+            "generation": model.generation,
+            "plan": plan,
+        },
+        "timing": {"generate_s": round(generate_s, 2), "samples_per_s": round(len(samples) / generate_s, 1)},
+        "splits": {},
+    }
+    for name in SPLITS:
+        split_samples = [s for s in samples if s.split == name]
+        metrics = split_metrics(split_samples, teacher[name], embedder, n, seed)
+        metrics["by_task"] = {
+            task: split_metrics(
+                [s for s in split_samples if s.task == task],
+                [r for r in teacher[name] if r["task"] == task],
+                embedder,
+                n,
+                seed,
+            )
+            for task in spec.tasks
+        }
+        report["splits"][name] = metrics
+    report["examples"] = [
+        {k: getattr(s, k) for k in ("split", "task", "intent", "length", "level", "text", "words", "relevance")}
+        for s in samples[:: max(1, len(samples) // (24 * n)) * n][:24]
+    ]
+    report["points"] = [[s.split, s.task, s.length, s.words, s.level, round(s.relevance, 4)] for s in samples]
+    return report
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def summary_markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "# Evaluation",
+        "",
+        f"Model: `{json.dumps(report['model'])}`. {report['settings']['samples_per_command']} samples per command; "
+        f"generation {report['settings']['generation']}.",
+        "",
+        "| split | task | intents | within +/-2 | within 20% | MAE words | rel low | rel med | rel high "
+        "| teacher high | ratio top | monotonic | copy student/teacher | diversity student/teacher | invalid |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, split in report["splits"].items():
+        for task, m in [("all", split), *split["by_task"].items()]:
+            rel, length, copy, div = m["relevance_by_level"], m["length"], m["intent_copy_rate_top"], m["diversity"]
+            lines.append(
+                f"| {name} | {task} | {m['intents']} | {_fmt(length['within_2'])} | {_fmt(length['within_20pct'])} "
+                f"| {_fmt(length['mae_words'], 2)} | {_fmt(rel['low'])} | {_fmt(rel['medium'])} | {_fmt(rel['high'])} "
+                f"| {_fmt(m['teacher_relevance']['high'])} | {_fmt(m['student_teacher_ratio_top'])} "
+                f"| {_fmt(m['monotonic'])} | {_fmt(copy['student'], 2)}/{_fmt(copy['teacher'], 2)} "
+                f"| {_fmt(div['student']['cosine_distance'], 2)}/{_fmt(div['teacher']['cosine_distance'], 2)} "
+                f"| {_fmt(m['invalid_share'])} |"
+            )
+    lines += ["", "## Examples", ""]
+    for e in report["examples"][:12]:
+        lines.append(
+            f"- {e['split']} {e['task']} `{e['intent']}` ({e['length']} words, {e['level']}): "
+            f"{e['text']!r} -> {e['words']} words, relevance {e['relevance']:.2f}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_plots(report: dict[str, Any], out: Path) -> list[Path]:
+    """requested vs achieved length, and relevance by requested level (student vs teacher)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    splits = list(report["splits"])
+    paths = []
+    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], splits, strict=True):
+        points = [p for p in report["points"] if p[0] == name]
+        requested = np.array([p[2] for p in points], dtype=float)
+        achieved = np.array([p[3] for p in points], dtype=float)
+        jitter = np.random.default_rng(0).uniform(-0.3, 0.3, len(points))
+        ax.scatter(requested + jitter, achieved, s=6, alpha=0.3)
+        top = max([1.0, *requested, *achieved])
+        ax.plot([0, top], [0, top], "k--", lw=1)
+        ax.set(title=f"{name} intents", xlabel="requested words", ylabel="achieved words")
+    fig.tight_layout()
+    paths.append(out / "length.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+
+    tasks = list(report["splits"][splits[0]]["by_task"])
+    fig, axes = plt.subplots(1, len(splits), figsize=(5 * len(splits), 4.5), squeeze=False)
+    width = 0.8 / max(1, len(tasks))
+    for ax, name in zip(axes[0], splits, strict=True):
+        for k, task in enumerate(tasks):
+            m = report["splits"][name]["by_task"][task]
+            values = [m["relevance_by_level"][lvl] or 0.0 for lvl in RELEVANCE_LEVELS]
+            bars = ax.bar(np.arange(3) + k * width, values, width, label=task)
+            teacher = m["teacher_relevance"]["high"]
+            if teacher is not None:
+                ax.hlines(teacher, 2 + k * width - width / 2, 2 + k * width + width / 2, colors=bars[0].get_facecolor())
+        ax.set_xticks(np.arange(3) + width * (len(tasks) - 1) / 2, RELEVANCE_LEVELS)
+        ax.set(title=f"{name} intents (line: teacher top level)", xlabel="requested relevance", ylabel="relevance")
+        ax.legend(fontsize=7, loc="lower left")
+    fig.tight_layout()
+    paths.append(out / "relevance.png")
+    fig.savefig(paths[-1], dpi=110)
+    plt.close(fig)
+    return paths
+
+
+def headline(report: dict[str, Any]) -> dict[str, Any]:
+    """The few numbers worth carrying in the model's provenance."""
+    return {
+        name: {
+            "within_2": m["length"]["within_2"],
+            "relevance_by_level": m["relevance_by_level"],
+            "monotonic": m["monotonic"],
+            "student_teacher_ratio_top": m["student_teacher_ratio_top"],
+            "invalid_share": m["invalid_share"],
+        }
+        for name, m in report["splits"].items()
+    }
+
+
+def record_in_checkpoint(checkpoint: Path, report: dict[str, Any], data: Path) -> None:
+    from training.checkpoint import UDRL_FILE
+
+    path = checkpoint / UDRL_FILE
+    udrl = json.loads(path.read_text())
+    udrl.setdefault("provenance", {})["eval"] = {"data": str(data), **headline(report)}
+    path.write_text(json.dumps(udrl, indent=2) + "\n")
+
+
+def run(args: argparse.Namespace) -> int:
+    checkpoint = Path(args.checkpoint) if args.checkpoint else None
+    bundle = Path(args.onnx) if args.onnx else None
+    data = Path(args.data)
+    if (checkpoint is None) == (bundle is None):
+        print("error: give exactly one of --checkpoint DIR or --onnx BUNDLE_DIR", file=sys.stderr)
+        return 2
+    if not data.is_file():
+        print(f"error: no scored data at {data} (run `python -m training score` first)", file=sys.stderr)
+        return 2
+    try:
+        lengths = [int(x) for x in args.lengths.split(",")] if args.lengths else None
+    except ValueError:
+        print(f"error: --lengths must be comma-separated integers, got {args.lengths!r}", file=sys.stderr)
+        return 2
+    try:
+        model = load_model(checkpoint, bundle, args.variant)
+    except (FileNotFoundError, RuntimeError, ValueError) as e:
+        print(f"error: cannot load the model: {e}", file=sys.stderr)
+        return 2
+    with open(data, encoding="utf-8") as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    report = evaluate(model, records, args.intents, lengths, args.n, args.batch_size, args.seed)
+    report["data"] = {"file": str(data), "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    (out / "summary.md").write_text(summary_markdown(report))
+    write_plots(report, out)
+    if checkpoint is not None and not args.no_record:
+        record_in_checkpoint(checkpoint, report, data)
+    print(json.dumps(headline(report), indent=1))
+    print(f"report -> {out}/report.json, summary.md, length.png, relevance.png")
+    return 0
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("eval", help="measure command adherence and relevance against the teacher")
+    parser.add_argument("--checkpoint", help="a training checkpoint directory")
+    parser.add_argument("--onnx", help="an exported bundle directory (instead of --checkpoint)")
+    parser.add_argument("--variant", default="int8", help="ONNX variant to run with --onnx (fp32, int8, fp16)")
+    parser.add_argument("--data", default="artifacts/data/scored.jsonl", help="scored records (training.score)")
+    parser.add_argument("--out", default="artifacts/eval", help="report directory")
+    parser.add_argument("--intents", type=int, default=8, help="intents per task and split")
+    parser.add_argument("--lengths", default="", help="comma-separated word counts (default: per-task percentiles)")
+    parser.add_argument("--n", type=int, default=4, help="samples per command")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-record", action="store_true", help="do not write the headline into udrl.json")
+    parser.set_defaults(func=run)
