@@ -16,7 +16,22 @@ from typing import Any
 TASKS = ("t2i_prompt", "search_queries", "title")
 TRAIN_INTENTS = ["holiday sale", "cozy reading nook", "mountain cabin", "summer picnic", "city night", "garden party"]
 TEST_INTENTS = ["desert sunrise", "winter market"]
-FILLER = "soft light warm colors detailed photo calm mood bright clean simple modern classic scene".split()
+FILLER = [
+    "soft",
+    "light",
+    "warm",
+    "colors",
+    "detailed",
+    "photo",
+    "calm",
+    "mood",
+    "bright",
+    "clean",
+    "simple",
+    "modern",
+    "classic",
+    "scene",
+]
 
 
 def toy_records(seed: int = 0, per_intent: int = 12) -> list[dict[str, Any]]:
