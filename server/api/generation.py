@@ -1,0 +1,259 @@
+"""One generation call, from admission to its last event, shared by every route.
+
+Order matters: admission first (a full server answers 429 before doing any work),
+then the command is checked against the bundle and the input tokenised, then the
+engine takes over. Whatever happens, `close()` runs once: it gives the admission
+ticket back, counts the request in metrics and writes one log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+
+from contract.command import prompt_ids
+from server.api.errors import ApiError
+from server.api.schemas import Controls, SamplingFields
+from server.api.state import ServerState
+from server.engine.request import Event, GenerationRequest, LengthBounds, RequestDone, RequestFailed, SampleDone
+from server.engine.sampler import SamplingParams
+
+log = logging.getLogger("server.requests")
+
+MAX_STOP_STRINGS = 4
+RETRY_AFTER_S = "1"
+# how the engine's reasons for giving up map to HTTP (499: nginx's "client closed request")
+FAILURES = {
+    "deadline": (504, "deadline_exceeded"),
+    "aborted": (499, "client_closed"),
+    "internal": (500, "internal_error"),
+}
+
+
+async def wait_for_disconnect(request: Request) -> None:
+    """Returns when the client goes away. The body has been read by now, so the next
+    ASGI message can only be `http.disconnect`."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class GenerationCall:
+    def __init__(self, state: ServerState, http_request: Request, route: str) -> None:
+        self.state = state
+        self.http_request = http_request
+        self.route = route
+        self.request_id: str = http_request.state.request_id
+        self.started = time.monotonic()
+        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.request: GenerationRequest | None = None
+        self.done: RequestDone | None = None
+        self.samples: list[SampleDone] = []
+        self.log_fields: dict[str, Any] = {}
+        self._closed = False
+
+    # --- admission and preparation ----------------------------------------------------
+
+    @classmethod
+    def admit(cls, state: ServerState, http_request: Request, route: str) -> GenerationCall:
+        call = cls(state, http_request, route)
+        engine = state.engine
+        if engine.draining:
+            call._record(503, "draining")
+            raise ApiError(503, "draining", "the server is shutting down", {"Retry-After": RETRY_AFTER_S})
+        if not engine.try_admit():
+            call._record(429, "overloaded")
+            raise ApiError(
+                429,
+                "overloaded",
+                f"the server is at capacity ({engine.capacity} requests in flight or queued); retry later",
+                {"Retry-After": RETRY_AFTER_S},
+            )
+        return call
+
+    def prepare(
+        self,
+        task: str,
+        intent: str,
+        controls: Controls,
+        n: int,
+        sampling: SamplingFields,
+        max_new_tokens: int | None,
+        stream: bool,
+    ) -> Controls:
+        """Check the command against the bundle, tokenise, and hand the request to the
+        engine. Returns the controls with defaults filled in (echoed in the response)."""
+        try:
+            return self._prepare(task, intent, controls, n, sampling, max_new_tokens, stream)
+        except ApiError as e:
+            self.close(e.status, e.type)
+            raise
+
+    def _prepare(
+        self,
+        task: str,
+        intent: str,
+        controls: Controls,
+        n: int,
+        sampling: SamplingFields,
+        max_new_tokens: int | None,
+        stream: bool,
+    ) -> Controls:
+        state = self.state
+        spec = state.manifest.command
+        defaults = state.manifest.generation
+        if task not in spec.tasks:
+            raise ApiError(400, "unknown_task", f"unknown task {task!r}; this model knows {list(spec.tasks)}")
+        length = controls.length if controls.length is not None else spec.clamp_words(int(defaults.get("length", 20)))
+        if not spec.min_words <= length <= spec.max_words:
+            raise ApiError(
+                400,
+                "length_out_of_range",
+                f"controls.length {length} is outside the trained range {spec.min_words}..{spec.max_words} words",
+            )
+        if n > state.settings.max_batch_size:
+            raise ApiError(400, "n_too_large", f"n={n} exceeds the batch size {state.settings.max_batch_size}")
+        stop = [sampling.stop] if isinstance(sampling.stop, str) else list(sampling.stop or [])
+        stop = [s for s in stop if s]
+        if len(stop) > MAX_STOP_STRINGS:
+            raise ApiError(400, "invalid_request", f"at most {MAX_STOP_STRINGS} stop strings")
+
+        ids = prompt_ids(state.tokenizer, spec, task, length, controls.relevance, intent)
+        room = state.manifest.model.n_positions - len(ids)
+        if room < 1:
+            raise ApiError(400, "input_too_long", f"the input takes {len(ids)} tokens; the model's context is full")
+        asked_tokens = max_new_tokens if max_new_tokens is not None else int(defaults.get("max_new_tokens", 64))
+        params = SamplingParams(
+            temperature=sampling.temperature if sampling.temperature is not None else defaults.get("temperature", 0.8),
+            top_p=sampling.top_p if sampling.top_p is not None else defaults.get("top_p", 1.0),
+            top_k=sampling.top_k if sampling.top_k is not None else int(defaults.get("top_k", 0)),
+            repetition_penalty=sampling.repetition_penalty,
+        )
+        bounds = None
+        if controls.enforce_length:
+            bounds = LengthBounds(max(1, length - controls.length_tolerance), length + controls.length_tolerance)
+        settings = state.settings
+        timeout = min(sampling.timeout or settings.request_timeout_s, settings.max_request_timeout_s)
+        loop = asyncio.get_running_loop()
+
+        def sink(event: Event) -> None:  # called on the engine thread
+            loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+        self.request = GenerationRequest(
+            request_id=self.request_id,
+            prompt_ids=ids,
+            n=n,
+            params=params,
+            max_new_tokens=min(asked_tokens, room),
+            sink=sink,
+            seed=sampling.seed,
+            stop=tuple(stop),
+            length_bounds=bounds,
+            stream=stream,
+            deadline=self.started + timeout,
+            arrival=self.started,
+        )
+        self.log_fields = {"task": task, "n": n, "length": length, "relevance": controls.relevance}
+        if settings.log_request_text:
+            self.log_fields["input"] = intent
+        state.engine.submit(self.request)
+        return controls.model_copy(update={"length": length})
+
+    # --- waiting for the engine -------------------------------------------------------
+
+    async def _next_event(self) -> Event:
+        """The next event; if the engine stops answering, fail rather than hang (the
+        engine enforces the deadline itself; this is the backstop)."""
+        assert self.request is not None
+        backstop = self.request.deadline - time.monotonic() + 5.0
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout=max(backstop, 0.1))
+        except TimeoutError:
+            self.state.engine.abort(self.request_id)
+            return RequestFailed("deadline", "the engine did not answer before the deadline")
+
+    def _fail(self, failure: RequestFailed) -> ApiError:
+        status, kind = FAILURES.get(failure.reason, (500, "internal_error"))
+        self.close(status, kind)
+        return ApiError(status, kind, failure.message)
+
+    async def collect(self) -> tuple[list[SampleDone], RequestDone]:
+        """Wait for the whole result, watching for the client going away meanwhile."""
+        disconnect = asyncio.create_task(wait_for_disconnect(self.http_request))
+        try:
+            while True:
+                event_task = asyncio.create_task(self._next_event())
+                done, _ = await asyncio.wait({event_task, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+                if event_task not in done:
+                    event_task.cancel()
+                    self.state.engine.abort(self.request_id)
+                    raise self._fail(RequestFailed("aborted", "the client went away"))
+                event = event_task.result()
+                if isinstance(event, RequestFailed):
+                    raise self._fail(event)
+                if isinstance(event, SampleDone):
+                    self.samples.append(event)
+                elif isinstance(event, RequestDone):
+                    self.done = event
+                    self.close(200, "ok")
+                    return sorted(self.samples, key=lambda s: s.index), event
+        finally:
+            disconnect.cancel()
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Every event in order, for streaming. If the client disconnects, Starlette
+        cancels the stream: the request is aborted and its slot freed at the next step."""
+        finished = False
+        try:
+            while True:
+                event = await self._next_event()
+                if isinstance(event, SampleDone):
+                    self.samples.append(event)
+                elif isinstance(event, RequestDone):
+                    self.done = event
+                elif isinstance(event, RequestFailed):
+                    finished = True
+                    status, kind = FAILURES.get(event.reason, (500, "internal_error"))
+                    self.close(status, kind)
+                yield event
+                if isinstance(event, RequestDone | RequestFailed):
+                    finished = True
+                    self.close(200, "ok")
+                    return
+        finally:
+            if not finished:
+                self.state.engine.abort(self.request_id)
+                self.close(499, "client_closed")
+
+    # --- the end --------------------------------------------------------------------
+
+    def _record(self, status: int, reason: str) -> None:
+        seconds = time.monotonic() - self.started
+        self.state.metrics.observe_request(self.route, status, reason, seconds)
+        fields = {
+            "request_id": self.request_id,
+            "route": self.route,
+            "status": status,
+            "reason": reason,
+            "latency_ms": round(seconds * 1000, 2),
+            **self.log_fields,
+        }
+        if self.done is not None:
+            fields.update(prompt_tokens=self.done.prompt_tokens, completion_tokens=self.done.completion_tokens)
+        if self.state.settings.log_request_text and self.samples:
+            fields["outputs"] = [s.text for s in self.samples]
+        log.info("request", extra=fields)
+
+    def close(self, status: int, reason: str) -> None:
+        """Once per admitted call: give the ticket back, count it, log it."""
+        if self._closed:
+            return
+        self._closed = True
+        self.state.engine.release()
+        self._record(status, reason)

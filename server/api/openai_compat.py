@@ -1,0 +1,121 @@
+"""OpenAI-compatible routes: `POST /v1/completions` and `GET /v1/models`.
+
+Existing OpenAI clients work unchanged; our command goes in as extra body fields
+(`extra_body={"task": ..., "controls": {...}}` in the openai client). The prompt is the
+intent: it is formatted with the command exactly like the native route's `input`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import ConfigDict, Field
+
+from server.api.errors import ApiError
+from server.api.generation import FAILURES, GenerationCall
+from server.api.schemas import Controls, ErrorResponse, SamplingFields
+from server.api.sse import HEADERS, MEDIA_TYPE, sse_event
+from server.api.state import ServerState, get_state
+from server.engine.request import Delta, RequestDone, RequestFailed, SampleDone
+
+router = APIRouter(tags=["openai"])
+ROUTE = "/v1/completions"
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 422, 429, 499, 503, 504)}
+
+
+class CompletionRequest(SamplingFields):
+    # OpenAI parameters we do not implement (logprobs, echo, penalties...) are ignored
+    # rather than rejected, as OpenAI-compatible servers commonly do.
+    model_config = ConfigDict(extra="ignore")
+
+    model: str | None = None
+    prompt: str | list[str] = Field(..., description="the intent (one string, or a list of exactly one)")
+    max_tokens: int | None = Field(None, ge=1, le=4096)
+    n: int = Field(1, ge=1, le=16)
+    stream: bool = False
+    task: str | None = Field(None, description="extra field: the task (default: the bundle's first)")
+    controls: Controls = Field(default_factory=Controls, description="extra field: the command")
+
+
+def finish_reason(reason: str) -> str:
+    return reason if reason in ("stop", "length") else "stop"
+
+
+def check_model(state: ServerState, model: str | None) -> None:
+    if model is not None and model != state.model_name:
+        raise ApiError(404, "model_not_found", f"model {model!r} is not served here; this is {state.model_name!r}")
+
+
+def intent_of(prompt: str | list[str]) -> str:
+    if isinstance(prompt, str):
+        return prompt
+    if len(prompt) != 1:
+        raise ApiError(400, "invalid_request", "prompt must be one string (batches of prompts are not supported)")
+    return prompt[0]
+
+
+@router.post("/v1/completions", responses=ERRORS)
+async def completions(body: CompletionRequest, http_request: Request) -> Any:
+    state = get_state(http_request)
+    check_model(state, body.model)
+    intent = intent_of(body.prompt)
+    if not intent.strip():
+        raise ApiError(400, "invalid_request", "prompt is empty")
+    task = body.task or state.manifest.command.tasks[0]
+    call = GenerationCall.admit(state, http_request, ROUTE)
+    call.prepare(task, intent, body.controls, body.n, body, body.max_tokens, body.stream)
+    completion_id = f"cmpl-{call.request_id}"
+    created = int(time.time())
+    if body.stream:
+        chunks = completion_stream(call, completion_id, created)
+        return StreamingResponse(chunks, media_type=MEDIA_TYPE, headers=HEADERS)
+    samples, done = await call.collect()
+    return {
+        "id": completion_id,
+        "object": "text_completion",
+        "created": created,
+        "model": state.model_name,
+        "choices": [
+            {"index": s.index, "text": s.text, "logprobs": None, "finish_reason": finish_reason(s.finish_reason)}
+            for s in samples
+        ],
+        "usage": usage(done),
+    }
+
+
+def usage(done: RequestDone) -> dict[str, int]:
+    return {
+        "prompt_tokens": done.prompt_tokens,
+        "completion_tokens": done.completion_tokens,
+        "total_tokens": done.prompt_tokens + done.completion_tokens,
+    }
+
+
+async def completion_stream(call: GenerationCall, completion_id: str, created: int) -> AsyncIterator[str]:
+    def chunk(index: int, text: str, reason: str | None) -> str:
+        choice = {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
+        body = {"id": completion_id, "object": "text_completion", "created": created, "model": call.state.model_name}
+        return sse_event({**body, "choices": [choice]})
+
+    async for event in call.events():
+        if isinstance(event, Delta):
+            yield chunk(event.index, event.text, None)
+        elif isinstance(event, SampleDone):
+            yield chunk(event.index, "", finish_reason(event.finish_reason))
+        elif isinstance(event, RequestFailed):
+            status, kind = FAILURES.get(event.reason, (500, "internal_error"))
+            yield sse_event({"error": {"type": kind, "message": event.message, "code": status}})
+    yield sse_event("[DONE]")
+
+
+@router.get("/v1/models")
+async def models(http_request: Request) -> dict[str, Any]:
+    state = get_state(http_request)
+    return {
+        "object": "list",
+        "data": [{"id": state.model_name, "object": "model", "created": state.created, "owned_by": "promptgen"}],
+    }

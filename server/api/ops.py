@@ -1,0 +1,45 @@
+"""Operations: `/healthz` (the process is alive), `/readyz` (send it traffic), `/metrics`."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from server.api.state import get_state
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """Liveness: answers as long as the process serves HTTP. Restart it if this fails."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz")
+async def readyz(http_request: Request) -> JSONResponse:
+    """Readiness: 200 only after warm-up, while the engine loop's heartbeat is recent,
+    and not while draining for shutdown. A hung engine fails this, not /healthz."""
+    state = get_state(http_request)
+    engine = state.engine
+    body: dict[str, object] = {
+        "model": state.model_name,
+        "variant": state.variant,
+        "provider": state.provider,
+        "heartbeat_age_s": round(engine.heartbeat_age(), 3),
+    }
+    if engine.draining:
+        return JSONResponse({"status": "draining", **body}, status_code=503)
+    if not engine.warmed_up:
+        return JSONResponse({"status": "warming_up", **body}, status_code=503)
+    if not engine.alive():
+        return JSONResponse({"status": "engine_stalled", **body}, status_code=503)
+    return JSONResponse({"status": "ready", **body})
+
+
+@router.get("/metrics")
+async def metrics(http_request: Request) -> Response:
+    state = get_state(http_request)
+    state.metrics.heartbeat_age.labels(state.model_name).set(state.engine.heartbeat_age())
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

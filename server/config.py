@@ -1,0 +1,40 @@
+"""Server settings: environment variables (`PROMPTGEN_*`) and `python -m server serve` flags.
+
+One flat pydantic-settings class, so every knob has one name, one default and one
+place where it is documented (`python -m server serve --help` prints them all).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PROMPTGEN_", extra="ignore")
+
+    bundle: Path = Field(Path("artifacts/bundle"), description="bundle directory (manifest.json, tokenizer, ONNX)")
+    host: str = Field("127.0.0.1", description="address to listen on (0.0.0.0 in a container)")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on")
+    variant: str = Field("auto", description="bundle variant: auto (fp16 on CUDA, else int8, else fp32) or a name")
+    provider: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution provider")
+    intra_op_threads: int = Field(0, ge=0, description="ORT threads inside one operator (0: ORT's default)")
+    inter_op_threads: int = Field(1, ge=0, description="ORT threads across operators (0: ORT's default)")
+    batching: Literal["continuous", "window"] = Field(
+        "continuous",
+        description="continuous: requests join the running batch at the next step; "
+        "window: only requests arriving together form a batch, run to completion (for comparison)",
+    )
+    max_batch_size: int = Field(32, ge=1, description="most sequences decoded together (n samples count each)")
+    max_queue: int = Field(64, ge=0, description="most requests waiting for a slot; beyond it: 429")
+    batch_window_ms: float = Field(2.0, ge=0, description="when idle, wait this long to prefill arrivals together")
+    request_timeout_s: float = Field(30.0, gt=0, description="default per-request deadline (504 when passed)")
+    max_request_timeout_s: float = Field(300.0, gt=0, description="the longest deadline a request may ask for")
+    grace_period_s: float = Field(20.0, ge=0, description="on SIGTERM, how long in-flight requests may finish")
+    heartbeat_timeout_s: float = Field(10.0, gt=0, description="/readyz fails when the engine loop is silent this long")
+    log_request_text: bool = Field(False, description="include request input and output text in logs")
+    log_level: str = Field("info", description="python logging level")
+    model_name: str = Field("", description="model label in metrics and /v1/models (default: the bundle's name)")

@@ -1,0 +1,146 @@
+"""The engine: a dedicated thread that owns the model and runs the scheduler.
+
+One process, one engine thread: ONNX Runtime's own threads do the arithmetic, and two
+busy processes on a small machine slow each other badly (DESIGN.md). The asyncio side
+(API routes) talks to it through three thread-safe doors:
+- `try_admit()` / `release()`: the admission bound (in flight + queued), checked before
+  a request is even tokenised, so an overloaded server refuses cheaply;
+- `submit()` / `abort()`: hand a request over, or take it back (client disconnected);
+- events come back through each request's sink (`loop.call_soon_threadsafe`).
+The loop beats a heartbeat every iteration, also when idle, so `/readyz` can tell a
+live engine from a hung one.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+
+import numpy as np
+
+from server.engine.request import GenerationRequest
+from server.engine.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+IDLE_WAIT_S = 0.05  # how often an idle loop wakes to beat its heartbeat
+
+
+class Engine:
+    def __init__(self, scheduler: Scheduler, capacity: int, heartbeat_timeout_s: float) -> None:
+        self.scheduler = scheduler
+        self.capacity = capacity  # requests in flight (running + queued) before 429
+        self.heartbeat_timeout_s = heartbeat_timeout_s
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._inbox: deque[GenerationRequest] = deque()
+        self._aborts: deque[str] = deque()
+        self._in_flight = 0
+        self._stop = False
+        self.draining = False
+        self.warmed_up = False
+        self.heartbeat = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+
+    # --- called from the API (any thread) -------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._wakeup:
+            self._stop = True
+            self._wakeup.notify()
+        self._thread.join(timeout)
+
+    def try_admit(self) -> bool:
+        """Take one of `capacity` tickets; False when full or draining (then: 429/503)."""
+        with self._lock:
+            if self.draining or self._in_flight >= self.capacity:
+                return False
+            self._in_flight += 1
+            return True
+
+    def release(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    def submit(self, request: GenerationRequest) -> None:
+        with self._wakeup:
+            self._inbox.append(request)
+            self._wakeup.notify()
+
+    def abort(self, request_id: str) -> None:
+        with self._wakeup:
+            self._aborts.append(request_id)
+            self._wakeup.notify()
+
+    def drain(self) -> None:
+        """Stop admitting; what is in flight carries on."""
+        with self._lock:
+            self.draining = True
+
+    def heartbeat_age(self) -> float:
+        return time.monotonic() - self.heartbeat
+
+    def alive(self) -> bool:
+        return self._thread.is_alive() and self.heartbeat_age() < self.heartbeat_timeout_s
+
+    def ready(self) -> bool:
+        return self.warmed_up and not self.draining and self.alive()
+
+    # --- the engine thread ----------------------------------------------------------
+
+    def _warm_up(self) -> None:
+        """Run the graph once per phase so the first request does not pay for ORT's
+        lazy initialisation (allocations, kernel selection)."""
+        runner = self.scheduler.runner
+        ids = np.full((1, 8), runner.eos_token_id, np.int64)
+        mask = np.ones_like(ids)
+        positions = np.arange(8, dtype=np.int64)[None, :]
+        past = [runner.to_device(a) for a in runner.empty_past(1)]
+        _, present = runner.step(ids, mask, positions, past)
+        for step in range(2):
+            mask = np.ones((1, 9 + step), np.int64)
+            _, present = runner.step(ids[:, :1], mask, np.array([[8 + step]], np.int64), present)
+
+    def _run(self) -> None:
+        try:
+            self._warm_up()
+        except Exception:
+            log.exception("engine warm-up failed")
+            return  # the thread dies: /readyz stays 503, /healthz tells the story in logs
+        self.warmed_up = True
+        log.info("engine ready")
+        scheduler = self.scheduler
+        while True:
+            self.heartbeat = time.monotonic()
+            with self._wakeup:
+                if self._stop:
+                    break
+                if not (self._inbox or self._aborts or scheduler.has_work()):
+                    self._wakeup.wait(IDLE_WAIT_S)
+                inbox, self._inbox = list(self._inbox), deque()
+                aborts, self._aborts = list(self._aborts), deque()
+            for request in inbox:
+                scheduler.add(request)
+            for request_id in aborts:
+                scheduler.abort(request_id)
+            wait = scheduler.window_wait(time.monotonic())
+            if wait > 0:
+                with self._wakeup:
+                    self._wakeup.wait(wait)  # a new arrival wakes us to re-check the window
+                continue
+            if not scheduler.has_work():
+                continue
+            try:
+                scheduler.step()
+            except Exception as e:
+                log.exception("engine step failed; failing the requests in flight")
+                scheduler.fail_all(f"engine error: {type(e).__name__}")

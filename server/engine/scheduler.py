@@ -1,0 +1,244 @@
+"""Iteration-level ("continuous") batching over one runner.
+
+Each call to `step()` is one iteration:
+1. drop requests that were aborted or ran past their deadline;
+2. admit waiting requests into free slots (FIFO), prefill their prompts together
+   (one row per request: the n samples of a request share that prefill) and sample
+   each sample's first token;
+3. rebuild the batch KV cache if rows left or joined (kv_cache.py);
+4. one decode step for every running row, sample, and finish the rows that are done:
+   they leave the batch before the next step, freeing their slots.
+So a request that arrives while others are decoding joins at the next step, and a
+short request submitted during a long one finishes first.
+
+`batching="window"` is the simpler policy it replaces, kept for comparison: requests
+are only admitted when the batch is empty, and the batch runs until its last sample
+finishes.
+
+Only the engine thread touches a Scheduler; it is not thread-safe.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from server.engine.request import GenerationRequest, RequestDone, RequestFailed
+from server.engine.sampler import sample
+from server.engine.sequence import Sequence
+from server.metrics import Metrics
+from server.runtime.kv_cache import BatchCache, empty_cache, rebuild
+from server.runtime.onnx_runner import OnnxRunner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Admitted:
+    """A request in the batch: its samples and its timing."""
+
+    request: GenerationRequest
+    sequences: list[Sequence]
+    admitted_at: float
+    first_token_at: float | None = None
+    failed: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return all(s.finished for s in self.sequences)
+
+
+def emit(request: GenerationRequest, event: object) -> None:
+    """Events go to the API through the request's sink; a sink that fails (its client
+    and event loop are gone) must not take the engine down."""
+    try:
+        request.sink(event)  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001
+        log.debug("dropped an event for request %s", request.request_id)
+
+
+class Scheduler:
+    def __init__(
+        self,
+        runner: OnnxRunner,
+        tokenizer: Tokenizer,
+        metrics: Metrics,
+        max_batch_size: int,
+        batch_window_s: float = 0.0,
+        batching: str = "continuous",
+    ) -> None:
+        self.runner = runner
+        self.tokenizer = tokenizer
+        self.metrics = metrics
+        self.max_batch_size = max_batch_size
+        self.batch_window_s = batch_window_s
+        self.batching = batching
+        self.waiting: deque[GenerationRequest] = deque()
+        self.active: dict[str, Admitted] = {}
+        self.rows: list[Sequence] = []  # row i of the cache is rows[i]
+        self.cache: BatchCache = empty_cache(runner)
+
+    # --- bookkeeping ----------------------------------------------------------------
+
+    def add(self, request: GenerationRequest) -> None:
+        self.waiting.append(request)
+        self._update_gauges()
+
+    def has_work(self) -> bool:
+        return bool(self.waiting or self.active)
+
+    def abort(self, request_id: str, reason: str = "aborted", message: str = "the client went away") -> bool:
+        """Stop a request wherever it is; its rows leave the batch at the next step."""
+        for request in self.waiting:
+            if request.request_id == request_id:
+                self.waiting.remove(request)
+                emit(request, RequestFailed(reason, message))
+                self._update_gauges()
+                return True
+        admitted = self.active.get(request_id)
+        if admitted is None:
+            return False
+        admitted.failed = True
+        for sequence in admitted.sequences:
+            if not sequence.finished:
+                sequence.finish_reason = reason
+        del self.active[request_id]
+        emit(admitted.request, RequestFailed(reason, message))
+        self._update_gauges()
+        return True
+
+    def expire(self, now: float) -> None:
+        late = [r.request_id for r in self.waiting if r.deadline <= now]
+        late += [rid for rid, a in self.active.items() if a.request.deadline <= now]
+        for request_id in late:
+            self.abort(request_id, "deadline", "the request's deadline passed before it finished")
+
+    def fail_all(self, message: str) -> None:
+        """After an engine error: fail everything and start from an empty batch."""
+        for request_id in [r.request_id for r in self.waiting] + list(self.active):
+            self.abort(request_id, "internal", message)
+        self.rows = []
+        self.cache = empty_cache(self.runner)
+
+    def window_wait(self, now: float) -> float:
+        """Seconds to wait before admitting, so that arrivals close together share one
+        prefill. Only when nothing is running: a running batch must not be held up."""
+        if not self.waiting or self.active or self.batch_window_s <= 0:
+            return 0.0
+        if sum(r.n for r in self.waiting) >= self.max_batch_size:
+            return 0.0
+        return max(0.0, self.waiting[0].arrival + self.batch_window_s - now)
+
+    def _update_gauges(self) -> None:
+        self.metrics.queued.labels(self.metrics.model).set(len(self.waiting))
+        self.metrics.running.labels(self.metrics.model).set(len(self.active))
+
+    # --- one iteration ----------------------------------------------------------------
+
+    def step(self) -> None:
+        now = time.monotonic()
+        self.expire(now)
+        joining = self._admit(now)
+        joining_cache, joining_rows, new_rows = self._prefill(joining) if joining else (None, None, [])
+        self._rebuild(joining_cache, joining_rows, new_rows)
+        if self.rows:
+            self._decode()
+        self._finish()
+
+    def _admit(self, now: float) -> list[Admitted]:
+        if self.batching == "window" and self.active:
+            return []
+        free = self.max_batch_size - sum(1 for s in self.rows if not s.finished)
+        admitted = []
+        while self.waiting and self.waiting[0].n <= free:
+            request = self.waiting.popleft()
+            free -= request.n
+            sequences = [Sequence(request, i, self.tokenizer, self.runner.eos_token_id) for i in range(request.n)]
+            admitted.append(Admitted(request, sequences, admitted_at=now))
+            self.active[request.request_id] = admitted[-1]
+            self.metrics.queue_time.labels(self.metrics.model).observe(now - request.arrival)
+        self._update_gauges()
+        return admitted
+
+    def _prefill(self, joining: list[Admitted]) -> tuple[BatchCache, np.ndarray, list[Sequence]]:
+        """One forward over the new prompts, left-padded to a common length."""
+        prompts = [a.request.prompt_ids for a in joining]
+        length = max(len(p) for p in prompts)
+        input_ids = np.full((len(prompts), length), self.runner.eos_token_id, np.int64)
+        mask = np.zeros((len(prompts), length), np.int64)
+        for i, prompt in enumerate(prompts):
+            input_ids[i, length - len(prompt) :] = prompt
+            mask[i, length - len(prompt) :] = 1
+        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+        empty = [self.runner.to_device(a) for a in self.runner.empty_past(len(prompts))]
+
+        start = time.monotonic()
+        logits, present = self.runner.step(input_ids, mask, positions, empty)
+        self._observe_forward("prefill", len(prompts), start)
+        self.metrics.prompt_tokens.labels(self.metrics.model).inc(sum(len(p) for p in prompts))
+
+        # Sample i of request r reads prefill row r: n samples, one prefill.
+        new_rows = [s for a in joining for s in a.sequences]
+        prefill_row = np.array([r for r, a in enumerate(joining) for _ in a.sequences], np.int64)
+        self._sample_and_append(logits[prefill_row], new_rows)
+        return BatchCache(present, mask), prefill_row, new_rows
+
+    def _rebuild(self, joining: BatchCache | None, joining_rows: np.ndarray | None, new_rows: list[Sequence]) -> None:
+        keep = np.array([i for i, s in enumerate(self.rows) if not s.finished], np.int64)
+        joins = [i for i, s in enumerate(new_rows) if not s.finished]
+        if keep.size == len(self.rows) and not joins:
+            return  # membership unchanged: the cache is the last step's output, as is
+        rows = np.asarray(joining_rows)[joins] if joins else None
+        self.cache = rebuild(self.runner, self.cache, keep, joining, rows)
+        self.rows = [self.rows[i] for i in keep] + [new_rows[i] for i in joins]
+
+    def _decode(self) -> None:
+        input_ids = np.array([[s.generated[-1]] for s in self.rows], np.int64)
+        positions = self.cache.positions()
+        mask = np.concatenate([self.cache.mask, np.ones((len(self.rows), 1), np.int64)], axis=1)
+        start = time.monotonic()
+        logits, present = self.runner.step(input_ids, mask, positions, self.cache.past)
+        self._observe_forward("decode", len(self.rows), start)
+        self.cache.advance(present)
+        self._sample_and_append(logits, self.rows)
+
+    def _observe_forward(self, phase: str, rows: int, start: float) -> None:
+        self.metrics.forward_time.labels(self.metrics.model, phase).observe(time.monotonic() - start)
+        self.metrics.batch_size.labels(self.metrics.model, phase).observe(rows)
+
+    def _sample_and_append(self, logits: np.ndarray, rows: list[Sequence]) -> None:
+        tokens = sample(logits, [s.prepare() for s in rows])
+        now = time.monotonic()
+        model = self.metrics.model
+        for sequence, token in zip(rows, tokens, strict=True):
+            admitted = self.active[sequence.request.request_id]
+            if admitted.first_token_at is None:
+                admitted.first_token_at = now
+                self.metrics.time_to_first_token.labels(model).observe(now - sequence.request.arrival)
+            elif sequence.last_token_time:
+                self.metrics.inter_token_latency.labels(model).observe(now - sequence.last_token_time)
+            before = len(sequence.generated)
+            sequence.append(int(token))
+            self.metrics.generated_tokens.labels(model).inc(len(sequence.generated) - before)
+            if sequence.request.stream and (delta := sequence.delta()) is not None:
+                emit(sequence.request, delta)
+
+    def _finish(self) -> None:
+        """Report finished samples and requests; their rows leave at the next rebuild."""
+        for request_id, admitted in list(self.active.items()):
+            for sequence in admitted.sequences:
+                if sequence.finished and not sequence.reported:
+                    sequence.reported = True
+                    self.metrics.finish_reasons.labels(self.metrics.model, sequence.finish_reason).inc()
+                    emit(admitted.request, sequence.done())
+            if admitted.finished:
+                del self.active[request_id]
+                completion = sum(len(s.generated) for s in admitted.sequences)
+                queue_s = admitted.admitted_at - admitted.request.arrival
+                emit(admitted.request, RequestDone(len(admitted.request.prompt_ids), completion, queue_s))
+        self._update_gauges()

@@ -1,0 +1,95 @@
+"""One sample being generated: its tokens, its text so far, and when it must stop."""
+
+from __future__ import annotations
+
+import time
+
+from tokenizers import Tokenizer
+
+from contract.command import count_words
+from server.engine.request import LENGTH, STOP, Delta, GenerationRequest, SampleDone
+from server.engine.sampler import Row, make_generator
+
+
+class Sequence:
+    def __init__(self, request: GenerationRequest, index: int, tokenizer: Tokenizer, eos_token_id: int) -> None:
+        self.request = request
+        self.index = index
+        self.tokenizer = tokenizer
+        self.eos_token_id = eos_token_id
+        self.row = Row(request.params, make_generator(request.seed, index), generated=[], banned=[])
+        self.text = ""
+        self.streamed = 0  # characters of `text` already sent as deltas
+        self.finish_reason: str | None = None
+        self.reported = False  # its SampleDone has been sent
+        self.last_token_time = 0.0
+
+    @property
+    def generated(self) -> list[int]:
+        return self.row.generated
+
+    def prepare(self) -> Row:
+        """The sampler's view for the next token: EOS is banned below the minimum length."""
+        bounds = self.request.length_bounds
+        too_short = bounds is not None and count_words(self.text) < bounds.min_words
+        self.row.banned = [self.eos_token_id] if too_short else []
+        return self.row
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def append(self, token: int) -> None:
+        """Take the sampled token; decide whether the sample is finished and why.
+        (`max_new_tokens` was already clipped by the API to what the context can hold.)"""
+        self.last_token_time = time.monotonic()
+        if token == self.eos_token_id:
+            self.finish_reason = STOP
+            return
+        candidate = self._decode([*self.generated, token]).lstrip()
+        bounds = self.request.length_bounds
+        if bounds is not None and count_words(candidate) > bounds.max_words:
+            # The token would start one word too many: end here instead (forced EOS).
+            self.finish_reason = STOP
+            return
+        self.generated.append(token)
+        self.text = candidate
+        for stop in self.request.stop:
+            at = self.text.find(stop)
+            if at >= 0:
+                self.text = self.text[:at]
+                self.finish_reason = STOP
+                return
+        if len(self.generated) >= self.request.max_new_tokens:
+            self.finish_reason = LENGTH
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None
+
+    def delta(self) -> Delta | None:
+        """New text safe to stream: not a half-decoded UTF-8 character, and not the
+        start of a stop string (which would have to be taken back)."""
+        safe = len(self.text)
+        if not self.finished:
+            safe = len(self.text.rstrip("\ufffd"))
+            hold = 0
+            for stop in self.request.stop:
+                for k in range(min(len(stop) - 1, safe), hold, -1):
+                    if self.text[:safe].endswith(stop[:k]):
+                        hold = k
+                        break
+            safe -= hold
+        if safe <= self.streamed:
+            return None
+        delta = Delta(self.index, self.text[self.streamed : safe])
+        self.streamed = safe
+        return delta
+
+    def done(self) -> SampleDone:
+        return SampleDone(
+            index=self.index,
+            text=self.text,
+            words=count_words(self.text),
+            tokens=len(self.generated),
+            finish_reason=self.finish_reason or LENGTH,
+        )

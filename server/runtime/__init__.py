@@ -1,0 +1,1 @@
+"""Running the exported decoder: ONNX Runtime sessions and the batch KV cache."""

@@ -1,0 +1,180 @@
+"""`OnnxRunner`: one exported decoder variant in an ONNX Runtime session.
+
+It implements the runner contract (DESIGN.md): `forward(input_ids, attention_mask,
+position_ids, past)` with numpy in and out, so offline evaluation can drive PyTorch and
+ONNX through the same loop. The engine uses `step()` instead, which keeps the KV cache
+as ORT values on the execution device between steps (IO binding), so a decode step
+copies nothing but ids, masks and logits across the host/device boundary.
+
+What is and is not in place, honestly: the exported graph concatenates past and new
+key/values (`present = concat(past, new)`), so every step the graph writes a new
+[B, n_head, P+1, head_dim] buffer per layer; that copy is inside the graph and cannot
+be avoided without a graph that writes into a fixed buffer at an index. What we avoid
+is everything around it: `present` is bound straight back as the next `past` (no numpy
+round trip, no re-stacking of the batch), and the buffers come from ORT's memory arena,
+which recycles them instead of asking the OS each step. The batch is only rebuilt when
+its membership changes (see kv_cache.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from contract.manifest import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    LOGITS,
+    POSITION_IDS,
+    BundleError,
+    Manifest,
+    load_manifest,
+    past_names,
+    present_names,
+)
+
+log = logging.getLogger(__name__)
+
+KV_DTYPES = {"float32": np.float32, "float16": np.float16}
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+
+
+def choose_provider(requested: str) -> str:
+    """`auto` takes CUDA when this onnxruntime build has it (onnxruntime-gpu), else CPU."""
+    available = ort.get_available_providers()
+    if requested == "cuda":
+        if CUDA not in available:
+            raise BundleError(f"provider cuda was asked for but this onnxruntime offers only {available}")
+        return CUDA
+    if requested == "auto" and CUDA in available:
+        return CUDA
+    return CPU
+
+
+def choose_variant(manifest: Manifest, requested: str, provider: str) -> str:
+    """`auto`: FP16 on CUDA (half the bytes, tensor cores), INT8 on CPU (4x fewer weight
+    bytes: CPU decoding is weight-bandwidth bound), FP32 when the preferred one is absent."""
+    names = [v.name for v in manifest.variants]
+    if requested != "auto":
+        manifest.variant(requested)  # raises with the list of names when absent
+        return requested
+    preferred = ["fp16", "fp32"] if provider == CUDA else ["int8", "fp32"]
+    for name in preferred:
+        if name in names:
+            return name
+    return names[0]
+
+
+class OnnxRunner:
+    def __init__(
+        self,
+        bundle_dir: Path | str,
+        variant: str = "auto",
+        provider: str = "auto",
+        intra_op_threads: int = 0,
+        inter_op_threads: int = 0,
+        manifest: Manifest | None = None,
+    ) -> None:
+        self.bundle_dir = Path(bundle_dir)
+        self.manifest = manifest if manifest is not None else load_manifest(self.bundle_dir)
+        provider_name = choose_provider(provider)
+        self.variant = self.manifest.variant(choose_variant(self.manifest, variant, provider_name))
+
+        model = self.manifest.model
+        self.n_layer = model.n_layer
+        self.n_head = model.n_head
+        self.head_dim = model.head_dim
+        self.vocab_size = model.vocab_size
+        self.n_positions = model.n_positions
+        self.eos_token_id = model.eos_token_id
+        if self.variant.kv_dtype not in KV_DTYPES:
+            known = list(KV_DTYPES)
+            raise BundleError(f"variant {self.variant.name} has kv_dtype {self.variant.kv_dtype!r}; known: {known}")
+        self.kv_dtype = np.dtype(KV_DTYPES[self.variant.kv_dtype])
+        self.past_names = past_names(self.n_layer)
+        self.present_names = present_names(self.n_layer)
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = intra_op_threads
+        options.inter_op_num_threads = inter_op_threads
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        providers: list[str | tuple[str, dict[str, str]]] = [CPU]
+        if provider_name == CUDA:
+            providers = [(CUDA, {"device_id": "0"}), CPU]
+        path = self.bundle_dir / self.variant.file
+        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self._check_interface()
+        # ORT falls back to CPU silently when CUDA cannot start; report what it actually uses.
+        self.provider = self.session.get_providers()[0]
+        self.device = "cuda" if self.provider == CUDA else "cpu"
+        log.info(
+            "runner ready",
+            extra={"variant": self.variant.name, "provider": self.provider, "asked": provider, "file": str(path)},
+        )
+
+    def _check_interface(self) -> None:
+        expected_in = [INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *self.past_names]
+        expected_out = [LOGITS, *self.present_names]
+        actual_in = [i.name for i in self.session.get_inputs()]
+        actual_out = [o.name for o in self.session.get_outputs()]
+        if sorted(actual_in) != sorted(expected_in) or sorted(actual_out) != sorted(expected_out):
+            raise BundleError(
+                f"{self.variant.file} does not have the decoder interface: inputs {actual_in}, outputs {actual_out}"
+            )
+
+    # --- the runner contract: numpy in, numpy out -------------------------------------
+
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: list[np.ndarray],
+    ) -> tuple[np.ndarray, list[np.ndarray]]:
+        feeds = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask, POSITION_IDS: position_ids}
+        feeds.update(zip(self.past_names, past, strict=True))
+        outputs = self.session.run([LOGITS, *self.present_names], feeds)
+        return outputs[0].astype(np.float32, copy=False), outputs[1:]
+
+    def empty_past(self, batch: int) -> list[np.ndarray]:
+        shape = (batch, self.n_head, 0, self.head_dim)
+        return [np.zeros(shape, self.kv_dtype) for _ in self.past_names]
+
+    # --- the engine's path: KV cache stays in ORT values on the device ----------------
+
+    def to_device(self, array: np.ndarray) -> ort.OrtValue:
+        """A KV tensor for `step()`. On CPU this shares the numpy memory (no copy)."""
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, dtype=self.kv_dtype), self.device, 0)
+
+    @staticmethod
+    def to_host(value: ort.OrtValue) -> np.ndarray:
+        return value.numpy()
+
+    def step(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: list[ort.OrtValue],
+    ) -> tuple[np.ndarray, list[ort.OrtValue]]:
+        """One forward with IO binding: ids, mask and positions go in from host memory
+        (tiny), past is bound where it lives, present is left on the device for the next
+        step, and only the last-position logits [B, vocab] come back to the host, where
+        the per-request samplers run."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(INPUT_IDS, np.ascontiguousarray(input_ids, dtype=np.int64))
+        binding.bind_cpu_input(ATTENTION_MASK, np.ascontiguousarray(attention_mask, dtype=np.int64))
+        binding.bind_cpu_input(POSITION_IDS, np.ascontiguousarray(position_ids, dtype=np.int64))
+        for name, value in zip(self.past_names, past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output(LOGITS, "cpu")
+        for name in self.present_names:
+            binding.bind_output(name, self.device)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        logits = outputs[0].numpy().astype(np.float32, copy=False)
+        return logits, list(outputs[1:])
