@@ -1,0 +1,65 @@
+# The pipeline, end to end. Each artefact is a file target, so a later run reuses what
+# exists and rebuilds only what is missing: `make serve` on a fresh clone generates
+# data, trains, exports and serves; run again, it only serves.
+#
+#   make serve        build what is missing, then serve on http://127.0.0.1:8000
+#   make test         install the dev extras and run the test suite
+#   make bundle       stop after export (artifacts/bundle)
+#   make clean        remove artifacts/ (data, checkpoint, bundle)
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ART ?= artifacts
+TRAIN_MINUTES ?= 8
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+SAMPLES := $(ART)/data/samples
+SCORED := $(ART)/data/scored.jsonl
+CHECKPOINT := $(ART)/checkpoint
+BUNDLE := $(ART)/bundle
+
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: serve test install bundle data eval lint clean
+
+# torch first, pinned: the CPU wheel that lies on disk here. An unpinned torch pulled
+# in by another package would fetch a multi-GB CUDA build.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+$(SCORED): | $(VENV)/.installed
+	$(PY) -m training generate --out $(SAMPLES)
+	$(PY) -m training score --samples $(SAMPLES) --out $@
+
+$(CHECKPOINT)/udrl.json: $(SCORED)
+	$(PY) -m training train --data $(SCORED) --out $(CHECKPOINT) --max-minutes $(TRAIN_MINUTES)
+
+$(BUNDLE)/manifest.json: $(CHECKPOINT)/udrl.json
+	$(PY) -m export bundle --checkpoint $(CHECKPOINT) --out $(BUNDLE)
+
+data: $(SCORED)
+bundle: $(BUNDLE)/manifest.json
+
+serve: $(BUNDLE)/manifest.json
+	$(PY) -m server serve --bundle $(BUNDLE) --host $(HOST) --port $(PORT)
+
+eval: $(BUNDLE)/manifest.json
+	$(PY) -m training eval --checkpoint $(CHECKPOINT) --data $(SCORED) --out $(ART)/eval
+
+test: $(VENV)/.installed
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+clean:
+	rm -rf $(ART)
