@@ -178,6 +178,18 @@ def test_short_request_joins_at_the_next_step_and_finishes_first(runner: OnnxRun
     assert collector.done("long")[0].tokens > 3
 
 
+def test_window_batching_makes_the_short_request_wait(runner: OnnxRunner, tokenizer: Tokenizer) -> None:
+    """The policy continuous batching replaces: nobody joins a running batch."""
+    scheduler = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=8, batching="window")
+    collector = Collector()
+    scheduler.add(make_request(tokenizer, runner, collector, "long", max_new_tokens=30))
+    scheduler.step()
+    scheduler.add(make_request(tokenizer, runner, collector, "short", max_new_tokens=2))
+    while not collector.done("short"):
+        scheduler.step()
+    assert collector.done("long")
+
+
 def test_n_samples_share_one_prefill_row(runner: OnnxRunner, tokenizer: Tokenizer) -> None:
     metrics = Metrics("test")
     scheduler = Scheduler(runner, tokenizer, metrics, max_batch_size=8)
