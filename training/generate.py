@@ -73,6 +73,7 @@ class RunStats:
     """What this run did (the store keeps totals over all runs)."""
 
     requests: int = 0
+    failed: int = 0  # requests the teacher gave up on after its retries: asked again by the next run
     records: int = 0
     words: int = 0
     rejects: Counter[str] = field(default_factory=Counter)
@@ -144,6 +145,11 @@ async def run_generation(
     with tqdm(total=len(requests), initial=len(requests) - len(pending), desc="generate", unit="req") as bar:
         async for completion in teacher.complete(iter(pending)):
             request = completion.request
+            if completion.failed:
+                stats.failed += 1
+                stats.retries.update(completion.retries)
+                bar.update(1)
+                continue
             records, rejects = to_records(completion, teacher, hashes[request.task.name], splits[request.intent])
             commit = {
                 "rejects": dict(rejects),
@@ -166,6 +172,7 @@ def format_summary(stats: RunStats, store: RecordStore, interrupted: bool) -> st
         ("interrupted: re-run the same command to resume" if interrupted else "done")
         + f" in {elapsed:.1f}s: {stats.requests} requests, {stats.records} records"
         + f" ({stats.records / elapsed:.0f} records/s, {stats.requests / elapsed:.1f} requests/s)",
+        f"  failed requests (left for the next run): {stats.failed}",
         f"  rejects by reason: {dict(stats.rejects.most_common()) or 'none'}",
         f"  retries by reason: {dict(stats.retries.most_common()) or 'none'}",
         f"  tokens: {stats.prompt_tokens} prompt, {stats.completion_tokens} completion; output words: {stats.words}",
@@ -213,7 +220,12 @@ def generate(args: argparse.Namespace) -> int:
     except (TeacherError, RecordError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    if stats.failed:
+        print(f"error: {stats.failed} requests failed after all retries; re-run the same command", file=sys.stderr)
+        return 1
+    return 0
 
 
 async def _generate(
@@ -238,3 +250,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="base seed of targets and procedural outputs")
     add_teacher_arguments(parser)
     parser.set_defaults(func=generate)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m training.generate ...`: the same command without importing the other stages (torch)."""
+    parser = argparse.ArgumentParser(prog="python -m training")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["generate", *(sys.argv[1:] if argv is None else argv)])
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

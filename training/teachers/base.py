@@ -45,6 +45,7 @@ class Completion:
     completion_tokens: int = 0
     retries: Counter[str] = field(default_factory=Counter)  # reason -> count, e.g. {"429": 1, "timeout": 2}
     malformed: int = 0  # answers that could not be parsed at all
+    failed: bool = False  # the teacher gave up on this request: not committed, so a re-run asks again
 
 
 class Teacher(ABC):
