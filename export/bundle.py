@@ -28,11 +28,12 @@ from contract.manifest import (
     present_names,
     sha256_file,
 )
-from export.onnx_graph import OPSET, TorchRunner, export_decoder, io_shapes
+from export.onnx_graph import OPSET, export_decoder, io_shapes
 from export.variants import DERIVE, VARIANTS
 from export.verify import MIN_INT8_AGREEMENT, verify_files
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.tokenizer import TOKENIZER_FILE
+from training.torch_runner import TorchRunner
 
 DEFAULT_VARIANTS = ("fp32", "int8", "fp16")
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import onnx
 import torch
 from onnx import helper
@@ -50,18 +49,6 @@ class DecoderWithPast(torch.nn.Module):
         logits = self.model.lm_head(out.last_hidden_state[:, -1, :])
         present = [t for layer in cache.layers for t in (layer.keys, layer.values)]
         return (logits, *present)
-
-
-def decoder_for_export(model: GPT2LMHeadModel) -> DecoderWithPast:
-    """The wrapper in eval mode, with eager attention.
-
-    Eager attention traces to plain MatMul/Softmax that every ONNX Runtime provider runs;
-    eval mode matters twice: no dropout, and torch.onnx.export restores the *wrapper's*
-    training flag on the way out, so a fresh (training-mode) wrapper would leave the model
-    in training mode afterwards.
-    """
-    model.config._attn_implementation = "eager"
-    return DecoderWithPast(model).eval()
 
 
 def sample_inputs(model: GPT2LMHeadModel, batch: int = 2, past: int = 3, seq: int = 4) -> tuple[torch.Tensor, ...]:
@@ -114,23 +101,33 @@ def export_decoder(model: GPT2LMHeadModel, path: Path | str, opset: int = OPSET)
     }
     dynamic_axes |= {name: {0: "batch", 2: "past_seq"} for name in past_names(n_layer)}
     dynamic_axes |= {name: {0: "batch", 2: "total_seq"} for name in present_names(n_layer)}
-    decoder = decoder_for_export(model)
+    # Eager attention traces to plain MatMul/Softmax that every ONNX Runtime provider runs.
+    # Restored afterwards, so the PyTorch reference that verification compares against
+    # keeps its own attention kernel: an independent implementation, not the traced one.
+    attention = model.config._attn_implementation
+    model.config._attn_implementation = "eager"
+    # eval() matters twice: no dropout, and torch.onnx.export restores the wrapper's own
+    # training flag on the way out, so a training-mode wrapper would leave the model training.
+    decoder = DecoderWithPast(model).eval()
     # The tracer warns about every Python branch on a shape; tracing with a past and a padded
     # row picks the general branch, and verification runs other shapes against PyTorch.
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter, on purpose (see top)
-        torch.onnx.export(
-            decoder,
-            sample_inputs(model),
-            str(path),
-            input_names=inputs,
-            output_names=outputs,
-            dynamic_axes=dynamic_axes,
-            opset_version=opset,
-            do_constant_folding=True,
-            dynamo=False,
-        )
+        try:
+            torch.onnx.export(
+                decoder,
+                sample_inputs(model),
+                str(path),
+                input_names=inputs,
+                output_names=outputs,
+                dynamic_axes=dynamic_axes,
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
+        finally:
+            model.config._attn_implementation = attention
     graph = gemm_to_matmul(onnx.load(str(path)))
     onnx.checker.check_model(graph)
     onnx.save(graph, str(path))
@@ -144,23 +141,3 @@ def io_shapes(path: Path | str) -> dict[str, list[str | int]]:
         value.name: [dim.dim_param or dim.dim_value for dim in value.type.tensor_type.shape.dim]
         for value in [*graph.input, *graph.output]
     }
-
-
-class TorchRunner:
-    """The PyTorch reference behind the runner interface (numpy in, numpy out)."""
-
-    kv_dtype = np.dtype(np.float32)
-
-    def __init__(self, model: GPT2LMHeadModel) -> None:
-        self.decoder = decoder_for_export(model)
-        config = model.config
-        self.n_layer, self.n_head, self.vocab_size = config.n_layer, config.n_head, config.vocab_size
-        self.head_dim = config.n_embd // config.n_head
-
-    def forward(
-        self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: list[np.ndarray]
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        tensors = [torch.from_numpy(np.ascontiguousarray(a)) for a in (input_ids, attention_mask, position_ids, *past)]
-        with torch.no_grad():
-            logits, *present = self.decoder(*tensors)
-        return logits.float().numpy(), [p.numpy() for p in present]

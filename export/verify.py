@@ -17,9 +17,9 @@ random token ids with ragged lengths, which exercise left padding.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -35,24 +35,22 @@ from contract.manifest import (
     load_manifest,
     past_names,
 )
+from training.decoding import Runner
 
-FIXED_INTENTS = ("holiday sale", "cozy reading nook", "mountain cabin at dawn", "vintage camera repair")
+FIXED_INTENTS = (
+    "holiday sale",
+    "cozy reading nook",
+    "mountain cabin at dawn",
+    "vintage camera repair",
+    "healthy breakfast ideas",
+    "electric bike commute",
+    "minimalist home office",
+    "rainy day in tokyo",
+)
 MAX_FP32_ABS_DIFF = 1e-4
 MAX_FP16_REL_ERROR = 1e-2
 MIN_INT8_AGREEMENT = 0.99
 NUMPY_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}
-
-
-class Runner(Protocol):
-    n_layer: int
-    n_head: int
-    head_dim: int
-    vocab_size: int
-    kv_dtype: np.dtype
-
-    def forward(
-        self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: list[np.ndarray]
-    ) -> tuple[np.ndarray, list[np.ndarray]]: ...
 
 
 class OrtRunner:
@@ -144,28 +142,40 @@ def random_prompts(vocab_size: int, count: int = 4, seed: int = 0) -> list[list[
 
 @dataclass
 class PromptSet:
-    """Prompts and the reference's logits on them (greedy tokens are their argmax)."""
+    """Prompts and the reference's logits [steps, batch, vocab] on them."""
 
     name: str
     prompts: list[list[int]]
     steps: int
-    reference: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    reference: np.ndarray
+    served: np.ndarray  # [steps, batch]: positions up to the reference's first EOS
 
     @property
     def greedy(self) -> np.ndarray:
         return self.reference.argmax(-1).T  # [batch, steps]
 
 
+def served_positions(tokens: np.ndarray, eos_id: int) -> np.ndarray:
+    """[steps, batch] mask of the positions a server would emit: up to and including the
+    first EOS. After it the model runs on text it never saw, where agreement means little."""
+    before_eos = np.cumsum(tokens == eos_id, axis=0) - (tokens == eos_id)
+    return before_eos == 0
+
+
 def prompt_sets(
-    reference: Runner, tokenizer: TokenizerLike, spec: CommandSpec, n_positions: int, steps: int = 16
+    reference: Runner, tokenizer: TokenizerLike, spec: CommandSpec, model: ModelInfo, steps: int = 32
 ) -> list[PromptSet]:
-    sets = [
-        PromptSet("fixed", fixed_prompts(tokenizer, spec), steps),
-        PromptSet("random", random_prompts(reference.vocab_size), steps),
-    ]
-    for prompt_set in sets:
-        prompt_set.steps = min(steps, n_positions - max(len(p) for p in prompt_set.prompts))
-        prompt_set.reference = decode(reference, prompt_set.prompts, prompt_set.steps)
+    sets = []
+    for name, prompts in [
+        ("fixed", fixed_prompts(tokenizer, spec)),
+        ("random", random_prompts(reference.vocab_size)),
+    ]:
+        n_steps = min(steps, model.n_positions - max(len(p) for p in prompts))
+        logits = decode(reference, prompts, n_steps)
+        served = served_positions(logits.argmax(-1), model.eos_token_id)
+        if name == "random":
+            served[:] = True  # no EOS convention for random ids: every position counts
+        sets.append(PromptSet(name, prompts, n_steps, logits, served))
     return sets
 
 
@@ -180,10 +190,11 @@ def check_variant(variant: str, runner: Runner, sets: list[PromptSet], int8_min_
         abs_diff = float(np.abs(logits - reference).max()) if finite else float("inf")
         scale = np.abs(reference).max(-1)
         rel_error = float((np.abs(logits - reference).max(-1) / np.maximum(scale, 1e-6)).max()) if finite else 1.0
-        agreement = float((logits.argmax(-1) == reference.argmax(-1)).mean())
+        agreement = float((logits.argmax(-1) == reference.argmax(-1))[prompt_set.served].mean())
         result["checks"][prompt_set.name] = {
             "prompts": len(prompt_set.prompts),
             "steps": prompt_set.steps,
+            "positions": int(prompt_set.served.sum()),
             "finite": finite,
             "max_abs_logit_diff": abs_diff,
             "max_rel_logit_error": rel_error,
@@ -230,7 +241,7 @@ def verify_files(
     int8_min_agreement: float = MIN_INT8_AGREEMENT,
 ) -> dict[str, dict[str, Any]]:
     """Check each variant file against `reference`, on the CPU provider; print one line each."""
-    sets = prompt_sets(reference, tokenizer, spec, model.n_positions)
+    sets = prompt_sets(reference, tokenizer, spec, model)
     results = {}
     for variant, path in files.items():
         results[variant] = check_variant(variant, OrtRunner(path, model), sets, int8_min_agreement)
@@ -253,8 +264,8 @@ def verify_bundle(
     files = {v.name: bundle_dir / v.file for v in manifest.variants}
     if checkpoint_dir is not None:
         # torch only when a checkpoint is given: verifying variants against FP32 needs none.
-        from export.onnx_graph import TorchRunner
         from training.checkpoint import load_checkpoint
+        from training.torch_runner import TorchRunner
 
         checkpoint = load_checkpoint(checkpoint_dir)
         if checkpoint.model.config.vocab_size != manifest.model.vocab_size:

@@ -11,9 +11,9 @@ import pytest
 
 from contract.manifest import BundleError, load_manifest, past_names, present_names
 from export.__main__ import main as export_main
-from export.onnx_graph import TorchRunner
 from export.verify import OrtRunner, decode, empty_past, left_pad
 from training.checkpoint import load_checkpoint
+from training.torch_runner import TorchRunner
 
 
 def test_bundle_lists_every_variant_with_its_contract(tiny_bundle: Path) -> None:
