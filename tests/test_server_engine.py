@@ -73,6 +73,20 @@ def test_nucleus_mask_is_the_smallest_set_reaching_top_p(vocab: int) -> None:
         assert set(np.flatnonzero(mask)) == set(order[:k].tolist())
 
 
+@pytest.mark.parametrize("concentration", [0.05, 5.0])  # peaked: the fast path; flat: the full-sort fallback
+def test_batched_top_p_samples_only_inside_the_nucleus(concentration: float) -> None:
+    rng = np.random.default_rng(3)
+    probs = rng.dirichlet(np.full(2000, concentration), size=8)
+    logits = np.log(probs).astype(np.float32)
+    seen: set[tuple[int, int]] = set()
+    for seed in range(40):
+        tokens = sample(logits, [row(seed=seed * 8 + i, temperature=1.0, top_p=0.8) for i in range(8)])
+        for i, token in enumerate(tokens):
+            assert nucleus_mask(np.exp(logits[i].astype(np.float64)), 0.8)[token], (i, token)
+            seen.add((i, int(token)))
+    assert len(seen) > 8  # not stuck on the argmax
+
+
 def test_repetition_penalty_shrinks_only_generated_tokens() -> None:
     logits = np.array([2.0, -2.0, 1.0, 0.5], np.float32)
     apply_repetition_penalty(logits, generated=[0, 1, 1], penalty=2.0)

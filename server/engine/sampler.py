@@ -52,44 +52,79 @@ def apply_repetition_penalty(logits: np.ndarray, generated: list[int], penalty: 
 
 
 def nucleus_mask(probs: np.ndarray, top_p: float) -> np.ndarray:
-    """Boolean mask of the smallest set of tokens whose probability reaches top_p."""
-    total = probs.sum()
-    k = min(NUCLEUS_CANDIDATES, probs.size)
-    candidates = np.argpartition(-probs, k - 1)[:k] if k < probs.size else np.arange(probs.size)
-    order = candidates[np.argsort(-probs[candidates], kind="stable")]
+    """Boolean mask of the smallest set of tokens whose probability reaches top_p (one row;
+    the reference the batched path in `sample` must agree with)."""
+    order = np.argsort(-probs, kind="stable")
     cumulative = np.cumsum(probs[order])
-    if cumulative[-1] < top_p * total and k < probs.size:
-        order = np.argsort(-probs, kind="stable")
-        cumulative = np.cumsum(probs[order])
-    # keep tokens whose preceding mass is below top_p: the first one is always kept
-    keep = order[(cumulative - probs[order]) < top_p * total]
+    keep = order[(cumulative - probs[order]) < top_p * probs.sum()]  # the first token is always kept
     mask = np.zeros(probs.size, dtype=bool)
     mask[keep] = True
     return mask
 
 
+def _draw(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Per row, the index where u (in [0, 1)) falls in the row's cumulative weights."""
+    cumulative = np.cumsum(weights, axis=1, dtype=np.float64)
+    target = u * cumulative[:, -1]
+    return np.minimum((cumulative <= target[:, None]).sum(axis=1), weights.shape[1] - 1)
+
+
+def _sample_nucleus(probs: np.ndarray, top_p: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Top-p sampling for rows [R, V]: candidates sorted by probability, most likely first,
+    the nucleus kept, one draw per row. Rows whose nucleus is not within the first
+    NUCLEUS_CANDIDATES (flat distributions) redo it over the whole sorted vocabulary."""
+    rows, vocab = probs.shape
+    k = min(NUCLEUS_CANDIDATES, vocab)
+    candidates = np.argpartition(-probs, k - 1, axis=1)[:, :k] if k < vocab else np.tile(np.arange(vocab), (rows, 1))
+    candidate_probs = np.take_along_axis(probs, candidates, axis=1)
+    order = np.argsort(-candidate_probs, axis=1, kind="stable")
+    candidates = np.take_along_axis(candidates, order, axis=1)
+    candidate_probs = np.take_along_axis(candidate_probs, order, axis=1)
+    mass = top_p * probs.sum(axis=1)
+    cumulative = np.cumsum(candidate_probs, axis=1)
+    tokens = np.empty(rows, dtype=np.int64)
+    covered = cumulative[:, -1] >= mass
+    if covered.any():
+        kept = np.where((cumulative - candidate_probs) < mass[:, None], candidate_probs, 0.0)[covered]
+        tokens[covered] = np.take_along_axis(candidates[covered], _draw(kept, u[covered])[:, None], axis=1)[:, 0]
+    for i in np.flatnonzero(~covered):
+        order = np.argsort(-probs[i], kind="stable")
+        sorted_probs = probs[i, order]
+        kept = np.where((np.cumsum(sorted_probs) - sorted_probs) < mass[i], sorted_probs, 0.0)
+        tokens[i] = order[_draw(kept[None, :], u[i : i + 1])[0]]
+    return tokens
+
+
 def sample(logits: np.ndarray, rows: list[Row]) -> np.ndarray:
-    """One token id per row from logits [rows, vocab] (float32). Does not modify `logits`."""
-    logits = np.array(logits, dtype=np.float32, copy=True)
-    tokens = np.empty(len(rows), dtype=np.int64)
+    """One token id per row from logits [rows, vocab] (float32). Does not modify `logits`.
+
+    Batched where it can be (softmax, top-p, the draw), per row where parameters differ
+    (penalty, banned tokens, top-k). Each row's result depends only on its own logits,
+    parameters and generator.
+    """
+    x = np.array(logits, dtype=np.float32, copy=True)
     for i, row in enumerate(rows):
-        x = logits[i]
-        apply_repetition_penalty(x, row.generated, row.params.repetition_penalty)
+        apply_repetition_penalty(x[i], row.generated, row.params.repetition_penalty)
         if row.banned:
-            x[row.banned] = -np.inf
-        if row.params.temperature <= 0.0:
-            tokens[i] = int(np.argmax(x))
-            continue
-        x = x / row.params.temperature
-        if 0 < row.params.top_k < x.size:
-            kth = np.partition(x, x.size - row.params.top_k)[x.size - row.params.top_k]
-            x[x < kth] = -np.inf
-        probs = np.exp(x - x.max())
-        if row.params.top_p < 1.0:
-            probs[~nucleus_mask(probs, row.params.top_p)] = 0.0
-        cumulative = np.cumsum(probs, dtype=np.float64)
-        u = row.generator.random() * cumulative[-1]
-        tokens[i] = min(int(np.searchsorted(cumulative, u, side="right")), x.size - 1)
+            x[i, row.banned] = -np.inf
+    tokens = x.argmax(axis=1)  # greedy rows (temperature 0) are done
+    sampled = np.array([i for i, row in enumerate(rows) if row.params.temperature > 0.0], dtype=np.int64)
+    if sampled.size == 0:
+        return tokens
+    z = x[sampled] / np.array([rows[i].params.temperature for i in sampled], np.float32)[:, None]
+    for j, i in enumerate(sampled):
+        top_k = rows[i].params.top_k
+        if 0 < top_k < z.shape[1]:
+            kth = np.partition(z[j], z.shape[1] - top_k)[z.shape[1] - top_k]
+            z[j, z[j] < kth] = -np.inf
+    probs = np.exp(z - z.max(axis=1, keepdims=True))
+    u = np.array([rows[i].generator.random() for i in sampled])  # exactly one draw per sampled row
+    top_p = np.array([rows[i].params.top_p for i in sampled])
+    nucleus = top_p < 1.0
+    if nucleus.any():
+        tokens[sampled[nucleus]] = _sample_nucleus(probs[nucleus], top_p[nucleus], u[nucleus])
+    if (~nucleus).any():
+        tokens[sampled[~nucleus]] = _draw(probs[~nucleus], u[~nucleus])
     return tokens
 
 

@@ -82,6 +82,10 @@ class Scheduler:
         self.active: dict[str, Admitted] = {}
         self.rows: list[Sequence] = []  # row i of the cache is rows[i]
         self.cache: BatchCache = empty_cache(runner)
+        # the per-token series, bound to this model once rather than looked up per token
+        self._ttft = metrics.time_to_first_token.labels(metrics.model)
+        self._inter_token = metrics.inter_token_latency.labels(metrics.model)
+        self._generated = metrics.generated_tokens.labels(metrics.model)
 
     # --- bookkeeping ----------------------------------------------------------------
 
@@ -214,19 +218,20 @@ class Scheduler:
     def _sample_and_append(self, logits: np.ndarray, rows: list[Sequence]) -> None:
         tokens = sample(logits, [s.prepare() for s in rows])
         now = time.monotonic()
-        model = self.metrics.model
+        generated = 0
         for sequence, token in zip(rows, tokens, strict=True):
             admitted = self.active[sequence.request.request_id]
             if admitted.first_token_at is None:
                 admitted.first_token_at = now
-                self.metrics.time_to_first_token.labels(model).observe(now - sequence.request.arrival)
+                self._ttft.observe(now - sequence.request.arrival)
             elif sequence.last_token_time:
-                self.metrics.inter_token_latency.labels(model).observe(now - sequence.last_token_time)
+                self._inter_token.observe(now - sequence.last_token_time)
             before = len(sequence.generated)
             sequence.append(int(token))
-            self.metrics.generated_tokens.labels(model).inc(len(sequence.generated) - before)
+            generated += len(sequence.generated) - before
             if sequence.request.stream and (delta := sequence.delta()) is not None:
                 emit(sequence.request, delta)
+        self._generated.inc(generated)
 
     def _finish(self) -> None:
         """Report finished samples and requests; their rows leave at the next rebuild."""
