@@ -20,7 +20,7 @@ from server.engine.request import Event, GenerationRequest, LengthBounds, Reques
 from server.engine.sampler import Row, SamplingParams, apply_repetition_penalty, make_generator, nucleus_mask, sample
 from server.engine.scheduler import Scheduler
 from server.metrics import Metrics
-from server.runtime.kv_cache import BatchCache, empty_cache, rebuild
+from server.runtime.kv_cache import BatchCache, can_write_in_place, empty_cache, rebuild, write_in_place
 from server.runtime.onnx_runner import OnnxRunner
 
 # --- sampler -----------------------------------------------------------------------
@@ -145,6 +145,19 @@ def test_rebuilt_batch_decodes_like_each_row_alone(runner: OnnxRunner) -> None:
     mask = np.concatenate([cache.mask, np.ones((2, 1), np.int64)], axis=1)
     logits, _ = runner.step(np.array([[20], [20]], np.int64), mask, cache.positions(), cache.past)
     np.testing.assert_allclose(logits, np.stack(alone[1:]), atol=1e-4)
+
+    # in place: row 1 leaves (its slot is free), prompt 0's prefill is written into it
+    _, joining = prefill(runner, prompts[0])
+    cache = rebuild(runner, empty_cache(runner), np.array([], np.int64), joining, np.array([0]))
+    for ids in prompts[1:]:
+        _, joining = prefill(runner, ids)
+        cache = rebuild(runner, cache, np.arange(cache.rows), joining, np.array([0]))
+    _, joining = prefill(runner, prompts[2])
+    assert can_write_in_place(runner, cache, joining)
+    write_in_place(runner, cache, [1], joining, [0])  # slot 1 (prompt 1) now holds prompt 2
+    mask = np.concatenate([cache.mask, np.ones((3, 1), np.int64)], axis=1)
+    logits, _ = runner.step(np.full((3, 1), 20, np.int64), mask, cache.positions(), cache.past)
+    np.testing.assert_allclose(logits, np.stack([alone[0], alone[2], alone[2]]), atol=1e-4)
 
 
 # --- scheduler -----------------------------------------------------------------------

@@ -5,7 +5,8 @@ Each call to `step()` is one iteration:
 2. admit waiting requests into free slots (FIFO), prefill their prompts together
    (one row per request: the n samples of a request share that prefill) and sample
    each sample's first token;
-3. rebuild the batch KV cache if rows left or joined (kv_cache.py);
+3. finished rows free their slots; joining rows are written into free slots in place,
+   or the batch KV cache is rebuilt (kv_cache.py);
 4. one decode step for every running row, sample, and finish the rows that are done:
    they leave the batch before the next step, freeing their slots.
 So a request that arrives while others are decoding joins at the next step, and a
@@ -32,10 +33,19 @@ from server.engine.request import GenerationRequest, RequestDone, RequestFailed
 from server.engine.sampler import sample
 from server.engine.sequence import Sequence
 from server.metrics import Metrics
-from server.runtime.kv_cache import BatchCache, empty_cache, rebuild
+from server.runtime.kv_cache import (
+    BatchCache,
+    can_write_in_place,
+    empty_cache,
+    first_used_column,
+    rebuild,
+    write_in_place,
+)
 from server.runtime.onnx_runner import OnnxRunner
 
 log = logging.getLogger(__name__)
+
+TRIM_COLUMNS = 32  # this many leading all-padding columns are worth a rebuild to drop
 
 
 @dataclass
@@ -80,7 +90,7 @@ class Scheduler:
         self.batching = batching
         self.waiting: deque[GenerationRequest] = deque()
         self.active: dict[str, Admitted] = {}
-        self.rows: list[Sequence] = []  # row i of the cache is rows[i]
+        self.rows: list[Sequence | None] = []  # row i of the cache is rows[i]; None: a free slot
         self.cache: BatchCache = empty_cache(runner)
         # the per-token series, bound to this model once rather than looked up per token
         self._ttft = metrics.time_to_first_token.labels(metrics.model)
@@ -149,15 +159,15 @@ class Scheduler:
         self.expire(now)
         joining = self._admit(now)
         joining_cache, joining_rows, new_rows = self._prefill(joining) if joining else (None, None, [])
-        self._rebuild(joining_cache, joining_rows, new_rows)
-        if self.rows:
+        self._place(joining_cache, joining_rows, new_rows)
+        if any(s is not None for s in self.rows):
             self._decode()
         self._finish()
 
     def _admit(self, now: float) -> list[Admitted]:
         if self.batching == "window" and self.active:
             return []
-        free = self.max_batch_size - sum(1 for s in self.rows if not s.finished)
+        free = self.max_batch_size - sum(1 for s in self.rows if s is not None and not s.finished)
         admitted = []
         while self.waiting and self.waiting[0].n <= free:
             request = self.waiting.popleft()
@@ -192,24 +202,51 @@ class Scheduler:
         self._sample_and_append(logits[prefill_row], new_rows)
         return BatchCache(present, mask), prefill_row, new_rows
 
-    def _rebuild(self, joining: BatchCache | None, joining_rows: np.ndarray | None, new_rows: list[Sequence]) -> None:
-        keep = np.array([i for i, s in enumerate(self.rows) if not s.finished], np.int64)
-        joins = [i for i, s in enumerate(new_rows) if not s.finished]
-        if keep.size == len(self.rows) and not joins:
-            return  # membership unchanged: the cache is the last step's output, as is
-        rows = np.asarray(joining_rows)[joins] if joins else None
-        self.cache = rebuild(self.runner, self.cache, keep, joining, rows)
-        self.rows = [self.rows[i] for i in keep] + [new_rows[i] for i in joins]
+    def _place(self, joining: BatchCache | None, joining_rows: np.ndarray | None, new_rows: list[Sequence]) -> None:
+        """Finished rows free their slots; joining rows take free slots in place when they
+        fit, else the batch is rebuilt. Also rebuilds when free slots or all-padding
+        columns would cost more compute than the copy (see kv_cache.py)."""
+        for i, sequence in enumerate(self.rows):
+            if sequence is not None and sequence.finished:
+                self.rows[i] = None
+        joins = [j for j, s in enumerate(new_rows) if not s.finished]
+        free = [i for i, s in enumerate(self.rows) if s is None]
+        fits = joins and len(free) >= len(joins) and joining is not None and joining_rows is not None
+        if fits and can_write_in_place(self.runner, self.cache, joining):
+            slots = free[: len(joins)]
+            write_in_place(self.runner, self.cache, slots, joining, [int(joining_rows[j]) for j in joins])
+            for slot, j in zip(slots, joins, strict=True):
+                self.rows[slot] = new_rows[j]
+            joins, free = [], free[len(joins) :]
+        if joins or self._wasteful(len(free)):
+            keep = np.array([i for i, s in enumerate(self.rows) if s is not None], np.int64)
+            rows = np.asarray(joining_rows)[joins] if joins else None
+            self.cache = rebuild(self.runner, self.cache, keep, joining, rows)
+            self.rows = [self.rows[i] for i in keep] + [new_rows[j] for j in joins]
+
+    def _wasteful(self, free: int) -> bool:
+        """Rebuild when over a third of the rows are free slots, when the live rows leave
+        many columns of padding in front, or before the cache outgrows the context."""
+        alive = len(self.rows) - free
+        if free and (alive == 0 or 2 * free > alive):
+            return True
+        live_mask = self.cache.mask[[i for i, s in enumerate(self.rows) if s is not None]]
+        padding = first_used_column(live_mask) if live_mask.size else 0
+        return padding >= TRIM_COLUMNS or self.cache.columns >= self.runner.n_positions
 
     def _decode(self) -> None:
-        input_ids = np.array([[s.generated[-1]] for s in self.rows], np.int64)
+        eos = self.runner.eos_token_id
+        input_ids = np.array([[s.generated[-1] if s is not None else eos] for s in self.rows], np.int64)
         positions = self.cache.positions()
+        live = np.array([s is not None for s in self.rows])
+        positions[~live] = 0  # a free slot's dummy token must stay a valid position
         mask = np.concatenate([self.cache.mask, np.ones((len(self.rows), 1), np.int64)], axis=1)
         start = time.monotonic()
         logits, present = self.runner.step(input_ids, mask, positions, self.cache.past)
-        self._observe_forward("decode", len(self.rows), start)
+        self._observe_forward("decode", int(live.sum()), start)
         self.cache.advance(present)
-        self._sample_and_append(logits, self.rows)
+        rows = [s for s in self.rows if s is not None]
+        self._sample_and_append(logits[live], rows)
 
     def _observe_forward(self, phase: str, rows: int, start: float) -> None:
         self.metrics.forward_time.labels(self.metrics.model, phase).observe(time.monotonic() - start)

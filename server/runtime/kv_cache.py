@@ -2,12 +2,16 @@
 
 Every row's real tokens end at the last column, so one decode step appends one column
 for everyone, and the graph's `present` is simply the next step's `past` (no copy on
-our side, see onnx_runner.py). Rows are not positions in a fixed buffer: when requests
-join (prefill) or leave (finished, aborted, past their deadline), the batch is rebuilt
-once on the host: gather the surviving rows, pad the shorter side on the left, concat,
-and trim columns that are padding in every row. That costs one pass over the cache per
-membership change, not per step. On CUDA it is a device->host->device round trip;
-doing it with device kernels is future work.
+our side, see onnx_runner.py).
+
+Rows are slots. A finished row is not cut out at once: its slot is marked free, and
+the next request to join is written into it in place (on CPU the cache is host memory,
+so this is a copy of the newcomer's prefill only, not of the batch). The batch is
+rebuilt (surviving rows gathered, the shorter side padded on the left, columns that are
+padding in every row trimmed) only when a newcomer does not fit in place, or when free
+slots or dead columns would waste too much compute. That is one pass over the cache per
+rebuild, not per step. On CUDA every join is a rebuild, and a rebuild is a
+device->host->device round trip; doing it with device kernels is future work.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ class BatchCache:
     def rows(self) -> int:
         return int(self.mask.shape[0])
 
+    @property
+    def columns(self) -> int:
+        return int(self.mask.shape[1])
+
     def positions(self) -> np.ndarray:
         """The position of each row's next token: how many real tokens it holds."""
         return self.mask.sum(axis=1, keepdims=True)
@@ -47,9 +55,13 @@ def _trim(arrays: list[np.ndarray], mask: np.ndarray) -> tuple[list[np.ndarray],
     """Drop leading columns that are padding in every row (left over from rows that left)."""
     if mask.shape[0] == 0:
         return [a[:, :, :0] for a in arrays], mask[:, :0]
-    used = np.flatnonzero(mask.any(axis=0))
-    start = int(used[0]) if used.size else mask.shape[1]
+    start = first_used_column(mask)
     return [a[:, :, start:] for a in arrays], mask[:, start:]
+
+
+def first_used_column(mask: np.ndarray) -> int:
+    used = np.flatnonzero(mask.any(axis=0))
+    return int(used[0]) if used.size else mask.shape[1]
 
 
 def _pad_left(arrays: list[np.ndarray], mask: np.ndarray, columns: int) -> tuple[list[np.ndarray], np.ndarray]:
@@ -58,6 +70,12 @@ def _pad_left(arrays: list[np.ndarray], mask: np.ndarray, columns: int) -> tuple
         return arrays, mask
     padded = [np.pad(a, ((0, 0), (0, 0), (extra, 0), (0, 0))) for a in arrays]
     return padded, np.pad(mask, ((0, 0), (extra, 0)))
+
+
+def _masked(arrays: list[np.ndarray], mask: np.ndarray) -> list[np.ndarray]:
+    # Padding columns of a prefill are masked out, but zero them anyway: a masked column
+    # contributes weight 0 * value, which is NaN if the value is not finite.
+    return [np.where(mask[:, None, :, None] > 0, a, 0) for a in arrays]
 
 
 def rebuild(
@@ -72,11 +90,8 @@ def rebuild(
     arrays = [runner.to_host(v)[keep] for v in running.past]
     mask = running.mask[keep]
     if joining is not None and joining_rows is not None and joining_rows.size:
-        new_arrays = [runner.to_host(v)[joining_rows] for v in joining.past]
         new_mask = joining.mask[joining_rows]
-        # Padding columns of a prefill are masked out, but zero them anyway: a masked
-        # column only contributes weight 0 * value, which is NaN if the value is not finite.
-        new_arrays = [np.where(new_mask[:, None, :, None] > 0, a, 0) for a in new_arrays]
+        new_arrays = _masked([runner.to_host(v)[joining_rows] for v in joining.past], new_mask)
         columns = max(mask.shape[1], new_mask.shape[1])
         arrays, mask = _pad_left(arrays, mask, columns)
         new_arrays, new_mask = _pad_left(new_arrays, new_mask, columns)
@@ -84,3 +99,21 @@ def rebuild(
         mask = np.concatenate([mask, new_mask])
     arrays, mask = _trim(arrays, mask)
     return BatchCache([runner.to_device(a) for a in arrays], np.ascontiguousarray(mask))
+
+
+def can_write_in_place(runner: OnnxRunner, cache: BatchCache, joining: BatchCache) -> bool:
+    return runner.device == "cpu" and joining.columns <= cache.columns and cache.rows > 0
+
+
+def write_in_place(
+    runner: OnnxRunner, cache: BatchCache, slots: list[int], joining: BatchCache, joining_rows: list[int]
+) -> None:
+    """Put joining rows into free slots of the running cache, right-aligned, in place."""
+    start = cache.columns - joining.columns
+    new_mask = joining.mask[joining_rows]
+    new_arrays = _masked([runner.to_host(v)[joining_rows] for v in joining.past], new_mask)
+    for view, new in zip((runner.to_host(v) for v in cache.past), new_arrays, strict=True):
+        view[slots, :, :start] = 0
+        view[slots, :, start:] = new
+    cache.mask[slots] = 0
+    cache.mask[slots, start:] = new_mask

@@ -18,6 +18,7 @@ its membership changes (see kv_cache.py).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 from pathlib import Path
 
@@ -150,9 +151,24 @@ class OnnxRunner:
         """A KV tensor for `step()`. On CPU this shares the numpy memory (no copy)."""
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, dtype=self.kv_dtype), self.device, 0)
 
-    @staticmethod
-    def to_host(value: ort.OrtValue) -> np.ndarray:
-        return value.numpy()
+    def to_host(self, value: ort.OrtValue) -> np.ndarray:
+        """A KV tensor on the host: a zero-copy view on CPU (see host_view), a copy from CUDA."""
+        view = self.host_view(value)
+        return view if view is not None else value.numpy()
+
+    def host_view(self, value: ort.OrtValue) -> np.ndarray | None:
+        """On CPU, a numpy array over the OrtValue's own memory: no copy, and writes land
+        in the tensor ORT will read at the next step (that is how a joining request is
+        written into a free row in place). The caller must keep `value` alive while it
+        uses the view. None on CUDA, where the memory is not host-addressable."""
+        if self.device != "cpu":
+            return None
+        shape = tuple(value.shape())
+        nbytes = int(np.prod(shape)) * self.kv_dtype.itemsize
+        if nbytes == 0:
+            return np.zeros(shape, self.kv_dtype)
+        buffer = (ctypes.c_byte * nbytes).from_address(value.data_ptr())
+        return np.frombuffer(buffer, dtype=self.kv_dtype).reshape(shape)
 
     def step(
         self,
