@@ -2,6 +2,8 @@
 
     python -m export bundle --checkpoint DIR --out DIR [--variants fp32,int8,fp16]
     python -m export verify BUNDLE [--checkpoint DIR]
+    python -m export bench [--preset small | --checkpoint DIR] [--out bench/export.md]
+    python -m export gpu-check --bundle DIR [--out gpu_check.md]
 
 Exit codes: 0 all variants passed; 1 a variant failed verification (the reason is printed,
 the variant is left out of the manifest); 2 bad input (missing checkpoint, tampered bundle).
@@ -21,6 +23,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # export never downloads anything
 
 def variant_list(text: str) -> tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def int_list(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    from export.bench_decode import run_bench as bench
+
+    return bench(args)
+
+
+def run_gpu_check(args: argparse.Namespace) -> int:
+    from export.gpu_check import run_gpu_check as gpu_check
+
+    return gpu_check(args)
 
 
 def run_bundle(args: argparse.Namespace) -> int:
@@ -68,7 +86,32 @@ def main(argv: list[str] | None = None) -> int:
     verify.add_argument("--int8-min-agreement", **agreement)
     verify.set_defaults(func=run_verify)
 
+    bench = subparsers.add_parser("bench", help="prefill/decode latency of each variant on CPU -> markdown")
+    source = bench.add_mutually_exclusive_group()
+    source.add_argument("--preset", default="small", help="random-init model of this preset (default: small)")
+    source.add_argument("--checkpoint", type=Path, help="a trained checkpoint instead of a random-init preset")
+    bench.add_argument("--bundle", type=Path, help="an existing bundle of that checkpoint (default: export one)")
+    bench.add_argument("--work", type=Path, default=Path("artifacts/bench"), help="where built models go")
+    bench.add_argument("--batches", type=int_list, default=(1, 4, 16, 64), help="comma-separated")
+    bench.add_argument("--threads", type=int, default=2)
+    bench.add_argument("--prompt-len", type=int, default=16)
+    bench.add_argument("--steps", type=int, default=16, help="decode steps timed per batch")
+    bench.add_argument("--repeats", type=int, default=3, help="prefill runs timed per batch")
+    bench.add_argument("--out", type=Path, default=Path("bench/export.md"))
+    bench.set_defaults(func=run_bench)
+
+    gpu = subparsers.add_parser("gpu-check", help="FP16 on CUDA with IO binding: parity vs FP32 CPU, latency")
+    gpu.add_argument("--bundle", type=Path, required=True, help="a bundle with fp16 and fp32 variants")
+    gpu.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a dry run of the same script")
+    gpu.add_argument("--batches", type=int_list, default=(1, 16, 64, 256), help="comma-separated")
+    gpu.add_argument("--prompt-len", type=int, default=16)
+    gpu.add_argument("--steps", type=int, default=32, help="decode steps timed per batch")
+    gpu.add_argument("--repeats", type=int, default=5, help="prefill runs timed per batch")
+    gpu.add_argument("--out", type=Path, default=Path("gpu_check.md"), help="the report, as markdown")
+    gpu.set_defaults(func=run_gpu_check)
+
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the bench report quotes its own command
     from contract.manifest import BundleError
     from export.bundle import ExportError
 
