@@ -291,3 +291,26 @@ def test_bundle_is_loaded_through_the_checked_manifest(tiny_bundle: Path) -> Non
     runner = OnnxRunner(tiny_bundle, manifest=manifest, provider="cpu")
     assert runner.variant.name == "int8"  # auto on CPU
     assert runner.kv_dtype == np.float32 and runner.provider == "CPUExecutionProvider"
+
+
+def test_readyz_follows_the_engine_heartbeat(tiny_bundle: Path) -> None:
+    """Ready after warm-up; not ready once the engine loop stops beating, while /healthz
+    (the process) stays up: a hung engine must not pass the readiness check."""
+    import time
+
+    from fastapi.testclient import TestClient
+
+    from server.api.app import create_app
+    from server.config import Settings
+
+    app = create_app(Settings(bundle=tiny_bundle, variant="fp32", heartbeat_timeout_s=0.5))
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 30
+        while client.get("/readyz").status_code != 200:
+            assert time.monotonic() < deadline, client.get("/readyz").json()
+            time.sleep(0.05)
+        app.state.server.engine.stop()  # the loop ends: no more heartbeats
+        time.sleep(0.6)
+        response = client.get("/readyz")
+        assert response.status_code == 503 and response.json()["status"] == "engine_stalled"
+        assert client.get("/healthz").status_code == 200

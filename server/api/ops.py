@@ -29,6 +29,8 @@ async def readyz(http_request: Request) -> JSONResponse:
         "provider": state.provider,
         "heartbeat_age_s": round(engine.heartbeat_age(), 3),
     }
+    if engine.failure is not None:
+        return JSONResponse({"status": "engine_failed", "reason": engine.failure, **body}, status_code=503)
     if engine.draining:
         return JSONResponse({"status": "draining", **body}, status_code=503)
     if not engine.warmed_up:

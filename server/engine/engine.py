@@ -41,6 +41,7 @@ class Engine:
         self._stop = False
         self.draining = False
         self.warmed_up = False
+        self.failure: str | None = None  # why the engine thread stopped, if it did
         self.heartbeat = time.monotonic()
         self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
 
@@ -113,9 +114,10 @@ class Engine:
     def _run(self) -> None:
         try:
             self._warm_up()
-        except Exception:
+        except Exception as e:
             log.exception("engine warm-up failed")
-            return  # the thread dies: /readyz stays 503, /healthz tells the story in logs
+            self.failure = f"warm-up failed: {type(e).__name__}: {e}"
+            return  # the thread ends: /readyz says engine_failed
         self.warmed_up = True
         log.info("engine ready")
         scheduler = self.scheduler
