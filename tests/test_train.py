@@ -89,3 +89,17 @@ def test_bad_input_is_a_clear_cli_error(tmp_path: Path, capsys: pytest.CaptureFi
     (tmp_path / "raw.jsonl").write_text(json.dumps({"task": "title", "intent": "x", "output": "y"}) + "\n")
     assert run(Namespace(**{**vars(args), "data": str(tmp_path / "raw.jsonl")})) == 2
     assert "training score" in capsys.readouterr().err
+
+
+def test_init_from_pretrained_folder_uses_full_gpt2_vocabulary(scored: Path, tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    pretrained = tmp_path / "pretrained"
+    config = GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=128, vocab_size=50257)
+    GPT2LMHeadModel(config).save_pretrained(pretrained)
+    out = train(TrainConfig(init=str(pretrained), max_steps=3, **FAST), scored, tmp_path / "ck")
+    checkpoint = load_checkpoint(out)
+    # GPT-2's own ids, then the command tokens appended: the embedding was resized for them.
+    assert checkpoint.model.config.vocab_size == 50257 + len(checkpoint.command.special_tokens())
+    assert checkpoint.tokenizer.token_to_id("<|endoftext|>") == 50256
+    assert checkpoint.model.config.n_layer == 1  # the pretrained architecture, not a preset
