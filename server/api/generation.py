@@ -94,6 +94,9 @@ class GenerationCall:
         except ApiError as e:
             self.close(e.status, e.type)
             raise
+        except Exception:
+            self.close(500, "internal_error")  # never keep an admission ticket by accident
+            raise
 
     def _prepare(
         self,
@@ -205,6 +208,9 @@ class GenerationCall:
                     return sorted(self.samples, key=lambda s: s.index), event
         finally:
             disconnect.cancel()
+            if not self._closed:  # cancelled (server shutting down) or a bug: free the slot anyway
+                self.state.engine.abort(self.request_id)
+                self.close(500, "internal_error")
 
     async def events(self) -> AsyncIterator[Event]:
         """Every event in order, for streaming. If the client disconnects, Starlette
