@@ -150,6 +150,18 @@ def test_request_id_is_echoed_or_made(client: httpx.Client) -> None:
     assert len(made.headers["x-request-id"]) == 32
 
 
+def test_concurrent_requests_may_share_a_request_id(server: ServerProcess) -> None:
+    async def run() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+            body = {"task": TASK, "input": "x", "max_new_tokens": 8, "temperature": 0}
+            headers = {"X-Request-ID": "same"}
+            return await asyncio.gather(*(client.post("/v1/generate", json=body, headers=headers) for _ in range(6)))
+
+    responses = asyncio.run(run())
+    assert [r.status_code for r in responses] == [200] * 6
+    assert len({json.dumps(r.json()["outputs"]) for r in responses}) == 1  # greedy: six identical answers
+
+
 @pytest.mark.parametrize(
     ("body", "status", "kind"),
     [

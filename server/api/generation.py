@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -49,7 +50,9 @@ class GenerationCall:
         self.state = state
         self.http_request = http_request
         self.route = route
-        self.request_id: str = http_request.state.request_id
+        self.request_id: str = http_request.state.request_id  # the caller's, echoed back
+        # The engine's key: callers may reuse a request id, the engine must never confuse two calls.
+        self.engine_id = uuid.uuid4().hex
         self.started = time.monotonic()
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
         self.request: GenerationRequest | None = None
@@ -149,7 +152,7 @@ class GenerationCall:
             loop.call_soon_threadsafe(self.queue.put_nowait, event)
 
         self.request = GenerationRequest(
-            request_id=self.request_id,
+            request_id=self.engine_id,
             prompt_ids=ids,
             n=n,
             params=params,
@@ -178,7 +181,7 @@ class GenerationCall:
         try:
             return await asyncio.wait_for(self.queue.get(), timeout=max(backstop, 0.1))
         except TimeoutError:
-            self.state.engine.abort(self.request_id)
+            self.state.engine.abort(self.engine_id)
             return RequestFailed("deadline", "the engine did not answer before the deadline")
 
     def _fail(self, failure: RequestFailed) -> ApiError:
@@ -195,7 +198,7 @@ class GenerationCall:
                 done, _ = await asyncio.wait({event_task, disconnect}, return_when=asyncio.FIRST_COMPLETED)
                 if event_task not in done:
                     event_task.cancel()
-                    self.state.engine.abort(self.request_id)
+                    self.state.engine.abort(self.engine_id)
                     raise self._fail(RequestFailed("aborted", "the client went away"))
                 event = event_task.result()
                 if isinstance(event, RequestFailed):
@@ -209,7 +212,7 @@ class GenerationCall:
         finally:
             disconnect.cancel()
             if not self._closed:  # cancelled (server shutting down) or a bug: free the slot anyway
-                self.state.engine.abort(self.request_id)
+                self.state.engine.abort(self.engine_id)
                 self.close(500, "internal_error")
 
     async def events(self) -> AsyncIterator[Event]:
@@ -234,7 +237,7 @@ class GenerationCall:
                     return
         finally:
             if not finished:
-                self.state.engine.abort(self.request_id)
+                self.state.engine.abort(self.engine_id)
                 self.close(499, "client_closed")
 
     # --- the end --------------------------------------------------------------------
