@@ -33,7 +33,8 @@ from contract.command import CommandSpec
 from contract.manifest import ModelInfo, load_manifest
 from export.bundle import build_bundle
 from export.timing import Timing, time_runner
-from export.verify import MIN_INT8_AGREEMENT, OrtRunner
+from export.verify import MIN_INT8_AGREEMENT
+from server.runtime.onnx_runner import OnnxRunner
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.decoding import Runner
 from training.model import build_model
@@ -145,7 +146,7 @@ def run_bench(args: argparse.Namespace) -> int:
     runners: dict[str, Runner] = {"torch eager fp32": TorchRunner(checkpoint.model)}
     for variant in manifest.variants:
         label = f"ORT {variant.name}" + (" (CPU; made for CUDA)" if variant.provider != "CPUExecutionProvider" else "")
-        runners[label] = OrtRunner(bundle_dir / variant.file, manifest.model, threads=args.threads)
+        runners[label] = OnnxRunner(bundle_dir, variant.name, "cpu", intra_op_threads=args.threads, manifest=manifest)
     timings = []
     jobs = [(name, batch) for batch in args.batches for name in runners]
     for name, batch in tqdm(jobs, desc="bench", unit="run"):

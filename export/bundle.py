@@ -30,7 +30,7 @@ from contract.manifest import (
 )
 from export.onnx_graph import OPSET, export_decoder, io_shapes
 from export.variants import DERIVE, VARIANTS
-from export.verify import MIN_INT8_AGREEMENT, verify_files
+from export.verify import MIN_INT8_AGREEMENT, verify_variants
 from training.checkpoint import Checkpoint, load_checkpoint
 from training.tokenizer import TOKENIZER_FILE
 from training.torch_runner import TorchRunner
@@ -74,6 +74,22 @@ def export_provenance(checkpoint_dir: Path) -> dict[str, Any]:
     }
 
 
+def variant_entry(variant: str, path: Path, info: ModelInfo) -> Variant:
+    spec = VARIANTS[variant]
+    return Variant(
+        name=variant,
+        file=path.name,
+        dtype=spec.dtype,
+        kv_dtype=spec.kv_dtype,
+        provider=spec.provider,
+        opset=OPSET,
+        sha256=sha256_file(path),
+        inputs=[INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *past_names(info.n_layer)],
+        outputs=[LOGITS, *present_names(info.n_layer)],
+        shapes=io_shapes(path),
+    )
+
+
 def prepare_out_dir(out_dir: Path) -> Path:
     """The staging directory; refuse to later replace anything that is not a bundle."""
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).is_file():
@@ -108,40 +124,8 @@ def build_bundle(
             print(f"[3/4] deriving {variant}", flush=True)
             files[variant] = DERIVE[variant](fp32_path, staging / f"decoder_{variant}.onnx")
 
-    print("[4/4] verifying each variant against PyTorch (prefill + decode steps)", flush=True)
-    checked = {v: files[v] for v in variants}
-    results = verify_files(
-        checked, info, TorchRunner(checkpoint.model), checkpoint.tokenizer, checkpoint.command, int8_min_agreement
-    )
-    if "fp32" not in variants:
-        fp32_path.unlink()  # only the source of the others
-
-    entries, failures = [], {}
-    for variant, result in results.items():
-        if not result["passed"]:
-            failures[variant] = result["failures"]
-            checked[variant].unlink()
-            continue
-        spec = VARIANTS[variant]
-        entries.append(
-            Variant(
-                name=variant,
-                file=checked[variant].name,
-                dtype=spec.dtype,
-                kv_dtype=spec.kv_dtype,
-                provider=spec.provider,
-                opset=OPSET,
-                sha256=sha256_file(checked[variant]),
-                inputs=[INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *past_names(info.n_layer)],
-                outputs=[LOGITS, *present_names(info.n_layer)],
-                verification=result,
-                shapes=io_shapes(checked[variant]),
-            )
-        )
-    if not entries:
-        shutil.rmtree(staging)
-        return BundleResult(None, None, failures)
-
+    # The manifest is drafted with every candidate first: verification loads each variant
+    # through the server's runner, exactly as the server will; failures are then dropped.
     shutil.copyfile(checkpoint_dir / TOKENIZER_FILE, staging / TOKENIZER_FILE)
     manifest = Manifest(
         name=name or checkpoint_dir.name,
@@ -149,12 +133,26 @@ def build_bundle(
         tokenizer_file=TOKENIZER_FILE,
         tokenizer_sha256=sha256_file(staging / TOKENIZER_FILE),
         command=checkpoint.command,
-        variants=entries,
+        variants=[variant_entry(v, files[v], info) for v in variants],
         generation=dict(checkpoint.generation),
         provenance={**checkpoint.provenance, "export": export_provenance(checkpoint_dir)},
     )
+    print("[4/4] verifying each variant against PyTorch (prefill + decode steps)", flush=True)
+    reference = TorchRunner(checkpoint.model)
+    results = verify_variants(staging, manifest, reference, checkpoint.tokenizer, int8_min_agreement)
+    failures = {v: r["failures"] for v, r in results.items() if not r["passed"]}
+    for variant in manifest.variants:
+        variant.verification = results[variant.name]
+    manifest.variants = [v for v in manifest.variants if v.name not in failures]
+    for variant, path in files.items():
+        if variant in failures or variant not in variants:
+            path.unlink()  # failed, or fp32 kept only as the others' source
+    if not manifest.variants:
+        shutil.rmtree(staging)
+        return BundleResult(None, None, failures)
+
     manifest.write(staging)
     shutil.rmtree(out_dir, ignore_errors=True)
     staging.rename(out_dir)
-    print(f"bundle written to {out_dir}: {[v.name for v in entries]}", flush=True)
+    print(f"bundle written to {out_dir}: {[v.name for v in manifest.variants]}", flush=True)
     return BundleResult(out_dir, manifest, failures)

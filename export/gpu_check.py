@@ -25,28 +25,26 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from contract.manifest import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, ModelInfo, load_manifest, present_names
+from contract.manifest import load_manifest
 from export.timing import time_runner
-from export.verify import OrtRunner, check_variant, prompt_sets, summary
+from export.verify import check_variant, prompt_sets, summary
+from server.runtime.onnx_runner import OnnxRunner
 
 CUDA = "CUDAExecutionProvider"
 PROVIDERS = {"cuda": CUDA, "cpu": "CPUExecutionProvider"}
 NO_CUDA_EXIT = 3
 
 
-class IoBindingRunner(OrtRunner):
-    """The runner interface with IO binding: `past` may be numpy (copied to the device once,
-    e.g. the empty prefill past) or OrtValues already there; `present` is returned as device
-    OrtValues, so the KV cache never crosses to the host between steps. `device="cpu"` runs
-    the same code on the CPU provider (how the tests exercise it without a GPU)."""
+class DeviceCacheRunner:
+    """The runner interface over the server's IO-binding path (`OnnxRunner.step`): `past` may
+    be numpy (copied to the device once, e.g. the empty prefill past) or OrtValues already
+    there; `present` comes back as device OrtValues, so the KV cache never crosses to the
+    host between steps, exactly as in serving."""
 
-    def __init__(self, path: Path, model: ModelInfo, device: str = "cuda") -> None:
-        provider = PROVIDERS[device]
-        super().__init__(path, model, provider=provider)
-        if self.session.get_providers()[0] != provider:
-            raise RuntimeError(f"ORT fell back to {self.session.get_providers()} for {path}")
-        self.device = device
-        self.present_names = present_names(model.n_layer)
+    def __init__(self, runner: OnnxRunner) -> None:
+        self.runner = runner
+        self.n_layer, self.n_head, self.head_dim = runner.n_layer, runner.n_head, runner.head_dim
+        self.vocab_size, self.kv_dtype = runner.vocab_size, runner.kv_dtype
 
     def forward(
         self,
@@ -55,20 +53,8 @@ class IoBindingRunner(OrtRunner):
         position_ids: np.ndarray,
         past: list[np.ndarray | ort.OrtValue],
     ) -> tuple[np.ndarray, list[ort.OrtValue]]:
-        binding = self.session.io_binding()
-        binding.bind_cpu_input(INPUT_IDS, np.ascontiguousarray(input_ids, dtype=np.int64))
-        binding.bind_cpu_input(ATTENTION_MASK, np.ascontiguousarray(attention_mask, dtype=np.int64))
-        binding.bind_cpu_input(POSITION_IDS, np.ascontiguousarray(position_ids, dtype=np.int64))
-        for name, value in zip(self.past_names, past, strict=True):
-            if isinstance(value, np.ndarray):
-                value = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value, self.kv_dtype), self.device, 0)
-            binding.bind_ortvalue_input(name, value)
-        binding.bind_output(LOGITS, "cpu")
-        for name in self.present_names:
-            binding.bind_output(name, self.device, 0)
-        self.session.run_with_iobinding(binding)
-        logits, *present = binding.get_outputs()
-        return logits.numpy().astype(np.float32, copy=False), present
+        on_device = [self.runner.to_device(p) if isinstance(p, np.ndarray) else p for p in past]
+        return self.runner.step(input_ids, attention_mask, position_ids, on_device)
 
 
 def device_name() -> str:
@@ -100,8 +86,13 @@ def run_gpu_check(args: argparse.Namespace) -> int:
 
     bundle = Path(args.bundle)
     manifest = load_manifest(bundle)
-    fp16 = IoBindingRunner(bundle / manifest.variant("fp16").file, manifest.model, args.device)
-    reference = OrtRunner(bundle / manifest.variant("fp32").file, manifest.model)
+    runner = OnnxRunner(bundle, "fp16", args.device, manifest=manifest)
+    if runner.provider != PROVIDERS[args.device]:
+        say(f"- error: ORT fell back to {runner.provider} for the fp16 variant")
+        Path(args.out).write_text("\n".join(lines) + "\n")
+        return 1
+    fp16 = DeviceCacheRunner(runner)
+    reference = OnnxRunner(bundle, "fp32", "cpu", manifest=manifest)
     tokenizer = Tokenizer.from_file(str(bundle / manifest.tokenizer_file))
     started = time.perf_counter()
     sets = prompt_sets(reference, tokenizer, manifest.command, manifest.model)

@@ -22,19 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from contract.command import RELEVANCE_LEVELS, CommandSpec, TokenizerLike, prompt_ids
-from contract.manifest import (
-    ATTENTION_MASK,
-    INPUT_IDS,
-    POSITION_IDS,
-    BundleError,
-    ModelInfo,
-    load_manifest,
-    past_names,
-)
+from contract.manifest import BundleError, Manifest, ModelInfo, load_manifest
+from server.runtime.onnx_runner import OnnxRunner
 from training.decoding import Runner
 
 FIXED_INTENTS = (
@@ -50,40 +42,6 @@ FIXED_INTENTS = (
 MAX_FP32_ABS_DIFF = 1e-4
 MAX_FP16_REL_ERROR = 1e-2
 MIN_INT8_AGREEMENT = 0.99
-NUMPY_DTYPES = {"float32": np.dtype(np.float32), "float16": np.dtype(np.float16)}
-
-
-class OrtRunner:
-    """An ONNX Runtime session behind the runner interface.
-
-    Minimal on purpose: export only needs it for verification and benchmarks; the server
-    has its own runtime with preallocated buffers and IO binding.
-    """
-
-    def __init__(
-        self, path: Path | str, model: ModelInfo, provider: str = "CPUExecutionProvider", threads: int = 0
-    ) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads  # 0: ORT's default (all cores)
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(path), options, providers=[provider])
-        self.n_layer, self.n_head, self.head_dim, self.vocab_size = (
-            model.n_layer,
-            model.n_head,
-            model.head_dim,
-            model.vocab_size,
-        )
-        self.past_names = past_names(model.n_layer)
-        kv_type = {i.name: i.type for i in self.session.get_inputs()}[self.past_names[0]]
-        self.kv_dtype = np.dtype(np.float16) if kv_type == "tensor(float16)" else np.dtype(np.float32)
-
-    def forward(
-        self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: list[np.ndarray]
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        feed = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask, POSITION_IDS: position_ids}
-        feed |= dict(zip(self.past_names, past, strict=True))
-        logits, *present = self.session.run(None, feed)
-        return logits.astype(np.float32, copy=False), present
 
 
 def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -232,20 +190,22 @@ def summary(variant: str, result: dict[str, Any]) -> str:
     return f"{variant}: {' | '.join(parts)} -> {verdict}"
 
 
-def verify_files(
-    files: dict[str, Path],
-    model: ModelInfo,
+def verify_variants(
+    bundle_dir: Path,
+    manifest: Manifest,
     reference: Runner,
     tokenizer: TokenizerLike,
-    spec: CommandSpec,
     int8_min_agreement: float = MIN_INT8_AGREEMENT,
 ) -> dict[str, dict[str, Any]]:
-    """Check each variant file against `reference`, on the CPU provider; print one line each."""
-    sets = prompt_sets(reference, tokenizer, spec, model)
+    """Check each of the manifest's variants against `reference` on the CPU provider, through
+    the server's own runner (so the manifest's kv_dtype and names are checked too); print one
+    line each."""
+    sets = prompt_sets(reference, tokenizer, manifest.command, manifest.model)
     results = {}
-    for variant, path in files.items():
-        results[variant] = check_variant(variant, OrtRunner(path, model), sets, int8_min_agreement)
-        print(summary(variant, results[variant]), flush=True)
+    for variant in manifest.variants:
+        runner = OnnxRunner(bundle_dir, variant.name, provider="cpu", manifest=manifest)
+        results[variant.name] = check_variant(variant.name, runner, sets, int8_min_agreement)
+        print(summary(variant.name, results[variant.name]), flush=True)
     return results
 
 
@@ -261,7 +221,6 @@ def verify_bundle(
     manifest = load_manifest(bundle_dir)  # checks every sha256 first
     print(f"bundle {bundle_dir}: sha256 of {len(manifest.variants) + 1} files OK", flush=True)
     tokenizer = Tokenizer.from_file(str(bundle_dir / manifest.tokenizer_file))
-    files = {v.name: bundle_dir / v.file for v in manifest.variants}
     if checkpoint_dir is not None:
         # torch only when a checkpoint is given: verifying variants against FP32 needs none.
         from training.checkpoint import load_checkpoint
@@ -272,9 +231,10 @@ def verify_bundle(
             raise BundleError(f"checkpoint {checkpoint_dir} does not match the bundle (vocabulary size differs)")
         reference: Runner = TorchRunner(checkpoint.model)
         print(f"reference: PyTorch checkpoint {checkpoint_dir}", flush=True)
-    elif "fp32" in files:
-        reference = OrtRunner(files.pop("fp32"), manifest.model)
+    elif any(v.name == "fp32" for v in manifest.variants):
+        reference = OnnxRunner(bundle_dir, "fp32", provider="cpu", manifest=manifest)
+        manifest.variants = [v for v in manifest.variants if v.name != "fp32"]
         print("reference: the bundle's fp32 graph (pass --checkpoint to check it against PyTorch)", flush=True)
     else:
         raise BundleError("the bundle has no fp32 variant to compare with: pass --checkpoint")
-    return verify_files(files, manifest.model, reference, tokenizer, manifest.command, int8_min_agreement)
+    return verify_variants(bundle_dir, manifest, reference, tokenizer, int8_min_agreement)

@@ -11,7 +11,8 @@ import pytest
 
 from contract.manifest import BundleError, load_manifest, past_names, present_names
 from export.__main__ import main as export_main
-from export.verify import OrtRunner, decode, empty_past, left_pad
+from export.verify import decode, empty_past, left_pad
+from server.runtime.onnx_runner import OnnxRunner
 from training.checkpoint import load_checkpoint
 from training.torch_runner import TorchRunner
 
@@ -33,7 +34,7 @@ def test_bundle_lists_every_variant_with_its_contract(tiny_bundle: Path) -> None
 def test_prefill_with_empty_past_and_decode_step(tiny_bundle: Path, variant: str) -> None:
     """The graph's contract: P=0 prefill of a left-padded batch, then one token per row."""
     manifest = load_manifest(tiny_bundle)
-    runner = OrtRunner(tiny_bundle / manifest.variant(variant).file, manifest.model)
+    runner = OnnxRunner(tiny_bundle, variant, provider="cpu", manifest=manifest)
     input_ids, attention_mask, position_ids = left_pad([[5, 6, 7, 8, 9], [10, 11]])
     logits, present = runner.forward(input_ids, attention_mask, position_ids, empty_past(runner, 2))
     assert logits.shape == (2, manifest.model.vocab_size) and logits.dtype == np.float32
@@ -47,7 +48,7 @@ def test_prefill_with_empty_past_and_decode_step(tiny_bundle: Path, variant: str
 def test_left_padding_does_not_change_a_row(tiny_checkpoint: Path, tiny_bundle: Path) -> None:
     """A short prompt decodes the same alone and padded beside a longer one."""
     manifest = load_manifest(tiny_bundle)
-    runner = OrtRunner(tiny_bundle / manifest.variant("fp32").file, manifest.model)
+    runner = OnnxRunner(tiny_bundle, "fp32", provider="cpu", manifest=manifest)
     alone = decode(runner, [[10, 11, 12]], steps=4)[:, 0]
     padded = decode(runner, [[1, 2, 3, 4, 5, 6, 7], [10, 11, 12]], steps=4)[:, 1]
     np.testing.assert_allclose(alone, padded, atol=1e-5)
