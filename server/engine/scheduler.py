@@ -92,10 +92,14 @@ class Scheduler:
         self.active: dict[str, Admitted] = {}
         self.rows: list[Sequence | None] = []  # row i of the cache is rows[i]; None: a free slot
         self.cache: BatchCache = empty_cache(runner)
-        # the per-token series, bound to this model once rather than looked up per token
+        # the per-step series, bound to this model once rather than looked up every step
         self._ttft = metrics.time_to_first_token.labels(metrics.model)
         self._inter_token = metrics.inter_token_latency.labels(metrics.model)
         self._generated = metrics.generated_tokens.labels(metrics.model)
+        self._queued = metrics.queued.labels(metrics.model)
+        self._running = metrics.running.labels(metrics.model)
+        self._forward = {p: metrics.forward_time.labels(metrics.model, p) for p in ("prefill", "decode")}
+        self._batch_size = {p: metrics.batch_size.labels(metrics.model, p) for p in ("prefill", "decode")}
 
     # --- bookkeeping ----------------------------------------------------------------
 
@@ -149,8 +153,8 @@ class Scheduler:
         return max(0.0, self.waiting[0].arrival + self.batch_window_s - now)
 
     def _update_gauges(self) -> None:
-        self.metrics.queued.labels(self.metrics.model).set(len(self.waiting))
-        self.metrics.running.labels(self.metrics.model).set(len(self.active))
+        self._queued.set(len(self.waiting))
+        self._running.set(len(self.active))
 
     # --- one iteration ----------------------------------------------------------------
 
@@ -249,8 +253,8 @@ class Scheduler:
         self._sample_and_append(logits[live], rows)
 
     def _observe_forward(self, phase: str, rows: int, start: float) -> None:
-        self.metrics.forward_time.labels(self.metrics.model, phase).observe(time.monotonic() - start)
-        self.metrics.batch_size.labels(self.metrics.model, phase).observe(rows)
+        self._forward[phase].observe(time.monotonic() - start)
+        self._batch_size[phase].observe(rows)
 
     def _sample_and_append(self, logits: np.ndarray, rows: list[Sequence]) -> None:
         tokens = sample(logits, [s.prepare() for s in rows])
