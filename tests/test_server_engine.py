@@ -205,6 +205,40 @@ def test_short_request_joins_at_the_next_step_and_finishes_first(runner: OnnxRun
     assert collector.done("long")[0].tokens > 3
 
 
+def test_in_place_joins_and_full_rebuilds_generate_the_same(
+    tiny_bundle: Path, tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A staggered workload, greedy: slots reused in place (CPU) and the rebuild-only
+    path (what CUDA does, forced here by hiding host views) must agree token for token."""
+    import server.engine.scheduler as scheduler_module
+
+    in_place_writes = []
+    real_write = scheduler_module.write_in_place
+    monkeypatch.setattr(
+        scheduler_module, "write_in_place", lambda *args: in_place_writes.append(1) or real_write(*args)
+    )
+    results = []
+    for host_views in (True, False):
+        runner = OnnxRunner(tiny_bundle, variant="fp32", provider="cpu", intra_op_threads=1)
+        if not host_views:
+            runner.host_view = lambda value: None  # type: ignore[method-assign]
+        scheduler = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=4)
+        collector = Collector()
+        greedy = SamplingParams(temperature=0.0)
+        for i in range(10):
+            request = make_request(
+                tokenizer, runner, collector, f"r{i}", params=greedy, max_new_tokens=3 + 5 * (i % 4), intent="ab " * i
+            )
+            scheduler.add(request)
+            scheduler.step()
+        while scheduler.has_work():
+            scheduler.step()
+        results.append({f"r{i}": [s.text for s in collector.done(f"r{i}")] for i in range(10)})
+        assert bool(in_place_writes) == host_views
+        in_place_writes.clear()
+    assert results[0] == results[1]
+
+
 def test_window_batching_makes_the_short_request_wait(runner: OnnxRunner, tokenizer: Tokenizer) -> None:
     """The policy continuous batching replaces: nobody joins a running batch."""
     scheduler = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=8, batching="window")

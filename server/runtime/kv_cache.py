@@ -102,7 +102,10 @@ def rebuild(
 
 
 def can_write_in_place(runner: OnnxRunner, cache: BatchCache, joining: BatchCache) -> bool:
-    return runner.device == "cpu" and joining.columns <= cache.columns and cache.rows > 0
+    """Only where the cache memory is host-addressable (CPU) and the newcomer is no longer."""
+    if cache.rows == 0 or joining.columns > cache.columns:
+        return False
+    return runner.host_view(cache.past[0]) is not None
 
 
 def write_in_place(
@@ -112,7 +115,9 @@ def write_in_place(
     start = cache.columns - joining.columns
     new_mask = joining.mask[joining_rows]
     new_arrays = _masked([runner.to_host(v)[joining_rows] for v in joining.past], new_mask)
-    for view, new in zip((runner.to_host(v) for v in cache.past), new_arrays, strict=True):
+    views = [runner.host_view(v) for v in cache.past]
+    for view, new in zip(views, new_arrays, strict=True):
+        assert view is not None, "write_in_place needs host-addressable cache memory"
         view[slots, :, :start] = 0
         view[slots, :, start:] = new
     cache.mask[slots] = 0
