@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from training.rewards import Embedder, distinct_n, length_reward, mean_pairwise_cosine_distance
-from training.score import score_records
+from training.score import journal_path, read_scored, score_records
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +81,19 @@ def test_score_records_reuses_cached_scores(embedder: Embedder) -> None:
     rescored, new = score_records(changed, embedder, cached=scored)
     assert new == 1
     assert rescored[1]["relevance"] > scored[1]["relevance"]
+
+
+def test_score_journal_lets_a_killed_run_keep_its_batches(embedder: Embedder, tmp_path: Path) -> None:
+    records = [
+        {"id": str(i), "task": "title", "intent": "harbour lights", "output": f"Harbour Lights {i}", "split": "train"}
+        for i in range(5)
+    ]
+    journal = journal_path(tmp_path / "scored.jsonl")
+    first, _ = score_records(records[:3], embedder, journal=journal)
+    with open(journal, "a") as f:
+        f.write('{"id": "torn')  # what a kill mid-write leaves behind
+    cached = read_scored(journal)
+    assert [r["id"] for r in cached] == ["0", "1", "2"]
+    scored, new = score_records(records, embedder, cached=cached)
+    assert new == 2  # only the records the killed run never reached
+    assert [r["relevance"] for r in scored[:3]] == [r["relevance"] for r in first]

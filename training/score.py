@@ -37,16 +37,32 @@ def _cache_key(record: dict[str, Any]) -> tuple[str, str, str]:
 
 
 def read_scored(path: Path) -> list[dict[str, Any]]:
+    """Scored records from a JSONL file; a line torn by a kill is skipped, not fatal."""
+    records = []
     with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+        for line in f:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return records
+
+
+def journal_path(out: Path) -> Path:
+    """Where scores land batch by batch while a run is in progress (removed when it ends)."""
+    return out.with_name(out.name + ".partial")
 
 
 def score_records(
-    records: Iterable[dict[str, Any]], embedder: Embedder | None, cached: Iterable[dict[str, Any]] = ()
+    records: Iterable[dict[str, Any]],
+    embedder: Embedder | None,
+    cached: Iterable[dict[str, Any]] = (),
+    journal: Path | None = None,
 ) -> tuple[list[dict[str, Any]], int]:
     """Records with `id`, `words` and `relevance` added; returns (records, how many were newly scored).
 
     `embedder` may be None when everything is cached (so a no-op re-run loads no model).
+    Each scored batch is appended to `journal`, so a killed run loses one batch at most.
     """
     cache = {_cache_key(r): r["relevance"] for r in cached if "relevance" in r}
     scored = []
@@ -56,14 +72,22 @@ def score_records(
         record["words"] = length_reward(record["output"])
         scored.append(record)
     todo = [r for r in scored if _cache_key(r) not in cache]
+    todo.sort(key=lambda r: len(r["output"]))  # batches of similar length pad little
     if todo and embedder is None:
         embedder = Embedder()
     with tqdm(total=len(todo), desc="relevance", unit="sample", disable=not todo) as bar:
         for start in range(0, len(todo), SCORE_BATCH):
             batch = todo[start : start + SCORE_BATCH]
             values = embedder.relevance([r["intent"] for r in batch], [r["output"] for r in batch])  # type: ignore[union-attr]
+            lines = []
             for record, value in zip(batch, values, strict=True):
                 cache[_cache_key(record)] = round(float(value), 6)
+                lines.append(
+                    {k: record[k] for k in ("id", "intent", "output")} | {"relevance": cache[_cache_key(record)]}
+                )
+            if journal:
+                with open(journal, "a", encoding="utf-8") as f:
+                    f.write("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
             bar.update(len(batch))
     for record in scored:
         record["relevance"] = cache[_cache_key(record)]
@@ -86,13 +110,16 @@ def run(args: argparse.Namespace) -> int:
     if not samples.exists():
         print(f"error: no samples at {samples} (run `python -m training generate` first)", file=sys.stderr)
         return 2
-    cached = read_scored(out) if out.is_file() else []
+    journal = journal_path(out)
+    cached = [r for path in (out, journal) if path.is_file() for r in read_scored(path)]
     records = list(iter_records(samples))
     if not records:
         print(f"error: {samples} holds no records", file=sys.stderr)
         return 2
-    scored, new = score_records(records, None, cached)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scored, new = score_records(records, None, cached, journal)
     write_jsonl(scored, out)
+    journal.unlink(missing_ok=True)
     print(f"scored {len(scored)} records ({new} new, {len(scored) - new} from cache) -> {out}")
     return 0
 
