@@ -21,6 +21,10 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535, description="port to listen on")
     variant: str = Field("auto", description="bundle variant: auto (fp16 on CUDA, else int8, else fp32) or a name")
     provider: Literal["auto", "cpu", "cuda"] = Field("auto", description="ONNX Runtime execution provider")
+    device_sampling: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="sample inside an ONNX graph next to the model (auto: on CUDA, so only token ids are copied back)",
+    )
     intra_op_threads: int = Field(0, ge=0, description="ORT threads inside one operator (0: ORT's default)")
     inter_op_threads: int = Field(1, ge=0, description="ORT threads across operators (0: ORT's default)")
     batching: Literal["continuous", "window"] = Field(

@@ -22,6 +22,7 @@ from server.engine.scheduler import Scheduler
 from server.metrics import Metrics
 from server.runtime.kv_cache import BatchCache, can_write_in_place, empty_cache, rebuild, write_in_place
 from server.runtime.onnx_runner import OnnxRunner
+from server.runtime.sampler_graph import build_sampler_graph, sampler_graph
 
 # --- sampler -----------------------------------------------------------------------
 
@@ -205,38 +206,92 @@ def test_short_request_joins_at_the_next_step_and_finishes_first(runner: OnnxRun
     assert collector.done("long")[0].tokens > 3
 
 
-def test_in_place_joins_and_full_rebuilds_generate_the_same(
+def staggered_greedy_run(runner: OnnxRunner, tokenizer: Tokenizer, bounds: LengthBounds | None) -> dict[str, list[str]]:
+    """Ten greedy requests of different lengths arriving one per step into 4 slots."""
+    scheduler = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=4)
+    collector = Collector()
+    greedy = SamplingParams(temperature=0.0)
+    for i in range(10):
+        scheduler.add(
+            make_request(
+                tokenizer,
+                runner,
+                collector,
+                f"r{i}",
+                params=greedy,
+                max_new_tokens=3 + 5 * (i % 4),
+                intent="ab " * i,
+                length_bounds=bounds,
+            )
+        )
+        scheduler.step()
+    while scheduler.has_work():
+        scheduler.step()
+    return {f"r{i}": [s.text for s in collector.done(f"r{i}")] for i in range(10)}
+
+
+def test_in_place_joins_rebuilds_and_device_sampling_generate_the_same(
     tiny_bundle: Path, tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A staggered workload, greedy: slots reused in place (CPU) and the rebuild-only
-    path (what CUDA does, forced here by hiding host views) must agree token for token."""
+    """The same staggered greedy workload through every path: slots reused in place
+    (CPU), rebuild-only (what CUDA does: forced by hiding host views), and sampling in
+    the ONNX sampler graph (what CUDA does: forced on CPU). Token for token the same."""
     import server.engine.scheduler as scheduler_module
 
-    in_place_writes = []
+    calls: list[str] = []
     real_write = scheduler_module.write_in_place
-    monkeypatch.setattr(
-        scheduler_module, "write_in_place", lambda *args: in_place_writes.append(1) or real_write(*args)
-    )
+    monkeypatch.setattr(scheduler_module, "write_in_place", lambda *a: calls.append("in_place") or real_write(*a))
     results = []
-    for host_views in (True, False):
-        runner = OnnxRunner(tiny_bundle, variant="fp32", provider="cpu", intra_op_threads=1)
+    for host_views, device_sampling in ((True, "off"), (False, "off"), (True, "on")):
+        runner = OnnxRunner(tiny_bundle, variant="fp32", provider="cpu", device_sampling=device_sampling)
         if not host_views:
             runner.host_view = lambda value: None  # type: ignore[method-assign]
-        scheduler = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=4)
-        collector = Collector()
-        greedy = SamplingParams(temperature=0.0)
-        for i in range(10):
-            request = make_request(
-                tokenizer, runner, collector, f"r{i}", params=greedy, max_new_tokens=3 + 5 * (i % 4), intent="ab " * i
-            )
-            scheduler.add(request)
-            scheduler.step()
-        while scheduler.has_work():
-            scheduler.step()
-        results.append({f"r{i}": [s.text for s in collector.done(f"r{i}")] for i in range(10)})
-        assert bool(in_place_writes) == host_views
-        in_place_writes.clear()
-    assert results[0] == results[1]
+        real_step = runner.step_and_sample
+        runner.step_and_sample = lambda *a, step=real_step: calls.append("device") or step(*a)  # type: ignore[method-assign]
+        for bounds in (None, LengthBounds(3, 4)):  # with bounds: EOS is banned on the device too
+            results.append(staggered_greedy_run(runner, tokenizer, bounds))
+        assert ("in_place" in calls) == host_views and ("device" in calls) == (device_sampling == "on")
+        calls.clear()
+    assert results[0] == results[2] == results[4] and results[1] == results[3] == results[5]
+    assert results[0] != results[1]
+
+
+def test_stored_sampler_graph_is_what_the_builder_makes() -> None:
+    pytest.importorskip("onnx")
+    assert sampler_graph() == build_sampler_graph()
+
+
+def test_sampler_graph_top_p_and_seeding(tiny_bundle: Path) -> None:
+    """The device sampler, run on CPU: draws inside the nucleus, reads the rows it is
+    told to, and a row's token depends only on its own logits and draw."""
+    runner = OnnxRunner(tiny_bundle, variant="fp32", provider="cpu", device_sampling="on")
+    assert runner.sampler is not None
+    rng = np.random.default_rng(4)
+    probs = rng.dirichlet(np.full(300, 0.1), size=6)
+    logits = np.log(probs).astype(np.float32)
+    rows = np.array([5, 0, 0, 3], np.int64)
+
+    def run(uniform: np.ndarray, top_p: float) -> np.ndarray:
+        inputs = {
+            "all_logits": logits,
+            "rows": rows,
+            "temperature": np.ones(4, np.float32),
+            "top_p": np.full(4, top_p, np.float32),
+            "uniform": uniform.astype(np.float32),
+            "eos_penalty": np.zeros(4, np.float32),
+            "eos_id": np.array([0], np.int64),
+        }
+        return runner.sampler.run(None, inputs)[0]  # type: ignore[union-attr]
+
+    for _ in range(30):
+        uniform = rng.random(4)
+        uniform[2] = uniform[1]  # rows 1 and 2 read the same logits row with the same draw
+        tokens = run(uniform, 0.7)
+        for row, token in zip(rows, tokens, strict=True):
+            assert nucleus_mask(probs[row], 0.7)[token]
+        assert tokens[1] == tokens[2]
+        assert (run(np.concatenate([uniform[:1], rng.random(3)]), 0.7)[0]) == tokens[0]  # batch mates don't matter
+    assert run(np.full(4, 0.5), 1e-6).tolist() == logits[rows].argmax(axis=1).tolist()
 
 
 def test_window_batching_makes_the_short_request_wait(runner: OnnxRunner, tokenizer: Tokenizer) -> None:

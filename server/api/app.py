@@ -66,6 +66,7 @@ def build_state(settings: Settings) -> ServerState:
         intra_op_threads=settings.intra_op_threads,
         inter_op_threads=settings.inter_op_threads,
         manifest=manifest,
+        device_sampling=settings.device_sampling,
     )
     tokenizer = Tokenizer.from_file(str(settings.bundle / manifest.tokenizer_file))
     model_name = settings.model_name or manifest.name

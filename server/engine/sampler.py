@@ -133,3 +133,25 @@ def make_generator(seed: int | None, sample_index: int) -> np.random.Generator:
     if seed is None:
         return np.random.default_rng()
     return np.random.default_rng([seed, sample_index])
+
+
+EOS_PENALTY = -1e9  # added to EOS's logit where it is banned (finite: -inf * 0 would be NaN)
+
+
+def device_inputs(rows: list[Row], eos_token_id: int) -> dict[str, np.ndarray] | None:
+    """The sampler graph's per-row inputs (runtime/sampler_graph.py), or None when a row
+    needs what only the host sampler does (top-k, repetition penalty, other bans).
+    Draws one uniform per sampled row from its own generator, exactly like `sample`."""
+    for row in rows:
+        if row.params.top_k > 0 or row.params.repetition_penalty != 1.0 or set(row.banned) - {eos_token_id}:
+            return None
+    sampled = [row.params.temperature > 0.0 for row in rows]
+    return {
+        "temperature": np.array([max(row.params.temperature, 0.0) for row in rows], np.float32),
+        "top_p": np.array([row.params.top_p for row in rows], np.float32),
+        "uniform": np.array(
+            [row.generator.random() if s else 0.0 for row, s in zip(rows, sampled, strict=True)], np.float32
+        ),
+        "eos_penalty": np.array([EOS_PENALTY if row.banned else 0.0 for row in rows], np.float32),
+        "eos_id": np.array([eos_token_id], np.int64),
+    }

@@ -27,10 +27,11 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from server.engine.request import GenerationRequest, RequestDone, RequestFailed
-from server.engine.sampler import sample
+from server.engine.sampler import device_inputs, sample
 from server.engine.sequence import Sequence
 from server.metrics import Metrics
 from server.runtime.kv_cache import (
@@ -195,15 +196,11 @@ class Scheduler:
         positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
         empty = [self.runner.to_device(a) for a in self.runner.empty_past(len(prompts))]
 
-        start = time.monotonic()
-        logits, present = self.runner.step(input_ids, mask, positions, empty)
-        self._observe_forward("prefill", len(prompts), start)
-        self.metrics.prompt_tokens.labels(self.metrics.model).inc(sum(len(p) for p in prompts))
-
         # Sample i of request r reads prefill row r: n samples, one prefill.
         new_rows = [s for a in joining for s in a.sequences]
         prefill_row = np.array([r for r, a in enumerate(joining) for _ in a.sequences], np.int64)
-        self._sample_and_append(logits[prefill_row], new_rows)
+        present = self._forward_and_sample("prefill", input_ids, mask, positions, empty, new_rows, prefill_row)
+        self.metrics.prompt_tokens.labels(self.metrics.model).inc(sum(len(p) for p in prompts))
         return BatchCache(present, mask), prefill_row, new_rows
 
     def _place(self, joining: BatchCache | None, joining_rows: np.ndarray | None, new_rows: list[Sequence]) -> None:
@@ -245,19 +242,46 @@ class Scheduler:
         live = np.array([s is not None for s in self.rows])
         positions[~live] = 0  # a free slot's dummy token must stay a valid position
         mask = np.concatenate([self.cache.mask, np.ones((len(self.rows), 1), np.int64)], axis=1)
-        start = time.monotonic()
-        logits, present = self.runner.step(input_ids, mask, positions, self.cache.past)
-        self._observe_forward("decode", int(live.sum()), start)
-        self.cache.advance(present)
         rows = [s for s in self.rows if s is not None]
-        self._sample_and_append(logits[live], rows)
+        present = self._forward_and_sample(
+            "decode", input_ids, mask, positions, self.cache.past, rows, np.flatnonzero(live)
+        )
+        self.cache.advance(present)
 
     def _observe_forward(self, phase: str, rows: int, start: float) -> None:
         self._forward[phase].observe(time.monotonic() - start)
         self._batch_size[phase].observe(rows)
 
-    def _sample_and_append(self, logits: np.ndarray, rows: list[Sequence]) -> None:
-        tokens = sample(logits, [s.prepare() for s in rows])
+    def _forward_and_sample(
+        self,
+        phase: str,
+        input_ids: np.ndarray,
+        mask: np.ndarray,
+        positions: np.ndarray,
+        past: list[ort.OrtValue],
+        rows: list[Sequence],
+        logits_rows: np.ndarray,
+    ) -> list[ort.OrtValue]:
+        """One forward, then one token for each of `rows` (sampled from logits row
+        `logits_rows[i]`), appended. Samples on the device when the runner can and every
+        row's parameters allow it (then only token ids leave the device), else on the host."""
+        prepared = [s.prepare() for s in rows]
+        inputs = device_inputs(prepared, self.runner.eos_token_id) if self.runner.sampler is not None else None
+        batch = len(np.unique(logits_rows))  # rows that matter: prompts in a prefill, live rows in a decode
+        start = time.monotonic()
+        if inputs is not None:
+            tokens, present = self.runner.step_and_sample(
+                input_ids, mask, positions, past, {"rows": logits_rows, **inputs}
+            )
+            self._observe_forward(phase, batch, start)  # includes the sampling, on the device
+        else:
+            logits, present = self.runner.step(input_ids, mask, positions, past)
+            self._observe_forward(phase, batch, start)
+            tokens = sample(logits[logits_rows], prepared)
+        self._append(tokens, rows)
+        return present
+
+    def _append(self, tokens: np.ndarray, rows: list[Sequence]) -> None:
         now = time.monotonic()
         generated = 0
         for sequence, token in zip(rows, tokens, strict=True):

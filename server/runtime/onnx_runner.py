@@ -36,6 +36,7 @@ from contract.manifest import (
     past_names,
     present_names,
 )
+from server.runtime.sampler_graph import SAMPLER_OUTPUT, sampler_graph
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,7 @@ class OnnxRunner:
         intra_op_threads: int = 0,
         inter_op_threads: int = 0,
         manifest: Manifest | None = None,
+        device_sampling: str = "auto",
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest if manifest is not None else load_manifest(self.bundle_dir)
@@ -112,9 +114,20 @@ class OnnxRunner:
         # ORT falls back to CPU silently when CUDA cannot start; report what it actually uses.
         self.provider = self.session.get_providers()[0]
         self.device = "cuda" if self.provider == CUDA else "cpu"
+        # Sampling on the device: by default only where it saves a copy (CUDA); `on`
+        # also runs it on CPU, which is how the path is tested without a GPU.
+        self.sampler: ort.InferenceSession | None = None
+        if device_sampling == "on" or (device_sampling == "auto" and self.device == "cuda"):
+            self.sampler = ort.InferenceSession(sampler_graph(), options, providers=providers)
         log.info(
             "runner ready",
-            extra={"variant": self.variant.name, "provider": self.provider, "asked": provider, "file": str(path)},
+            extra={
+                "variant": self.variant.name,
+                "provider": self.provider,
+                "asked": provider,
+                "device_sampling": self.sampler is not None,
+                "file": str(path),
+            },
         )
 
     def _check_interface(self) -> None:
@@ -170,6 +183,27 @@ class OnnxRunner:
         buffer = (ctypes.c_byte * nbytes).from_address(value.data_ptr())
         return np.frombuffer(buffer, dtype=self.kv_dtype).reshape(shape)
 
+    def _run_decoder(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: list[ort.OrtValue],
+        logits_device: str,
+    ) -> tuple[ort.OrtValue, list[ort.OrtValue]]:
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(INPUT_IDS, np.ascontiguousarray(input_ids, dtype=np.int64))
+        binding.bind_cpu_input(ATTENTION_MASK, np.ascontiguousarray(attention_mask, dtype=np.int64))
+        binding.bind_cpu_input(POSITION_IDS, np.ascontiguousarray(position_ids, dtype=np.int64))
+        for name, value in zip(self.past_names, past, strict=True):
+            binding.bind_ortvalue_input(name, value)
+        binding.bind_output(LOGITS, logits_device)
+        for name in self.present_names:
+            binding.bind_output(name, self.device)
+        self.session.run_with_iobinding(binding)
+        outputs = binding.get_outputs()
+        return outputs[0], list(outputs[1:])
+
     def step(
         self,
         input_ids: np.ndarray,
@@ -179,18 +213,28 @@ class OnnxRunner:
     ) -> tuple[np.ndarray, list[ort.OrtValue]]:
         """One forward with IO binding: ids, mask and positions go in from host memory
         (tiny), past is bound where it lives, present is left on the device for the next
-        step, and only the last-position logits [B, vocab] come back to the host, where
-        the per-request samplers run."""
-        binding = self.session.io_binding()
-        binding.bind_cpu_input(INPUT_IDS, np.ascontiguousarray(input_ids, dtype=np.int64))
-        binding.bind_cpu_input(ATTENTION_MASK, np.ascontiguousarray(attention_mask, dtype=np.int64))
-        binding.bind_cpu_input(POSITION_IDS, np.ascontiguousarray(position_ids, dtype=np.int64))
-        for name, value in zip(self.past_names, past, strict=True):
-            binding.bind_ortvalue_input(name, value)
-        binding.bind_output(LOGITS, "cpu")
-        for name in self.present_names:
-            binding.bind_output(name, self.device)
-        self.session.run_with_iobinding(binding)
-        outputs = binding.get_outputs()
-        logits = outputs[0].numpy().astype(np.float32, copy=False)
-        return logits, list(outputs[1:])
+        step, and the last-position logits [B, vocab] come back to the host, where the
+        per-request samplers run."""
+        logits, present = self._run_decoder(input_ids, attention_mask, position_ids, past, "cpu")
+        return logits.numpy().astype(np.float32, copy=False), present
+
+    def step_and_sample(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: list[ort.OrtValue],
+        sampling: dict[str, np.ndarray],
+    ) -> tuple[np.ndarray, list[ort.OrtValue]]:
+        """A forward whose logits stay on the device and go straight into the sampler
+        graph; only the token ids [B] are copied back. `sampling` holds the sampler's
+        per-row inputs (engine/sampler.py: device_inputs)."""
+        assert self.sampler is not None, "device sampling is off for this runner"
+        logits, present = self._run_decoder(input_ids, attention_mask, position_ids, past, self.device)
+        binding = self.sampler.io_binding()
+        binding.bind_ortvalue_input("all_logits", logits)
+        for name, value in sampling.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output(SAMPLER_OUTPUT, "cpu")
+        self.sampler.run_with_iobinding(binding)
+        return binding.get_outputs()[0].numpy(), present
