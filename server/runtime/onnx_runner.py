@@ -4,7 +4,9 @@ It implements the runner contract (DESIGN.md): `forward(input_ids, attention_mas
 position_ids, past)` with numpy in and out, so offline evaluation can drive PyTorch and
 ONNX through the same loop. The engine uses `step()` instead, which keeps the KV cache
 as ORT values on the execution device between steps (IO binding), so a decode step
-copies nothing but ids, masks and logits across the host/device boundary.
+copies nothing but ids, masks and logits across the host/device boundary; or
+`step_and_sample()`, which also keeps the logits there and samples in a small ONNX graph
+(sampler_graph.py), so only the token ids come back (the default on CUDA).
 
 What is and is not in place, honestly: the exported graph concatenates past and new
 key/values (`present = concat(past, new)`), so every step the graph writes a new
