@@ -42,9 +42,13 @@ def run_gpu_check(args: argparse.Namespace) -> int:
 
 
 def run_bundle(args: argparse.Namespace) -> int:
-    from export.bundle import build_bundle
+    from export.bundle import ExportError, build_bundle
 
-    result = build_bundle(args.checkpoint, args.out, args.variants, args.int8_min_agreement, args.name)
+    try:
+        result = build_bundle(args.checkpoint, args.out, args.variants, args.int8_min_agreement, args.name)
+    except ExportError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for variant, reasons in result.failures.items():
         print(f"error: variant {variant} failed verification and was left out: {'; '.join(reasons)}", file=sys.stderr)
     if result.bundle_dir is None:
@@ -113,11 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the bench report quotes its own command
     from contract.manifest import BundleError
-    from export.bundle import ExportError
 
     try:
         return int(args.func(args))
-    except (BundleError, ExportError, FileNotFoundError) as e:
+    except (BundleError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -30,7 +30,7 @@ import torch
 from tqdm import tqdm
 
 from contract.command import CommandSpec
-from contract.manifest import ModelInfo, load_manifest
+from contract.manifest import MANIFEST_FILE, ModelInfo, load_manifest
 from export.bundle import build_bundle
 from export.timing import Timing, time_runner
 from export.verify import MIN_INT8_AGREEMENT
@@ -132,7 +132,7 @@ def run_bench(args: argparse.Namespace) -> int:
             "below is not a quality measure (near-flat logits), see the tests for INT8 on a trained model."
         )
     bundle_dir = Path(args.bundle) if args.bundle else work / f"bundle_{checkpoint_dir.name}"
-    if not args.bundle:
+    if not args.bundle and not (bundle_dir / MANIFEST_FILE).is_file():  # reuse the one built last time
         # Random init: INT8 agreement is meaningless there (near-flat logits), so its threshold is off.
         agreement = MIN_INT8_AGREEMENT if args.checkpoint else 0.0
         result = build_bundle(checkpoint_dir, bundle_dir, int8_min_agreement=agreement)
