@@ -161,7 +161,9 @@ def run_bench(args: argparse.Namespace) -> int:
         )
     notes.append(
         "FP16 on the CPU provider runs with inserted casts and FP32 MatMuls: its CPU time is not "
-        "its target speed; `python -m export gpu-check` measures it on CUDA (not run in this session: no GPU)."
+        "its target speed. On a GPU host (onnxruntime-gpu): `python -m export gpu-check --bundle BUNDLE --out "
+        "gpu_check.md` prints the providers and versions, checks FP16 on CUDA with IO binding against FP32 on "
+        "the CPU and times batch 1/16/64/256. It has not been run yet: no GPU was available."
     )
     setup = BenchSetup(
         command="python -m export " + shlex.join(args.argv),

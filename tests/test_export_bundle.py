@@ -93,3 +93,11 @@ def test_unknown_variant_is_refused(tiny_checkpoint: Path, tmp_path: Path, capsy
     out = ["--out", str(tmp_path / "b"), "--variants", "fp32,int4"]
     assert export_main(["bundle", "--checkpoint", str(tiny_checkpoint), *out]) == 2
     assert "unknown variants ['int4']" in capsys.readouterr().err
+
+
+def test_verify_exits_non_zero_with_the_reason_when_a_variant_fails(
+    tiny_bundle: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # No model can agree on more than 100% of tokens: the int8 check must fail and say why.
+    assert export_main(["verify", str(tiny_bundle), "--int8-min-agreement", "1.01"]) == 1
+    assert "variant int8 failed verification: next-token agreement" in capsys.readouterr().err
