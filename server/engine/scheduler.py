@@ -30,7 +30,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from server.engine.request import GenerationRequest, RequestDone, RequestFailed
+from server.engine.request import Event, GenerationRequest, RequestDone, RequestFailed
 from server.engine.sampler import device_inputs, sample
 from server.engine.sequence import Sequence
 from server.metrics import Metrics
@@ -57,19 +57,18 @@ class Admitted:
     sequences: list[Sequence]
     admitted_at: float
     first_token_at: float | None = None
-    failed: bool = False
 
     @property
     def finished(self) -> bool:
         return all(s.finished for s in self.sequences)
 
 
-def emit(request: GenerationRequest, event: object) -> None:
+def emit(request: GenerationRequest, event: Event) -> None:
     """Events go to the API through the request's sink; a sink that fails (its client
     and event loop are gone) must not take the engine down."""
     try:
-        request.sink(event)  # type: ignore[arg-type]
-    except Exception:  # noqa: BLE001
+        request.sink(event)
+    except Exception:
         log.debug("dropped an event for request %s", request.request_id)
 
 
@@ -122,7 +121,6 @@ class Scheduler:
         admitted = self.active.get(request_id)
         if admitted is None:
             return False
-        admitted.failed = True
         for sequence in admitted.sequences:
             if not sequence.finished:
                 sequence.finish_reason = reason
