@@ -28,7 +28,7 @@ from tqdm import tqdm
 from contract.command import count_words
 from training.intents import CorpusError, Intent, load_intents
 from training.records import SCHEMA_VERSION, RecordError, RecordStore, record_id
-from training.tasks import STYLES, TaskError, TaskSpec, load_tasks
+from training.tasks import STYLES, TASKS_DIR, TaskError, TaskSpec, load_tasks
 from training.teachers import Completion, Request, Target, Teacher, TeacherError, add_teacher_arguments, build_teacher
 from training.teachers.parsing import reject_reason
 
@@ -195,7 +195,7 @@ def generate(args: argparse.Namespace) -> int:
     try:
         if args.per_intent < 1:
             raise TaskError("--per-intent must be at least 1")
-        tasks = load_tasks(args.tasks)
+        tasks = load_tasks(args.tasks, args.tasks_dir)
         intents = select_intents(load_intents(args.intents), args.limit_intents)
         teacher = build_teacher(args)
     except (TaskError, CorpusError, TeacherError) as error:
@@ -244,6 +244,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("artifacts/data/samples"), help="samples directory (shards)")
     parser.add_argument("--tasks", nargs="+", default=None, help="task names (default: every task in training/tasks)")
+    parser.add_argument("--tasks-dir", type=Path, default=TASKS_DIR, help="folder of task files (*.toml)")
     parser.add_argument("--intents", type=Path, default=None, help="intent file (default: the shipped corpus)")
     parser.add_argument("--limit-intents", type=int, default=None, help="use N intents spread over the corpus")
     parser.add_argument("--per-intent", type=int, default=DEFAULT_PER_INTENT, help="outputs asked per (task, intent)")
