@@ -27,6 +27,11 @@ class Settings(BaseSettings):
     )
     intra_op_threads: int = Field(0, ge=0, description="ORT threads inside one operator (0: ORT's default)")
     inter_op_threads: int = Field(1, ge=0, description="ORT threads across operators (0: ORT's default)")
+    ort_spinning: bool = Field(
+        False,
+        description="let ORT's worker threads busy-wait between operators (off: they would steal "
+        "the cores the engine's own Python needs between steps)",
+    )
     batching: Literal["continuous", "window"] = Field(
         "continuous",
         description="continuous: requests join the running batch at the next step; "

@@ -67,6 +67,7 @@ def build_state(settings: Settings) -> ServerState:
         inter_op_threads=settings.inter_op_threads,
         manifest=manifest,
         device_sampling=settings.device_sampling,
+        spinning=settings.ort_spinning,
     )
     tokenizer = Tokenizer.from_file(str(settings.bundle / manifest.tokenizer_file))
     model_name = settings.model_name or manifest.name

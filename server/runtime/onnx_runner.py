@@ -83,6 +83,7 @@ class OnnxRunner:
         inter_op_threads: int = 0,
         manifest: Manifest | None = None,
         device_sampling: str = "auto",
+        spinning: bool = False,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest if manifest is not None else load_manifest(self.bundle_dir)
@@ -107,6 +108,11 @@ class OnnxRunner:
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads keep a core busy between operators; between decode steps the
+        # engine runs Python (sampling, bookkeeping) that then waits for a core.
+        # Measured on 2 shared cores, 64 staggered requests: 670-680 tok/s spinning, 900-1600 not.
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
         providers: list[str | tuple[str, dict[str, str]]] = [CPU]
         if provider_name == CUDA:
             providers = [(CUDA, {"device_id": "0"}), CPU]
