@@ -4,14 +4,14 @@
 #
 #   bench/serving.sh [BUNDLE] [REQUESTS] [CONCURRENCY]
 #
-# Writes each run's JSON report and server log under $OUT (default artifacts/bench).
+# Writes each run's JSON report and server log under $OUT (default artifacts/bench_serving).
 # Run it on an otherwise idle machine: two busy processes on two cores slow each other.
 set -euo pipefail
 BUNDLE=${1:-artifacts/bundle}
 REQUESTS=${2:-256}
 CONCURRENCY=${3:-32}
 PORT=${PORT:-8017}
-OUT=${OUT:-artifacts/bench}
+OUT=${OUT:-artifacts/bench_serving}
 MAX_NEW_TOKENS=${MAX_NEW_TOKENS:-48}
 PY=${PY:-python}
 mkdir -p "$OUT"
