@@ -46,7 +46,8 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "server", "serve", "--bundle", str(bundle), "--port", str(self.port)]
         for name, value in settings.items():
-            args += [f"--{name.replace('_', '-')}", str(value)]
+            flag = f"--{name.replace('_', '-')}"
+            args += ([flag] if value else [f"--no-{flag[2:]}"]) if isinstance(value, bool) else [flag, str(value)]
         self.log_path = log_path
         self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
@@ -398,11 +399,33 @@ def test_promtool_accepts_the_metrics(client: httpx.Client) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_logs_are_json_lines_without_request_text(server: ServerProcess, client: httpx.Client) -> None:
+    secret = "my private intent"
+    assert client.post("/v1/generate", json={"task": TASK, "input": secret, "max_new_tokens": 2}).status_code == 200
+    lines = [json.loads(line) for line in server.log_path.read_text().splitlines() if line.startswith("{")]
+    requests = [line for line in lines if line.get("msg") == "request" and line.get("status") == 200]
+    assert requests and all({"request_id", "latency_ms", "task", "ts", "level"} <= r.keys() for r in requests)
+    assert secret not in server.log_path.read_text()
+
+
+def test_cli_refuses_a_missing_bundle_with_one_line(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "server", "serve", "--bundle", str(tmp_path / "nope")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "no manifest.json" in result.stderr
+
+
 # --- overload and lifecycle (servers of their own) -----------------------------------------
 
 
 def test_burst_beyond_the_queue_gets_429(tiny_bundle: Path, tmp_path: Path) -> None:
-    server = ServerProcess(tiny_bundle, tmp_path / "server.log", max_batch_size=1, max_queue=1, batch_window_ms=0)
+    server = ServerProcess(
+        tiny_bundle, tmp_path / "server.log", max_batch_size=1, max_queue=1, batch_window_ms=0, log_request_text=True
+    )
     try:
 
         async def burst() -> list[httpx.Response]:
@@ -416,9 +439,9 @@ def test_burst_beyond_the_queue_gets_429(tiny_bundle: Path, tmp_path: Path) -> N
         assert set(statuses) == {200, 429}
         rejected = next(r for r in responses if r.status_code == 429)
         assert rejected.json()["error"]["type"] == "overloaded" and int(rejected.headers["retry-after"]) >= 1
-        assert sample_value(server, "promptgen_requests_total", status="429", reason="overloaded") == statuses.count(
-            429
-        )
+        rejected_count = sample_value(server, "promptgen_requests_total", status="429", reason="overloaded")
+        assert rejected_count == statuses.count(429)
+        assert '"input": "holiday sale"' in server.log_path.read_text()  # log_request_text is on here
     finally:
         server.stop()
 
