@@ -20,6 +20,7 @@ from server.engine.request import Event, GenerationRequest, LengthBounds, Reques
 from server.engine.sampler import Row, SamplingParams, apply_repetition_penalty, make_generator, nucleus_mask, sample
 from server.engine.scheduler import Scheduler
 from server.metrics import Metrics
+from server.runtime.cache_graph import build_cache_graph, cache_graph
 from server.runtime.kv_cache import BatchCache, can_write_in_place, empty_cache, rebuild, write_in_place
 from server.runtime.onnx_runner import OnnxRunner
 from server.runtime.sampler_graph import build_sampler_graph, sampler_graph
@@ -234,16 +235,19 @@ def test_in_place_joins_rebuilds_and_device_sampling_generate_the_same(
     tiny_bundle: Path, tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The same staggered greedy workload through every path: slots reused in place
-    (CPU), rebuild-only (what CUDA does: forced by hiding host views), and sampling in
-    the ONNX sampler graph (what CUDA does: forced on CPU). Token for token the same."""
+    (CPU), rebuild-only (forced by hiding host views), sampling in the ONNX sampler
+    graph, and both graphs with no host views (what CUDA does). Token for token the same."""
     import server.engine.scheduler as scheduler_module
 
     calls: list[str] = []
     real_write = scheduler_module.write_in_place
     monkeypatch.setattr(scheduler_module, "write_in_place", lambda *a: calls.append("in_place") or real_write(*a))
     results = []
-    for host_views, device_sampling in ((True, "off"), (False, "off"), (True, "on")):
-        runner = OnnxRunner(tiny_bundle, variant="fp32", provider="cpu", device_sampling=device_sampling)
+    configurations = ((True, "off", False), (False, "off", False), (True, "on", False), (False, "on", True))
+    for host_views, device_sampling, device_cache in configurations:
+        runner = OnnxRunner(
+            tiny_bundle, variant="fp32", provider="cpu", device_sampling=device_sampling, device_cache=device_cache
+        )
         if not host_views:
             runner.host_view = lambda value: None  # type: ignore[method-assign]
         real_step = runner.step_and_sample
@@ -252,13 +256,44 @@ def test_in_place_joins_rebuilds_and_device_sampling_generate_the_same(
             results.append(staggered_greedy_run(runner, tokenizer, bounds))
         assert ("in_place" in calls) == host_views and ("device" in calls) == (device_sampling == "on")
         calls.clear()
-    assert results[0] == results[2] == results[4] and results[1] == results[3] == results[5]
+    assert results[0] == results[2] == results[4] == results[6] and results[1] == results[3] == results[5] == results[7]
     assert results[0] != results[1]
 
 
-def test_stored_sampler_graph_is_what_the_builder_makes() -> None:
+def test_stored_graphs_are_what_the_builders_make() -> None:
     pytest.importorskip("onnx")
     assert sampler_graph() == build_sampler_graph()
+    for kv_dtype in ("float32", "float16"):
+        assert cache_graph(kv_dtype) == build_cache_graph(kv_dtype)
+
+
+@pytest.mark.parametrize("variant", ["fp32", "fp16"])  # float32 and float16 KV
+def test_cache_rebuild_on_the_device_matches_numpy(tiny_bundle: Path, variant: str) -> None:
+    host = OnnxRunner(tiny_bundle, variant=variant, provider="cpu")
+    device = OnnxRunner(tiny_bundle, variant=variant, provider="cpu", device_cache=True)
+    rng = np.random.default_rng(5)
+
+    def random_cache(rows: int, lengths: list[int], columns: int) -> BatchCache:
+        mask = np.zeros((rows, columns), np.int64)
+        for i, length in enumerate(lengths):
+            mask[i, columns - length :] = 1
+        shape = (rows, host.n_head, columns, host.head_dim)
+        return BatchCache([host.to_device(rng.normal(size=shape)) for _ in host.past_names], mask)
+
+    running = random_cache(4, [9, 3, 5, 2], 12)  # column 0..2 are padding everywhere
+    joining = random_cache(2, [4, 6], 6)
+    cases = [
+        (np.array([0, 1, 2, 3]), None, None),  # trim only
+        (np.array([1, 3]), joining, np.array([1, 1, 0])),  # the longest row leaves, three join
+        (np.array([], np.int64), joining, np.array([0])),  # everyone leaves, one joins
+        (np.array([2]), None, None),
+    ]
+    for keep, join, rows in cases:
+        expected = rebuild(host, running, keep, join, rows)
+        actual = rebuild(device, running, keep, join, rows)
+        np.testing.assert_array_equal(actual.mask, expected.mask)
+        for a, e in zip(actual.past, expected.past, strict=True):
+            np.testing.assert_array_equal(device.to_host(a), host.to_host(e))
 
 
 def test_sampler_graph_top_p_and_seeding(tiny_bundle: Path) -> None:

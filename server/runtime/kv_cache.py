@@ -87,6 +87,8 @@ def rebuild(
 ) -> BatchCache:
     """The next batch: `running` rows `keep`, then `joining` rows `joining_rows` (a row
     index may repeat: the n samples of one request share one prefill row)."""
+    if runner.cache_surgery is not None:
+        return _rebuild_on_device(runner, running, keep, joining, joining_rows)
     arrays = [runner.to_host(v)[keep] for v in running.past]
     mask = running.mask[keep]
     if joining is not None and joining_rows is not None and joining_rows.size:
@@ -99,6 +101,39 @@ def rebuild(
         mask = np.concatenate([mask, new_mask])
     arrays, mask = _trim(arrays, mask)
     return BatchCache([runner.to_device(a) for a in arrays], np.ascontiguousarray(mask))
+
+
+def _rebuild_on_device(
+    runner: OnnxRunner,
+    running: BatchCache,
+    keep: np.ndarray,
+    joining: BatchCache | None,
+    joining_rows: np.ndarray | None,
+) -> BatchCache:
+    """`rebuild` where the cache lives: the masks (small) are worked out on the host, the
+    tensors are gathered, padded or trimmed and concatenated by cache_graph.py."""
+    if joining is None or joining_rows is None or not joining_rows.size:
+        joining, joining_rows = running, np.zeros(0, np.int64)
+    mask, new_mask = running.mask[keep], joining.mask[joining_rows]
+    columns = max(mask.shape[1], new_mask.shape[1])
+    merged = np.concatenate(
+        [
+            np.pad(mask, ((0, 0), (columns - mask.shape[1], 0))),
+            np.pad(new_mask, ((0, 0), (columns - new_mask.shape[1], 0))),
+        ]
+    )
+    start = first_used_column(merged) if merged.shape[0] else columns
+    final = columns - start
+
+    def pads(current: int) -> np.ndarray:  # left pad (negative: trim) of the columns axis only
+        return np.array([0, 0, final - current, 0, 0, 0, 0, 0], np.int64)
+
+    scale = new_mask[:, None, :, None]
+    past = [
+        runner.rearrange(r, keep, pads(running.columns), j, joining_rows, scale, pads(joining.columns))
+        for r, j in zip(running.past, joining.past, strict=True)
+    ]
+    return BatchCache(past, np.ascontiguousarray(merged[:, start:]))
 
 
 def can_write_in_place(runner: OnnxRunner, cache: BatchCache, joining: BatchCache) -> bool:

@@ -38,6 +38,7 @@ from contract.manifest import (
     past_names,
     present_names,
 )
+from server.runtime.cache_graph import CACHE_OUTPUT, cache_graph
 from server.runtime.sampler_graph import SAMPLER_OUTPUT, sampler_graph
 
 log = logging.getLogger(__name__)
@@ -84,6 +85,7 @@ class OnnxRunner:
         manifest: Manifest | None = None,
         device_sampling: str = "auto",
         spinning: bool = False,
+        device_cache: bool | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest if manifest is not None else load_manifest(self.bundle_dir)
@@ -127,6 +129,11 @@ class OnnxRunner:
         self.sampler: ort.InferenceSession | None = None
         if device_sampling == "on" or (device_sampling == "auto" and self.device == "cuda"):
             self.sampler = ort.InferenceSession(sampler_graph(), options, providers=providers)
+        # Rebuilding the batch cache (requests join/leave) on the device too; on CPU numpy
+        # does it on zero-copy views instead (`device_cache=True` forces the graph, for tests).
+        self.cache_surgery: ort.InferenceSession | None = None
+        if device_cache or (device_cache is None and self.device == "cuda"):
+            self.cache_surgery = ort.InferenceSession(cache_graph(self.variant.kv_dtype), options, providers=providers)
         log.info(
             "runner ready",
             extra={
@@ -134,6 +141,7 @@ class OnnxRunner:
                 "provider": self.provider,
                 "asked": provider,
                 "device_sampling": self.sampler is not None,
+                "device_cache": self.cache_surgery is not None,
                 "file": str(path),
             },
         )
@@ -190,6 +198,33 @@ class OnnxRunner:
             return np.zeros(shape, self.kv_dtype)
         buffer = (ctypes.c_byte * nbytes).from_address(value.data_ptr())
         return np.frombuffer(buffer, dtype=self.kv_dtype).reshape(shape)
+
+    def rearrange(
+        self,
+        running: ort.OrtValue,
+        keep: np.ndarray,
+        running_pads: np.ndarray,
+        joining: ort.OrtValue,
+        join_rows: np.ndarray,
+        joining_scale: np.ndarray,
+        joining_pads: np.ndarray,
+    ) -> ort.OrtValue:
+        """One KV tensor of the next batch, built where the cache lives (cache_graph.py)."""
+        assert self.cache_surgery is not None, "device cache surgery is off for this runner"
+        binding = self.cache_surgery.io_binding()
+        binding.bind_ortvalue_input("running", running)
+        binding.bind_ortvalue_input("joining", joining)
+        for name, value in (
+            ("keep", keep),
+            ("running_pads", running_pads),
+            ("join_rows", join_rows),
+            ("joining_scale", joining_scale.astype(self.kv_dtype)),
+            ("joining_pads", joining_pads),
+        ):
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        binding.bind_output(CACHE_OUTPUT, self.device)
+        self.cache_surgery.run_with_iobinding(binding)
+        return binding.get_outputs()[0]
 
     def _run_decoder(
         self,
