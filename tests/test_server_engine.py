@@ -58,6 +58,13 @@ def test_seeded_row_samples_the_same_whatever_its_batch_mates() -> None:
     assert len(set(run(0))) > 1  # it does sample, not always the argmax
 
 
+def test_never_tokens_are_never_sampled() -> None:
+    logits = np.random.default_rng(6).normal(size=(4, 40)).astype(np.float32)
+    never = np.unique(logits.argmax(axis=1))
+    tokens = sample(logits, [row(temperature=0.0), row(temperature=0.0), row(seed=1), row(seed=2)], never)
+    assert not set(tokens.tolist()) & set(never.tolist())
+
+
 def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
     logits = np.random.default_rng(2).normal(size=(4, 300)).astype(np.float32)
     greedy = logits.argmax(axis=1).tolist()
@@ -315,9 +322,11 @@ def test_sampler_graph_top_p_and_seeding(tiny_bundle: Path) -> None:
             "uniform": uniform.astype(np.float32),
             "eos_penalty": np.zeros(4, np.float32),
             "eos_id": np.array([0], np.int64),
+            "vocab_bias": vocab_bias,
         }
         return runner.sampler.run(None, inputs)[0]  # type: ignore[union-attr]
 
+    vocab_bias = np.zeros(300, np.float32)
     for _ in range(30):
         uniform = rng.random(4)
         uniform[2] = uniform[1]  # rows 1 and 2 read the same logits row with the same draw
@@ -327,6 +336,8 @@ def test_sampler_graph_top_p_and_seeding(tiny_bundle: Path) -> None:
         assert tokens[1] == tokens[2]
         assert (run(np.concatenate([uniform[:1], rng.random(3)]), 0.7)[0]) == tokens[0]  # batch mates don't matter
     assert run(np.full(4, 0.5), 1e-6).tolist() == logits[rows].argmax(axis=1).tolist()
+    vocab_bias[logits[rows].argmax(axis=1)] = -1e9  # the favourites are banned (command tokens, say)
+    assert not set(run(np.full(4, 0.5), 1e-6).tolist()) & set(logits[rows].argmax(axis=1).tolist())
 
 
 def test_window_batching_makes_the_short_request_wait(runner: OnnxRunner, tokenizer: Tokenizer) -> None:

@@ -95,14 +95,16 @@ def _sample_nucleus(probs: np.ndarray, top_p: np.ndarray, u: np.ndarray) -> np.n
     return tokens
 
 
-def sample(logits: np.ndarray, rows: list[Row]) -> np.ndarray:
+def sample(logits: np.ndarray, rows: list[Row], never: np.ndarray | None = None) -> np.ndarray:
     """One token id per row from logits [rows, vocab] (float32). Does not modify `logits`.
 
     Batched where it can be (softmax, top-p, the draw), per row where parameters differ
-    (penalty, banned tokens, top-k). Each row's result depends only on its own logits,
-    parameters and generator.
+    (penalty, banned tokens, top-k). `never`: token ids no row may produce. Each row's
+    result depends only on its own logits, parameters and generator.
     """
     x = np.array(logits, dtype=np.float32, copy=True)
+    if never is not None and never.size:
+        x[:, never] = -np.inf  # tokens no output may contain (the command tokens)
     for i, row in enumerate(rows):
         apply_repetition_penalty(x[i], row.generated, row.params.repetition_penalty)
         if row.banned:
@@ -135,7 +137,7 @@ def make_generator(seed: int | None, sample_index: int) -> np.random.Generator:
     return np.random.default_rng([seed, sample_index])
 
 
-EOS_PENALTY = -1e9  # added to EOS's logit where it is banned (finite: -inf * 0 would be NaN)
+BANNED_LOGIT = -1e9  # added to a banned token's logit on the device (finite: -inf * 0 would be NaN)
 
 
 def device_inputs(rows: list[Row], eos_token_id: int) -> dict[str, np.ndarray] | None:
@@ -152,6 +154,6 @@ def device_inputs(rows: list[Row], eos_token_id: int) -> dict[str, np.ndarray] |
         "uniform": np.array(
             [row.generator.random() if s else 0.0 for row, s in zip(rows, sampled, strict=True)], np.float32
         ),
-        "eos_penalty": np.array([EOS_PENALTY if row.banned else 0.0 for row in rows], np.float32),
+        "eos_penalty": np.array([BANNED_LOGIT if row.banned else 0.0 for row in rows], np.float32),
         "eos_id": np.array([eos_token_id], np.int64),
     }

@@ -31,7 +31,7 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from server.engine.request import Event, GenerationRequest, RequestDone, RequestFailed
-from server.engine.sampler import device_inputs, sample
+from server.engine.sampler import BANNED_LOGIT, device_inputs, sample
 from server.engine.sequence import Sequence
 from server.metrics import Metrics
 from server.runtime.kv_cache import (
@@ -92,6 +92,13 @@ class Scheduler:
         self.active: dict[str, Admitted] = {}
         self.rows: list[Sequence | None] = []  # row i of the cache is rows[i]; None: a free slot
         self.cache: BatchCache = empty_cache(runner)
+        # Command tokens are inputs only: no output may contain one.
+        spec = runner.manifest.command
+        never = [i for t in spec.special_tokens() if (i := tokenizer.token_to_id(t)) is not None]
+        self.never = np.array(never, np.int64)
+        vocab_bias = np.zeros(runner.vocab_size, np.float32)
+        vocab_bias[self.never] = BANNED_LOGIT
+        self._vocab_bias = ort.OrtValue.ortvalue_from_numpy(vocab_bias, runner.device, 0)
         # the per-step series, bound to this model once rather than looked up every step
         self._ttft = metrics.time_to_first_token.labels(metrics.model)
         self._inter_token = metrics.inter_token_latency.labels(metrics.model)
@@ -269,13 +276,13 @@ class Scheduler:
         start = time.monotonic()
         if inputs is not None:
             tokens, present = self.runner.step_and_sample(
-                input_ids, mask, positions, past, {"rows": logits_rows, **inputs}
+                input_ids, mask, positions, past, {"rows": logits_rows, "vocab_bias": self._vocab_bias, **inputs}
             )
             self._observe_forward(phase, batch, start)  # includes the sampling, on the device
         else:
             logits, present = self.runner.step(input_ids, mask, positions, past)
             self._observe_forward(phase, batch, start)
-            tokens = sample(logits[logits_rows], prepared)
+            tokens = sample(logits[logits_rows], prepared, self.never)
         self._append(tokens, rows)
         return present
 

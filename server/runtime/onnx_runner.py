@@ -267,7 +267,7 @@ class OnnxRunner:
         attention_mask: np.ndarray,
         position_ids: np.ndarray,
         past: list[ort.OrtValue],
-        sampling: dict[str, np.ndarray],
+        sampling: dict[str, np.ndarray | ort.OrtValue],
     ) -> tuple[np.ndarray, list[ort.OrtValue]]:
         """A forward whose logits stay on the device and go straight into the sampler
         graph; only the token ids [B] are copied back. `sampling` holds the sampler's
@@ -277,7 +277,10 @@ class OnnxRunner:
         binding = self.sampler.io_binding()
         binding.bind_ortvalue_input("all_logits", logits)
         for name, value in sampling.items():
-            binding.bind_cpu_input(name, value)
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)  # constant per run, already on the device
+            else:
+                binding.bind_cpu_input(name, value)
         binding.bind_output(SAMPLER_OUTPUT, "cpu")
         self.sampler.run_with_iobinding(binding)
         return binding.get_outputs()[0].numpy(), present
