@@ -171,7 +171,7 @@ def format_summary(stats: RunStats, store: RecordStore, interrupted: bool) -> st
     lines = [
         ("interrupted: re-run the same command to resume" if interrupted else "done")
         + f" in {elapsed:.1f}s: {stats.requests} requests, {stats.records} records"
-        + f" ({stats.records / elapsed:.0f} records/s, {stats.requests / elapsed:.1f} requests/s)",
+        + f" ({stats.records / elapsed:.1f} records/s, {stats.requests / elapsed:.2f} requests/s)",
         f"  failed requests (left for the next run): {stats.failed}",
         f"  rejects by reason: {dict(stats.rejects.most_common()) or 'none'}",
         f"  retries by reason: {dict(stats.retries.most_common()) or 'none'}",

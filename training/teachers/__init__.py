@@ -43,6 +43,9 @@ def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-retries", type=int, default=5, help="openai: retries per request")
     group.add_argument("--temperature", type=float, default=0.9, help="openai/hf: sampling temperature")
     group.add_argument("--batch-size", type=int, default=8, help="hf: requests per generate() batch")
+    group.add_argument(
+        "--threads", type=int, default=None, help="hf: torch CPU threads (1 when other jobs share the cores)"
+    )
     group.add_argument("--max-new-tokens", type=int, default=384, help="openai/hf: tokens per answer")
 
 
@@ -73,6 +76,10 @@ def build_teacher(args: argparse.Namespace) -> Teacher:
         if not args.model:
             raise TeacherError("--teacher hf needs --model (a local model folder or a .gguf file)")
         return HFTeacher(
-            args.model, batch_size=args.batch_size, temperature=args.temperature, max_new_tokens=args.max_new_tokens
+            args.model,
+            batch_size=args.batch_size,
+            temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens,
+            threads=args.threads,
         )
     raise TeacherError(f"unknown teacher {args.teacher!r}; choose from {KINDS}")

@@ -30,10 +30,20 @@ class HFTeacher(Teacher):
     kind = "hf"
 
     def __init__(
-        self, model_path: str | Path, batch_size: int = 8, temperature: float = 0.9, max_new_tokens: int = 384
+        self,
+        model_path: str | Path,
+        batch_size: int = 8,
+        temperature: float = 0.9,
+        max_new_tokens: int = 384,
+        threads: int | None = None,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if threads:
+            # Two busy processes each spinning two OpenMP threads on two cores slow each other
+            # ~30x (measured: bench/teachers.md); one thread each is the cure.
+            torch.set_num_threads(threads)
 
         path = Path(model_path)
         if not path.exists():

@@ -121,7 +121,8 @@ class ProceduralTeacher(Teacher):
                 break
             piece = render(rng.choice(recipe.fill))
             slack = 0 if attempt < FILL_ATTEMPTS // 2 else 2  # exact first, then near enough
-            if piece in pieces or piece in anchors or total + count_words(piece) > target.words + slack:
+            too_long = total + count_words(piece) > target.words + slack
+            if piece in pieces or piece in anchors or (too_long and len(pieces) + len(anchors) >= recipe.min_pieces):
                 continue
             if attempt < FILL_ATTEMPTS // 2 and _repeats_a_word(piece, pieces + anchors):
                 continue  # "study tips tips", "Elegant Elegant": avoid while there is choice left
