@@ -102,6 +102,14 @@ def test_request_failing_every_retry_is_left_for_the_next_run(
     assert len(list(iter_records(out))) == len(INTENTS) * 2 * 3
 
 
+def test_endpoint_going_down_mid_run_stops_the_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with ChatServer(faults=["ok"] + ["500"] * 50) as server:
+        code = run(tmp_path, server, tmp_path / "samples", "--max-retries", "1")
+    assert code == 1
+    assert "looks down" in capsys.readouterr().err
+    assert len(list(iter_records(tmp_path / "samples"))) == 3  # what was answered before is kept
+
+
 def test_retry_after_header_forms() -> None:
     assert retry_after_seconds("3") == 3.0
     assert retry_after_seconds(None) is None

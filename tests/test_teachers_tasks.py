@@ -10,7 +10,7 @@ import pytest
 from training import generate
 from training.records import iter_records
 from training.tasks import TASKS_DIR, TaskError, load_tasks
-from training.teachers.parsing import clean_output, parse_reply, reject_reason
+from training.teachers.parsing import align_outputs, clean_output, parse_reply, reject_reason
 
 
 def test_registry_has_the_four_tasks_with_everything_a_teacher_needs() -> None:
@@ -83,6 +83,14 @@ def test_parse_reply_strips_numbering_bullets_quotes_and_preamble() -> None:
         "Quiet Mountain Mornings",
         "The Big Sale",
     ]
+
+
+def test_numbered_answers_align_with_their_targets() -> None:
+    task = load_tasks(["title"])["title"]
+    reply = "Here you go:\n1. Holiday Sale\n3. Quiet Mornings\n3. Quiet Mornings Again\n7. Way Out\n"
+    assert align_outputs(task, reply, 4) == (["Holiday Sale", None, "Quiet Mornings", None], 2)
+    assert align_outputs(task, "Holiday Sale\nWinter Deals\nGift Ideas", 2) == (["Holiday Sale", "Winter Deals"], 1)
+    assert align_outputs(task, "Holiday Sale", 3) == (["Holiday Sale", None, None], 0)
 
 
 def test_search_queries_separators_are_normalised_and_required() -> None:

@@ -101,14 +101,17 @@ def to_records(
     if completion.malformed:
         rejects["malformed_reply"] += completion.malformed
     wanted = len(request.targets)
-    if len(completion.outputs) > wanted:
-        rejects["extra"] += len(completion.outputs) - wanted
-    elif len(completion.outputs) < wanted:
-        rejects["missing"] += wanted - len(completion.outputs)
+    extra = completion.extra + max(0, len(completion.outputs) - wanted)
+    if extra:
+        rejects["extra"] += extra
+    if missing := max(0, wanted - len(completion.outputs)) + sum(o is None for o in completion.outputs[:wanted]):
+        rejects["missing"] += missing
     created_at = datetime.now(UTC).isoformat(timespec="seconds")
     records: list[dict[str, Any]] = []
     ids: set[str] = set()
     for output, target in zip(completion.outputs, request.targets, strict=False):
+        if output is None:
+            continue  # counted as missing above
         reason = reject_reason(request.task, output)
         rid = record_id(request.task.name, request.intent, output) if output else ""
         if reason is None and rid in ids:

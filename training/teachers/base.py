@@ -40,10 +40,11 @@ class Request:
 @dataclass
 class Completion:
     request: Request
-    outputs: list[str]  # parsed and cleaned candidates, in the order of request.targets where the teacher kept it
+    outputs: list[str | None]  # cleaned outputs in the order of request.targets; None where one is missing
     prompt_tokens: int = 0
     completion_tokens: int = 0
     retries: Counter[str] = field(default_factory=Counter)  # reason -> count, e.g. {"429": 1, "timeout": 2}
+    extra: int = 0  # answer lines beyond the targets asked for
     malformed: int = 0  # answers that could not be parsed at all
     failed: bool = False  # the teacher gave up on this request: not committed, so a re-run asks again
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from training.tasks import TaskSpec
 from training.teachers.base import Completion, Request, Teacher, TeacherError
-from training.teachers.parsing import parse_reply
+from training.teachers.parsing import align_outputs
 from training.teachers.prompting import build_messages, template_hash
 
 
@@ -100,14 +100,15 @@ class HFTeacher(Teacher):
             eos = self.tokenizer.eos_token_id
             length = int((row != self.tokenizer.pad_token_id).sum()) if eos is None else _length_to_eos(row, eos)
             text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
-            outputs = parse_reply(request.task, text)
+            outputs, extra = align_outputs(request.task, text, len(request.targets))
             completions.append(
                 Completion(
                     request=request,
                     outputs=outputs,
+                    extra=extra,
                     prompt_tokens=int(prompt_mask.sum()),
                     completion_tokens=length,
-                    malformed=0 if outputs else 1,
+                    malformed=0 if any(outputs) else 1,
                 )
             )
         return completions

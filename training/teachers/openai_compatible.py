@@ -28,7 +28,7 @@ import httpx
 
 from training.tasks import TaskSpec
 from training.teachers.base import Completion, Request, Teacher, TeacherError
-from training.teachers.parsing import parse_reply
+from training.teachers.parsing import align_outputs
 from training.teachers.prompting import build_messages, template_hash
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
@@ -91,6 +91,7 @@ class OpenAITeacher(Teacher):
         self._client = httpx.AsyncClient(headers=headers, timeout=timeout)
         self._jitter = random.Random()
         self.failed = 0  # requests given up after their last retry (left uncommitted)
+        self._failures_in_a_row = 0  # so many that the endpoint must be down: stop instead of grinding on
 
     def prompt_hash(self, task: TaskSpec) -> str:
         return template_hash(task)
@@ -146,13 +147,21 @@ class OpenAITeacher(Teacher):
         retries: Counter[str] = Counter()
         for attempt in range(self.max_retries + 1):
             try:
-                return await self._attempt(request, body, retries)
+                completion = await self._attempt(request, body, retries)
+                self._failures_in_a_row = 0
+                return completion
             except RetryableError as error:
                 if attempt == self.max_retries:
                     break
                 retries[error.reason] += 1
                 await asyncio.sleep(self._delay(attempt, error.retry_after))
         self.failed += 1
+        self._failures_in_a_row += 1
+        if self._failures_in_a_row >= max(3, self.concurrency):
+            raise TeacherError(
+                f"{self._failures_in_a_row} requests in a row failed after {self.max_retries} retries"
+                f" ({dict(retries)} on the last): the teacher at {self.base_url} looks down"
+            )
         return Completion(request=request, outputs=[], retries=retries, failed=True)
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
@@ -185,13 +194,14 @@ class OpenAITeacher(Teacher):
                 raise TypeError("content is not text")
         except (json.JSONDecodeError, KeyError, IndexError, TypeError, ValueError):
             raise RetryableError("malformed") from None
-        outputs = parse_reply(request.task, content)
-        if not outputs:
+        outputs, extra = align_outputs(request.task, content, len(request.targets))
+        if not any(outputs):
             raise RetryableError("empty_reply")
         usage = payload.get("usage") or {}
         return Completion(
             request=request,
             outputs=outputs,
+            extra=extra,
             prompt_tokens=int(usage.get("prompt_tokens") or 0),
             completion_tokens=int(usage.get("completion_tokens") or 0),
             retries=retries,
