@@ -906,11 +906,31 @@ DOMAINS: dict[str, tuple[list[tuple[list[str], list[str]]], list[str]]] = {
 }
 
 
+# Pairings that no user would type ("newborn science experiments"); a repeated word
+# ("remote team team offsite") is dropped by rule.
+AWKWARD = frozenset(
+    {
+        "hiking championship poster", "climbing championship poster", "hiking tournament", "yoga tournament",
+        "tropical sand dunes", "tropical glacier", "desert glacier", "desert rainforest", "snowy rainforest",
+        "alpine sand dunes", "coastal sand dunes", "newborn science experiments", "newborn playdate",
+        "newborn chore chart", "newborn scavenger hunt", "newborn outing ideas", "newborn game night",
+        "family tracker", "emergency goals", "college calculator", "beginner check-in", "one-pot pizza",
+        "one-pot smoothie bowl", "one-pot grilled cheese", "one-pot chocolate cake", "one-pot banana bread",
+        "holiday science experiments", "senior check-in", "goldfish bed", "goldfish grooming",
+        "goldfish costume", "goldfish training tips", "goldfish toys", "hamster training tips",
+        "parrot birthday", "goldfish birthday", "retirement guest list", "emergency spreadsheet",
+        "running lessons", "morning tips", "movie festival", "theater playlist", "surfing shoes",
+        "surfing club", "swimming shoes", "skiing shoes", "boxing shoes",
+    }
+)  # fmt: skip
+
+
 def build() -> list[Intent]:
     rng = random.Random(SEED)
     intents = []
     for domain, (groups, standalone) in DOMAINS.items():
         pairings = [f"{m} {h}" for modifiers, heads in groups for m in modifiers for h in heads]
+        pairings = [p for p in pairings if p not in AWKWARD and len(set(p.split())) == len(p.split())]
         rng.shuffle(pairings)
         for text in standalone + pairings[:PER_DOMAIN]:
             intents.append(Intent(text=text, domain=domain, split=split_of(text)))
