@@ -60,9 +60,28 @@ def test_broken_task_files_are_refused_with_a_reason(tmp_path: Path, content: st
         load_tasks(tasks_dir=tmp_path)
 
 
-def test_unknown_task_is_a_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert generate.main(["--out", str(tmp_path), "--tasks", "poem"]) == 2
-    assert "unknown task(s) ['poem']" in capsys.readouterr().err
+@pytest.mark.parametrize(
+    ("flags", "code", "message"),
+    [
+        (["--tasks", "poem"], 2, "unknown task(s) ['poem']"),
+        (["--per-intent", "0"], 2, "must be at least 1"),
+        (["--intents", "/no/such/file.txt"], 2, "does not exist"),
+        (["--teacher", "openai"], 2, "needs --model"),
+        (["--teacher", "openai", "--model", "m", "--concurrency", "0"], 2, "must be positive"),
+    ],
+)
+def test_bad_cli_input_is_one_line_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], code: int, message: str
+) -> None:
+    assert generate.main(["--out", str(tmp_path), *flags]) == code
+    err = capsys.readouterr().err
+    assert message in err and err.startswith("error: ") and err.count("\n") == 1
+
+
+def test_out_that_is_a_file_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "file").write_text("")
+    assert generate.main(["--out", str(tmp_path / "file"), "--limit-intents", "2"]) == 1
+    assert capsys.readouterr().err.startswith("error: ")
 
 
 def test_parse_reply_strips_numbering_bullets_quotes_and_preamble() -> None:

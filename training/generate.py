@@ -113,7 +113,7 @@ def to_records(
         if output is None:
             continue  # counted as missing above
         reason = reject_reason(request.task, output)
-        rid = record_id(request.task.name, request.intent, output) if output else ""
+        rid = record_id(request.task.name, request.intent, output)
         if reason is None and rid in ids:
             reason = "duplicate"
         if reason:
@@ -160,10 +160,9 @@ async def run_generation(
                 "completion_tokens": completion.completion_tokens,
                 "retries": dict(completion.retries),
             }
-            before = Counter(rejects)
             written = store.commit(request.key, records, commit)
-            before["duplicate"] += len(records) - len(written)  # ids already stored by an earlier run
-            stats.add(completion, written, +before)
+            rejects["duplicate"] += len(records) - len(written)  # ids an earlier request already stored
+            stats.add(completion, written, +rejects)  # unary +: drop zero counts
             bar.update(1)
             bar.set_postfix(records=stats.records, rejects=sum(stats.rejects.values()), refresh=False)
 
@@ -196,8 +195,8 @@ def select_intents(intents: list[Intent], limit: int | None) -> list[Intent]:
 
 def generate(args: argparse.Namespace) -> int:
     try:
-        if args.per_intent < 1:
-            raise TaskError("--per-intent must be at least 1")
+        if args.per_intent < 1 or (args.limit_intents is not None and args.limit_intents < 1):
+            raise TaskError("--per-intent and --limit-intents must be at least 1")
         tasks = load_tasks(args.tasks, args.tasks_dir)
         intents = select_intents(load_intents(args.intents), args.limit_intents)
         teacher = build_teacher(args)
@@ -220,7 +219,7 @@ def generate(args: argparse.Namespace) -> int:
             except KeyboardInterrupt:
                 interrupted = True
             print(format_summary(stats, store, interrupted))
-    except (TeacherError, RecordError) as error:
+    except (TeacherError, RecordError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     if interrupted:
