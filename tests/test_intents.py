@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 
 from training import generate
+from training.generate import DEFAULT_PER_INTENT
 from training.intents import CorpusError, Intent, check_no_leakage, leak_key, load_intents, split_of
 from training.intents.build_corpus import build
 from training.records import dedup_key, iter_records
+from training.tasks import load_tasks
 
 
 def test_corpus_is_large_distinct_and_varied() -> None:
@@ -71,3 +73,9 @@ def test_generated_records_keep_every_intent_in_one_split(tmp_path: Path) -> Non
         splits_by_key.setdefault(leak_key(record["intent"]), set()).add(record["split"])
     assert all(len(splits) == 1 for splits in splits_by_key.values())
     assert {s for splits in splits_by_key.values() for s in splits} == {"train", "val", "test"}
+
+
+def test_default_dataset_size_suits_the_first_run() -> None:
+    """All tasks x all intents x --per-intent default: 40k-60k samples, scored in under ~3 min."""
+    size = len(load_intents()) * len(load_tasks()) * DEFAULT_PER_INTENT
+    assert 40_000 <= size <= 60_000

@@ -11,6 +11,7 @@ nor torch.
 from __future__ import annotations
 
 import argparse
+import os
 
 from training.teachers.base import Completion, Request, Target, Teacher, TeacherError
 
@@ -31,8 +32,16 @@ __all__ = [
 def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("teacher")
     group.add_argument("--teacher", choices=KINDS, default="procedural", help="teacher backend (default: procedural)")
-    group.add_argument("--base-url", default="http://127.0.0.1:8080/v1", help="openai: chat-completions base URL")
-    group.add_argument("--model", default=None, help="openai: model name; hf: model folder or GGUF file")
+    group.add_argument(
+        "--base-url",
+        default=os.environ.get("TEACHER_BASE_URL", "http://127.0.0.1:8080/v1"),
+        help="openai: chat-completions base URL (env TEACHER_BASE_URL)",
+    )
+    group.add_argument(
+        "--model",
+        default=os.environ.get("TEACHER_MODEL"),
+        help="openai: model name; hf: model folder or GGUF file (env TEACHER_MODEL)",
+    )
     group.add_argument(
         "--api-key-env",
         default="OPENAI_API_KEY",
