@@ -75,6 +75,7 @@ class BenchSetup:
     prompt_len: int
     steps: int
     notes: list[str]
+    load_average: float
 
     @property
     def context(self) -> int:
@@ -98,7 +99,8 @@ def markdown(setup: BenchSetup, timings: list[Timing]) -> str:
         f"- {setup.prompt_len}-token prompts, {setup.steps} decode steps (median step), {setup.threads} threads "
         f"(torch and ORT intra-op).",
         f"- Machine: {platform.machine()}, {os.cpu_count()} cores; {versions}; "
-        f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
+        f"measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; load average at start "
+        f"{setup.load_average:.2f} (other processes on the cores slow every column alike).",
         "",
         "## Decode step: ms per step (tokens/s)",
         "",
@@ -119,6 +121,7 @@ def markdown(setup: BenchSetup, timings: list[Timing]) -> str:
 
 def run_bench(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
+    load_average = os.getloadavg()[0]
     work = Path(args.work)
     checkpoint_dir = Path(args.checkpoint) if args.checkpoint else None
     notes = []
@@ -174,6 +177,7 @@ def run_bench(args: argparse.Namespace) -> int:
         prompt_len=args.prompt_len,
         steps=args.steps,
         notes=notes,
+        load_average=load_average,
     )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(markdown(setup, timings))
