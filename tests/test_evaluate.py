@@ -52,7 +52,7 @@ def test_eval_command_writes_every_report_field(tiny_checkpoint: Path, scored: P
     out = tmp_path / "eval"
     args = Namespace(
         checkpoint=str(checkpoint), onnx=None, variant="int8", data=str(scored), out=str(out), intents=1,
-        lengths="4,8", n=2, batch_size=64, seed=0, no_record=False,
+        lengths="4,8", n=2, batch_size=64, seed=0, no_record=False, temperature=None, top_p=None,
     )  # fmt: skip
     assert run(args) == 0
     report = json.loads((out / "report.json").read_text())
@@ -98,6 +98,7 @@ def test_pytorch_and_onnx_run_through_the_same_loop(
 def test_eval_rejects_bad_arguments(scored: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     base = {"checkpoint": None, "onnx": None, "variant": "int8", "data": str(scored), "out": str(tmp_path)}
     base |= {"intents": 1, "lengths": "", "n": 1, "batch_size": 8, "seed": 0, "no_record": True}
+    base |= {"temperature": None, "top_p": None}
     assert run(Namespace(**base)) == 2
     assert "exactly one of" in capsys.readouterr().err
     assert run(Namespace(**{**base, "checkpoint": str(tmp_path), "lengths": "5,x"})) == 2

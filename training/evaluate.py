@@ -442,6 +442,9 @@ def run(args: argparse.Namespace) -> int:
     except (FileNotFoundError, RuntimeError, ValueError) as e:
         print(f"error: cannot load the model: {e}", file=sys.stderr)
         return 2
+    # Sampling defaults come with the model (what the server uses); these override them.
+    overrides = {"temperature": args.temperature, "top_p": args.top_p}
+    model.generation = {**model.generation, **{k: v for k, v in overrides.items() if v is not None}}
     with open(data, encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
     report = evaluate(model, records, args.intents, lengths, args.n, args.batch_size, args.seed)
@@ -451,7 +454,7 @@ def run(args: argparse.Namespace) -> int:
     (out / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     (out / "summary.md").write_text(summary_markdown(report))
     write_plots(report, out)
-    if checkpoint is not None and not args.no_record:
+    if checkpoint is not None and not args.no_record and overrides == {"temperature": None, "top_p": None}:
         record_in_checkpoint(checkpoint, report, data)
     print(json.dumps(headline(report), indent=1))
     print(f"report -> {out}/report.json, summary.md, length.png, relevance.png")
@@ -470,5 +473,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n", type=int, default=4, help="samples per command")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--temperature", type=float, default=None, help="override the model's default")
+    parser.add_argument("--top-p", type=float, default=None, help="override the model's default")
     parser.add_argument("--no-record", action="store_true", help="do not write the headline into udrl.json")
     parser.set_defaults(func=run)

@@ -5,14 +5,14 @@ count (clamped to the command's range) and the relevance level its score falls i
 The level edges are tertiles of relevance on the train split, fitted here once and
 saved with the model (CommandSpec.relevance_edges); the server only reads them.
 
-Copy augmentation (`swap_intent_words`) is how the student learns to carry an intent
-it never saw into its output: the teacher's outputs repeat the intent's words, but a
-few hundred training intents are easily memorised, so the model learns to *recall*
-"holiday" after seeing "holiday" instead of *copying* whatever the intent says. Giving
-a share of examples fresh random English words, consistently substituted in intent and
-output, makes recall useless and copying the only way to lower the loss. The words
-come from GPT-2's own vocabulary, and the compact tokenizer splits most of them into
-sub-word pieces, exactly as it splits an unseen user intent.
+Copy augmentation (`swap_intent_words`, `--copy-share`) gives a share of examples fresh
+random English words, substituted consistently in intent and output, so that recalling
+a memorised intent is useless and copying is the only way to lower the loss. The words
+come from GPT-2's own vocabulary and the compact tokenizer splits most of them into
+sub-word pieces, as it splits an unseen user intent. It is off by default: measured at
+the CPU budget (bench/training.md) it cost more relevance than it gave, because the
+test intents mostly reuse training words, and the swapped examples are out of
+distribution (their relevance labels are the original's, not re-measured).
 """
 
 from __future__ import annotations
