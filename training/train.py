@@ -380,7 +380,7 @@ def run(args: argparse.Namespace) -> int:
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
     try:
         train(TrainConfig(**fields), data, out, resume=args.resume)
-    except ValueError as e:
+    except (ValueError, OSError) as e:  # OSError: an --init folder or hub id that cannot be loaded
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0
