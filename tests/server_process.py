@@ -24,7 +24,8 @@ class ServerProcess:
         self.url = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "server", "serve", "--bundle", str(bundle), "--port", str(self.port)]
         for name, value in settings.items():
-            args += [f"--{name.replace('_', '-')}", str(value)]
+            flag = f"--{name.replace('_', '-')}"
+            args += ([flag] if value else [f"--no-{flag[2:]}"]) if isinstance(value, bool) else [flag, str(value)]
         self.log_path = log_path
         self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
         self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
