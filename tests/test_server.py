@@ -13,6 +13,7 @@ import asyncio
 import json
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -305,6 +306,23 @@ def test_disconnect_frees_the_slot(server: ServerProcess, client: httpx.Client) 
     tokens = sample_value(server, "promptgen_generated_tokens_total")
     time.sleep(0.3)
     assert sample_value(server, "promptgen_generated_tokens_total") == tokens < tokens_before + 24 * 110 / 2
+
+
+def test_streams_hung_up_before_the_first_byte_give_their_tickets_back(server: ServerProcess) -> None:
+    """More hang-ups than the server admits at once (max_batch_size 16 + max_queue 32):
+    if any kept its admission ticket, the request after them would get a 429."""
+    body = json.dumps({**LONG, "task": TASK, "stream": True}).encode()
+    head = (
+        "POST /v1/generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    for _ in range(60):
+        with socket.create_connection(("127.0.0.1", server.port)) as conn:
+            conn.sendall(head.encode() + body)
+    assert wait_for(lambda: sample_value(server, "promptgen_requests_running") == 0, timeout=30)
+    assert wait_for(lambda: sample_value(server, "promptgen_requests_queued") == 0, timeout=30)
+    response = httpx.post(f"{server.url}/v1/generate", json={"task": TASK, "input": "x", "max_new_tokens": 2})
+    assert response.status_code == 200, response.text
 
 
 # --- metrics ------------------------------------------------------------------------------

@@ -12,14 +12,17 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from contract.command import prompt_ids
 from server.api.errors import ApiError
 from server.api.schemas import Controls, SamplingFields
+from server.api.sse import HEADERS, MEDIA_TYPE
 from server.api.state import ServerState
 from server.engine.request import Event, GenerationRequest, LengthBounds, RequestDone, RequestFailed, SampleDone
 from server.engine.sampler import SamplingParams
@@ -237,8 +240,20 @@ class GenerationCall:
                     return
         finally:
             if not finished:
-                self.state.engine.abort(self.engine_id)
-                self.close(499, "client_closed")
+                self.abandon()
+
+    def abandon(self) -> None:
+        """The client is gone: stop generating and give the ticket back (no-op once closed)."""
+        if not self._closed:
+            self.state.engine.abort(self.engine_id)
+            self.close(499, "client_closed")
+
+    def stream_response(self, body: AsyncIterator[str]) -> StreamingResponse:
+        """An SSE response that frees this call however it ends. A client that leaves
+        before the first byte makes Starlette fail at `http.response.start`, before it
+        ever starts `body`; a generator that never started never runs its `finally`, so
+        the cleanup cannot live there alone."""
+        return _EventStream(body, on_close=self.abandon)
 
     # --- the end --------------------------------------------------------------------
 
@@ -266,3 +281,15 @@ class GenerationCall:
         self._closed = True
         self.state.engine.release()
         self._record(status, reason)
+
+
+class _EventStream(StreamingResponse):
+    def __init__(self, body: AsyncIterator[str], on_close: Callable[[], None]) -> None:
+        super().__init__(body, media_type=MEDIA_TYPE, headers=HEADERS)
+        self.on_close = on_close
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_close()

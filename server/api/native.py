@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from contract.command import RELEVANCE_LEVELS
 from server.api.generation import FAILURES, GenerationCall
 from server.api.schemas import Controls, ErrorResponse, GenerateRequest, GenerateResponse, Output, Usage
-from server.api.sse import HEADERS, MEDIA_TYPE, sse_event
+from server.api.sse import sse_event
 from server.api.state import ServerState, get_state
 from server.engine.request import Delta, RequestDone, RequestFailed, SampleDone
 
@@ -56,7 +56,7 @@ async def generate(body: GenerateRequest, http_request: Request) -> GenerateResp
     call = GenerationCall.admit(state, http_request, ROUTE)
     controls = call.prepare(body.task, body.input, body.controls, body.n, body, body.max_new_tokens, body.stream)
     if body.stream:
-        return StreamingResponse(native_stream(call, body.task, controls), media_type=MEDIA_TYPE, headers=HEADERS)
+        return call.stream_response(native_stream(call, body.task, controls))
     _, done = await call.collect()
     return response(call, body.task, controls, done)
 

@@ -12,13 +12,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 from pydantic import ConfigDict, Field
 
 from server.api.errors import ApiError
 from server.api.generation import FAILURES, GenerationCall
 from server.api.schemas import Controls, ErrorResponse, SamplingFields
-from server.api.sse import HEADERS, MEDIA_TYPE, sse_event
+from server.api.sse import sse_event
 from server.api.state import ServerState, get_state
 from server.engine.request import Delta, RequestDone, RequestFailed, SampleDone
 
@@ -72,7 +71,7 @@ async def completions(body: CompletionRequest, http_request: Request) -> Any:
     created = int(time.time())
     if body.stream:
         chunks = completion_stream(call, completion_id, created)
-        return StreamingResponse(chunks, media_type=MEDIA_TYPE, headers=HEADERS)
+        return call.stream_response(chunks)
     samples, done = await call.collect()
     return {
         "id": completion_id,
