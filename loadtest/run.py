@@ -99,17 +99,23 @@ async def run_load(args: argparse.Namespace) -> Report:
     limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
     async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
         tasks = args.task or await fetch_tasks(client, url)
+        # Every combination of task, intent, length and token budget, in a fixed order:
+        # several --length / --max-new-tokens values make a mixed load of short and long
+        # requests, the case where continuous batching pays.
+        combos = itertools.product(tasks, DEFAULT_INTENTS, args.length, args.max_new_tokens)
         bodies = itertools.cycle(
-            {
-                "task": task,
-                "input": intent,
-                "controls": {"length": args.length, "relevance": args.relevance},
-                "n": args.n,
-                "max_new_tokens": args.max_new_tokens,
-                "temperature": args.temperature,
-                "seed": seed,
-            }
-            for seed, (task, intent) in enumerate(itertools.product(tasks, DEFAULT_INTENTS))
+            [
+                {
+                    "task": task,
+                    "input": intent,
+                    "controls": {"length": length, "relevance": args.relevance, "enforce_length": args.enforce_length},
+                    "n": args.n,
+                    "max_new_tokens": max_new_tokens,
+                    "temperature": args.temperature,
+                    "seed": seed,
+                }
+                for seed, (task, intent, length, max_new_tokens) in enumerate(combos)
+            ]
         )
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         for _ in range(args.requests):
@@ -148,7 +154,13 @@ async def run_load(args: argparse.Namespace) -> Report:
         requests_per_s=round(len(ok) / wall, 2),
         tokens_per_s=round(tokens / wall, 1),
         generated_tokens=tokens,
-        body={"length": args.length, "relevance": args.relevance, "n": args.n, "max_new_tokens": args.max_new_tokens},
+        body={
+            "length": args.length,
+            "relevance": args.relevance,
+            "enforce_length": args.enforce_length,
+            "n": args.n,
+            "max_new_tokens": args.max_new_tokens,
+        },
     )
 
 
@@ -182,10 +194,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--requests", type=int, default=200, help="total requests to send")
     parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
     parser.add_argument("--task", action="append", help="task to use (repeatable; default: all from /v1/tasks)")
-    parser.add_argument("--length", type=int, default=20, help="requested length in words")
+    parser.add_argument("--length", type=int, nargs="+", default=[20], help="requested length(s) in words, cycled")
+    parser.add_argument("--enforce-length", action="store_true", help="ask the server to guarantee the length")
     parser.add_argument("--relevance", default="high", choices=("low", "medium", "high"))
     parser.add_argument("--n", type=int, default=1, help="outputs per request")
-    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--max-new-tokens", type=int, nargs="+", default=[64], help="token budget(s), cycled")
     parser.add_argument("--temperature", type=float, default=0.8)
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout, seconds")
     parser.add_argument("--json", help="also write the report as JSON to this file")
