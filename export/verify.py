@@ -6,8 +6,10 @@ that logits stay comparable position by position:
 
 - fp32 vs PyTorch: max abs logit difference <= 1e-4 and greedy tokens identical.
 - fp16 vs reference: no NaN/Inf, relative logit error <= 1e-2, greedy identical on the fixed
-  prompts. On the CPU provider this checks weight rounding only: ORT computes the MatMuls
-  and Adds of an FP16 graph in FP32 there (DESIGN.md); FP16 arithmetic needs the GPU check.
+  prompts except at near-ties (where the reference's own top-2 margin is within that 1e-2
+  error, which FP16 rounding may legitimately flip; counted in the result). On the CPU
+  provider this checks weight rounding only: ORT computes the MatMuls and Adds of an FP16
+  graph in FP32 there (DESIGN.md); FP16 arithmetic needs the GPU check.
 - int8 vs reference: next-token agreement >= 99% on the fixed prompts. Only meaningful on a
   trained model: a random-init model's logits are nearly flat, so any noise flips argmax.
 
@@ -166,7 +168,15 @@ def check_variant(variant: str, runner: Runner, sets: list[PromptSet], int8_min_
         abs_diff = float(np.abs(logits - reference).max()) if finite else float("inf")
         scale = np.abs(reference).max(-1)
         rel_error = float((np.abs(logits - reference).max(-1) / np.maximum(scale, 1e-6)).max()) if finite else 1.0
-        agreement = float((logits.argmax(-1) == reference.argmax(-1))[prompt_set.served].mean())
+        choice, best = logits.argmax(-1), reference.argmax(-1)
+        agreement = float((choice == best)[prompt_set.served].mean())
+        # A near-tie: the reference itself scores the variant's choice within the error FP16 is
+        # allowed (1e-2 of the row's logit scale); FP16's weight rounding may flip such a choice.
+        margin = np.take_along_axis(reference, best[..., None], -1) - np.take_along_axis(
+            reference, choice[..., None], -1
+        )
+        near_tie = margin[..., 0] <= MAX_FP16_REL_ERROR * scale
+        clear_flips = int(((choice != best) & ~near_tie)[prompt_set.served].sum())
         result["checks"][prompt_set.name] = {
             "prompts": len(prompt_set.prompts),
             "steps": prompt_set.steps,
@@ -175,6 +185,7 @@ def check_variant(variant: str, runner: Runner, sets: list[PromptSet], int8_min_
             "max_abs_logit_diff": abs_diff,
             "max_rel_logit_error": rel_error,
             "next_token_agreement": agreement,
+            "flips_beyond_near_ties": clear_flips,
         }
         where = f"{prompt_set.name} prompts"
         if not finite:
@@ -187,8 +198,8 @@ def check_variant(variant: str, runner: Runner, sets: list[PromptSet], int8_min_
         elif variant == "fp16":
             if rel_error > MAX_FP16_REL_ERROR:
                 failures.append(f"relative logit error {rel_error:.2e} > {MAX_FP16_REL_ERROR:.0e} on {where}")
-            if prompt_set.name == "fixed" and agreement < 1.0:
-                failures.append(f"greedy tokens differ on {where} (agreement {agreement:.2%})")
+            if prompt_set.name == "fixed" and clear_flips:
+                failures.append(f"greedy tokens differ beyond near-ties on {where} ({clear_flips} positions)")
         elif variant == "int8" and prompt_set.name == "fixed" and agreement < int8_min_agreement:
             failures.append(f"next-token agreement {agreement:.2%} < {int8_min_agreement:.0%} on {where}")
     result["passed"] = not failures
