@@ -69,9 +69,11 @@ def test_readme_curl_works_for_every_task(server: ServerProcess) -> None:
         outputs = response.json()["outputs"]
         assert len(outputs) == 2
         for output in outputs:
+            # A 20-step model may never write a space, so only the server's own length
+            # guarantee is asserted here: no early EOS below the asked length.
             assert output["text"].strip()
             assert output["words"] == len(output["text"].split())
-            assert output["words"] >= 6  # enforce_length masks EOS below the asked length
+            assert output["words"] >= 6 or output["finish_reason"] == "length"
         assert response.json()["controls"]["length"] == 6
 
 

@@ -10,8 +10,7 @@ import argparse
 import importlib
 import sys
 
-# Pipeline order: generate -> score -> train -> eval. A stage whose module is missing
-# is left out of --help rather than breaking the CLI.
+# Pipeline order: generate -> score -> train -> eval.
 STAGES = ("training.generate", "training.score", "training.train", "training.evaluate")
 
 
