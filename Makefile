@@ -13,9 +13,10 @@ PY := $(VENV)/bin/python
 ART ?= artifacts
 TRAIN_MINUTES ?= 8
 # INT8 next-token agreement with FP32 below which export drops the INT8 variant.
-# export's own default is 0.99; trained tiny models measured 98.5-98.8% (bench/export.md),
-# and INT8 is the CPU serving format, so the demo accepts 98% rather than serving FP32.
-INT8_MIN_AGREEMENT ?= 0.98
+# export's own default is 0.99; trained tiny models measured 98.2-98.8% (bench/export.md
+# and a fresh `make serve`), and INT8 is the CPU serving format, so the demo accepts 97%
+# rather than failing the first run or serving FP32 at half the speed.
+INT8_MIN_AGREEMENT ?= 0.97
 HOST ?= 127.0.0.1
 PORT ?= 8000
 

@@ -9,11 +9,12 @@ ticket back, counts the request in metrics and writes one log line.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from fastapi import Request
 from fastapi.responses import StreamingResponse
@@ -28,6 +29,8 @@ from server.engine.request import Event, GenerationRequest, LengthBounds, Reques
 from server.engine.sampler import SamplingParams
 
 log = logging.getLogger("server.requests")
+P = ParamSpec("P")
+R = TypeVar("R")
 
 MAX_STOP_STRINGS = 4
 RETRY_AFTER_S = "1"
@@ -46,6 +49,26 @@ async def wait_for_disconnect(request: Request) -> None:
         message = await request.receive()
         if message["type"] == "http.disconnect":
             return
+
+
+def _closes_on_error(
+    method: Callable[Concatenate[GenerationCall, P], R],
+) -> Callable[Concatenate[GenerationCall, P], R]:
+    """A call that fails while being prepared gives its admission ticket back at once:
+    a refused request must never keep a slot by accident."""
+
+    @functools.wraps(method)
+    def wrapper(call: GenerationCall, *args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return method(call, *args, **kwargs)
+        except ApiError as e:
+            call.close(e.status, e.type)
+            raise
+        except Exception:
+            call.close(500, "internal_error")
+            raise
+
+    return wrapper
 
 
 class GenerationCall:
@@ -83,6 +106,7 @@ class GenerationCall:
             )
         return call
 
+    @_closes_on_error
     def prepare(
         self,
         task: str,
@@ -95,25 +119,6 @@ class GenerationCall:
     ) -> Controls:
         """Check the command against the bundle, tokenise, and hand the request to the
         engine. Returns the controls with defaults filled in (echoed in the response)."""
-        try:
-            return self._prepare(task, intent, controls, n, sampling, max_new_tokens, stream)
-        except ApiError as e:
-            self.close(e.status, e.type)
-            raise
-        except Exception:
-            self.close(500, "internal_error")  # never keep an admission ticket by accident
-            raise
-
-    def _prepare(
-        self,
-        task: str,
-        intent: str,
-        controls: Controls,
-        n: int,
-        sampling: SamplingFields,
-        max_new_tokens: int | None,
-        stream: bool,
-    ) -> Controls:
         state = self.state
         spec = state.manifest.command
         defaults = state.manifest.generation
