@@ -13,8 +13,8 @@ PY := $(VENV)/bin/python
 ART ?= artifacts
 TRAIN_MINUTES ?= 8
 # INT8 next-token agreement with FP32 below which export drops the INT8 variant (and
-# exits 1). export's own gate is 0.99, which the trained tiny model passes (99.29% with the
-# LM head and MLP down projections kept in FP32, bench/export.md); the demo keeps a margin
+# exits 1). export's own gate is 0.99, which the trained tiny model passes (99.29% with its
+# fallback that keeps the LM head and MLP down projections in FP32, bench/export.md); the demo keeps a margin
 # so that a first run never fails over a fraction of a percent on a differently seeded model.
 INT8_MIN_AGREEMENT ?= 0.98
 HOST ?= 127.0.0.1

@@ -114,3 +114,16 @@ def test_export_of_a_checkpoint_initialised_from_a_pretrained_folder(tmp_path: P
     assert manifest.model.eos_token_id == 50256
     assert manifest.variant("fp32").shapes["logits"] == ["batch", tokenizer.get_vocab_size()]
     assert manifest.variant("fp32").verification["checks"]["fixed"]["max_abs_logit_diff"] <= 1e-4
+
+
+def test_int8_that_misses_the_gate_is_retried_with_sensitive_matmuls_in_fp32(
+    trained_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A gate above 100% fails every scheme: the retry must run, and int8 must still be left out."""
+    out = tmp_path / "bundle"
+    args = ["bundle", "--checkpoint", str(trained_checkpoint), "--out", str(out), "--variants", "fp32,int8"]
+    assert export_main([*args, "--int8-min-agreement", "1.01"]) == 1
+    captured = capsys.readouterr()
+    assert "int8 missed the gate: again with the LM head and MLP down projections in FP32" in captured.out
+    assert captured.out.count("int8: fixed:") == 2
+    assert [v.name for v in load_manifest(out).variants] == ["fp32"]
