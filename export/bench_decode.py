@@ -34,9 +34,9 @@ from contract.manifest import MANIFEST_FILE, ModelInfo, load_manifest
 from export.bundle import build_bundle
 from export.timing import Timing, time_runner
 from export.verify import MIN_INT8_AGREEMENT
-from server.runtime.onnx_runner import OnnxRunner
+from runtime.onnx_runner import OnnxRunner
+from runtime.runner import Runner
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from training.decoding import Runner
 from training.model import build_model
 from training.tokenizer import add_command_tokens, gpt2_tokenizer
 from training.torch_runner import TorchRunner

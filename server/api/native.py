@@ -86,5 +86,5 @@ async def tasks(http_request: Request) -> dict[str, object]:
         "tasks": [{"name": t, "length": length, "relevance": levels} for t in spec.tasks],
         "length": length,
         "relevance": levels,
-        "defaults": state.manifest.generation,
+        "defaults": state.manifest.defaults.to_dict(),  # what a request that names none gets
     }
