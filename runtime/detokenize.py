@@ -47,3 +47,12 @@ class IncrementalDetokenizer:
         self.prefix, self.read = self.read, len(self.ids)
         self.text += new
         return new
+
+    def flush(self) -> str:
+        """At the end of the sequence: what is left, an unfinished character included (as
+        U+FFFD, as decoding all the ids would show it)."""
+        before = self._decode(self.ids[self.prefix : self.read])
+        new = self._decode(self.ids[self.prefix :])[len(before) :]
+        self.prefix = self.read = len(self.ids)
+        self.text += new
+        return new

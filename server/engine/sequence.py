@@ -45,7 +45,7 @@ class Sequence:
         (`max_new_tokens` was already clipped by the API to what the context can hold.)"""
         self.last_token_time = time.monotonic()
         if token == self.eos_token_id:
-            self.finish_reason = STOP
+            self._finish(STOP)
             return
         # (A token refused below ends the sample, so the detokenizer never needs to take it back.)
         candidate = (self.text + self.detokenizer.push([token])).lstrip()
@@ -63,7 +63,13 @@ class Sequence:
                 self.finish_reason = STOP
                 return
         if len(self.generated) >= self.request.max_new_tokens:
-            self.finish_reason = LENGTH
+            self._finish(LENGTH)
+
+    def _finish(self, reason: str) -> None:
+        """The model ended the sample: its text is every id decoded, a last unfinished
+        character included (a forced stop or a stop string cut the text instead)."""
+        self.text = (self.text + self.detokenizer.flush()).lstrip()
+        self.finish_reason = reason
 
     @property
     def finished(self) -> bool:
