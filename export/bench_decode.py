@@ -9,7 +9,7 @@ agreement says nothing there); the export still checks FP32 and FP16 parity.
 
 Each row: one left-padded batch of random `--prompt-len`-token prompts; prefill timed as
 the median of `--repeats` runs with an empty past, then `--steps` decode steps through the
-KV cache, the median step reported. The floors are DESIGN.md's ceilings for this machine:
+KV cache, the median step reported. The floors are docs/architecture.md's ceilings for this machine:
 every fp32 weight and the KV cache read once per step from DRAM (~22 GB/s), and
 2 FLOPs per weight per token at ~280 GFLOP/s.
 """

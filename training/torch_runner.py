@@ -9,13 +9,9 @@ differences in the numbers. It lives here, not in runtime/, because runtime neve
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from transformers import DynamicCache, GPT2LMHeadModel
-
-from training.checkpoint import load_checkpoint
 
 
 class TorchRunner:
@@ -27,10 +23,6 @@ class TorchRunner:
         # the KV cache's shape: GPT-2 has one key/value head per attention head
         self.n_kv_head = getattr(config, "num_key_value_heads", None) or config.n_head
         self.head_dim = getattr(config, "head_dim", None) or config.n_embd // config.n_head
-
-    @classmethod
-    def from_checkpoint(cls, path: Path | str, device: str = "cpu") -> TorchRunner:
-        return cls(load_checkpoint(path).model, device)
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
         shape = (batch, self.n_kv_head, 0, self.head_dim)
