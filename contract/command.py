@@ -134,7 +134,8 @@ class CommandSpec:
 
 
 class Encoding(Protocol):
-    ids: list[int]
+    @property
+    def ids(self) -> list[int]: ...
 
 
 class TokenizerLike(Protocol):
@@ -142,7 +143,10 @@ class TokenizerLike(Protocol):
 
     encode_special_tokens: bool
 
-    def encode(self, sequence: str, add_special_tokens: bool = True) -> Encoding: ...
+    # tokenizers.Tokenizer.encode's own parameters, so that the real class satisfies the protocol
+    def encode(
+        self, sequence: Any, pair: Any | None = None, is_pretokenized: bool = False, add_special_tokens: bool = True
+    ) -> Encoding: ...
 
     def token_to_id(self, token: str) -> int | None: ...
 

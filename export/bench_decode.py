@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from contract.command import CommandSpec
+from contract.command import CommandSpec, special_ids
 from contract.manifest import MANIFEST_FILE, ModelInfo, load_manifest
 from export.bundle import build_bundle
 from export.timing import Timing, time_runner
@@ -50,7 +50,7 @@ def random_checkpoint(preset: str, out_dir: Path) -> Path:
     """A random-init GPT-2 of `preset` with the full GPT-2 vocabulary plus command tokens."""
     spec = CommandSpec(tasks=BENCH_TASKS, relevance_edges={t: (0.3, 0.5) for t in BENCH_TASKS})
     tokenizer = add_command_tokens(gpt2_tokenizer(), spec.special_tokens())
-    eos = tokenizer.token_to_id("<|endoftext|>")
+    eos = special_ids(tokenizer, ["<|endoftext|>"])[0]
     torch.manual_seed(0)
     model = build_model(preset, tokenizer.get_vocab_size(), eos).eval()
     provenance = {"note": f"random init from the {preset} preset, for speed benchmarks only"}

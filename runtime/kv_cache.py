@@ -39,7 +39,8 @@ class BatchCache:
 
     def positions(self) -> np.ndarray:
         """The position of each row's next token: how many real tokens it holds."""
-        return self.mask.sum(axis=1, keepdims=True)
+        positions: np.ndarray = self.mask.sum(axis=1, keepdims=True)
+        return positions
 
     def advance(self, present: list[ort.OrtValue]) -> None:
         """After a decode step: the graph's output is the cache, one column longer."""

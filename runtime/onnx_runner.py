@@ -184,7 +184,8 @@ class OnnxRunner:
         if nbytes == 0:
             return np.zeros(shape, self.kv_dtype)
         buffer = (ctypes.c_byte * nbytes).from_address(value.data_ptr())
-        return np.frombuffer(buffer, dtype=self.kv_dtype).reshape(shape)
+        view: np.ndarray = np.frombuffer(memoryview(buffer), dtype=self.kv_dtype)
+        return view.reshape(shape)
 
     def rearrange(
         self,

@@ -75,7 +75,8 @@ def _draw(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Per row, the index where u (in [0, 1)) falls in the row's cumulative weights."""
     cumulative = np.cumsum(weights, axis=1, dtype=np.float64)
     target = u * cumulative[:, -1]
-    return np.minimum((cumulative <= target[:, None]).sum(axis=1), weights.shape[1] - 1)
+    index: np.ndarray = np.minimum((cumulative <= target[:, None]).sum(axis=1), weights.shape[1] - 1)
+    return index
 
 
 def _sample_nucleus(probs: np.ndarray, top_p: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -118,7 +119,7 @@ def sample(logits: np.ndarray, rows: list[Row], never: np.ndarray | None = None)
         apply_repetition_penalty(x[i], row.generated, row.params.repetition_penalty)
         if row.banned:
             x[i, row.banned] = -np.inf
-    tokens = x.argmax(axis=1)  # greedy rows (temperature 0) are done
+    tokens: np.ndarray = x.argmax(axis=1)  # greedy rows (temperature 0) are done
     sampled = np.array([i for i, row in enumerate(rows) if row.params.temperature > 0.0], dtype=np.int64)
     if sampled.size == 0:
         return tokens

@@ -91,7 +91,8 @@ def load_model(checkpoint: Path | None, bundle: Path | None, variant: str) -> Mo
     from training.checkpoint import load_checkpoint
     from training.torch_runner import TorchRunner
 
-    loaded = load_checkpoint(checkpoint)  # type: ignore[arg-type]
+    assert checkpoint is not None, "load_model needs a checkpoint or a bundle"
+    loaded = load_checkpoint(checkpoint)
     return Model(
         runner=TorchRunner(loaded.model),
         tokenizer=loaded.tokenizer,
@@ -163,7 +164,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def increasing(values: Sequence[float | None]) -> bool:
     """Strictly rising, and every value measured (a missing level is no evidence)."""
-    return all(v is not None for v in values) and all(a < b for a, b in itertools.pairwise(values))  # type: ignore[operator]
+    return all(v is not None for v in values) and all(a < b for a, b in itertools.pairwise(values))  # type: ignore[operator]  # no None: the first all()
 
 
 def length_metrics(samples: Sequence[Sample]) -> dict[str, float | None]:

@@ -31,8 +31,8 @@ TOKENIZER_FILE = "tokenizer.json"
 def _read_gpt2_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     vocab = json.loads((GPT2_BPE_DIR / "vocab.json").read_text(encoding="utf-8"))
     lines = (GPT2_BPE_DIR / "merges.txt").read_text(encoding="utf-8").splitlines()
-    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
-    return vocab, merges  # type: ignore[return-value]
+    pairs = [line.split(" ") for line in lines if line and not line.startswith("#version")]
+    return vocab, [(left, right) for left, right in pairs]
 
 
 def _byte_level(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:

@@ -198,8 +198,13 @@ class Scheduler:
                 self.rows[i] = None
         joins = [j for j, s in enumerate(new_rows) if not s.finished]
         free = [i for i, s in enumerate(self.rows) if s is None]
-        fits = joins and len(free) >= len(joins) and joining is not None and joining_rows is not None
-        if fits and can_write_in_place(self.runner, self.cache, joining):
+        fits = joins and len(free) >= len(joins)
+        if (
+            fits
+            and joining is not None
+            and joining_rows is not None
+            and can_write_in_place(self.runner, self.cache, joining)
+        ):
             slots = free[: len(joins)]
             write_in_place(self.runner, self.cache, slots, joining, [int(joining_rows[j]) for j in joins])
             for slot, j in zip(slots, joins, strict=True):
