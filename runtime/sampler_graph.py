@@ -2,7 +2,7 @@
 the decoder's logits are bound straight into this graph and only the token ids [B]
 come back to the host.
 
-It does what engine/sampler.py does for rows without top-k or repetition penalty:
+It does what the host sampler (sampler.py) does for rows without top-k or repetition penalty:
 temperature (0: greedy), an EOS penalty (the length guarantee's mask), top-p over the
 tokens sorted by probability, and one draw per row. The uniform draws are made on the
 host by each request's own numpy Generator and passed in, so seeding works as on CPU.
