@@ -19,6 +19,7 @@ RUN apt-get update && apt-get install -y --no-install-recommends python3 python3
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY contract contract
+COPY runtime runtime
 COPY server server
 RUN pip install ".[${EXTRA}]"
 RUN useradd --system --uid 10001 app

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Serving benchmark: continuous batching vs window batching vs batching off, on the
+# Serving benchmark: continuous batching vs batching off (one sequence at a time), on the
 # same bundle, one server at a time, driven by the load-test CLI at saturation.
 #
 #   bench/serving.sh [BUNDLE] [REQUESTS] [CONCURRENCY]
@@ -32,6 +32,5 @@ run() {
     wait "$pid"
 }
 
-run continuous --batching continuous --max-batch-size 32 --max-queue 256
-run window --batching window --max-batch-size 32 --max-queue 256 --batch-window-ms 5
-run off --batching continuous --max-batch-size 1 --max-queue 256
+run continuous --max-batch-size 32 --max-queue 256
+run off --max-batch-size 1 --max-queue 256

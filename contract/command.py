@@ -47,7 +47,12 @@ def count_words(text: str) -> int:
 
 
 class CommandError(ValueError):
-    """A command the model was not trained to follow (unknown task, length out of range...)."""
+    """A command the model was not trained to follow (unknown task, length out of range...).
+    `kind` says which, machine-readably (the server's error type)."""
+
+    def __init__(self, message: str, kind: str = "invalid_command") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass(frozen=True)
@@ -75,11 +80,16 @@ class CommandSpec:
 
     def check(self, task: str, words: int, relevance: str) -> None:
         if task not in self.tasks:
-            raise CommandError(f"unknown task {task!r}; this model knows {list(self.tasks)}")
+            raise CommandError(f"unknown task {task!r}; this model knows {list(self.tasks)}", "unknown_task")
         if not self.min_words <= words <= self.max_words:
-            raise CommandError(f"length {words} is outside the trained range {self.min_words}..{self.max_words} words")
+            raise CommandError(
+                f"length {words} is outside the trained range {self.min_words}..{self.max_words} words",
+                "length_out_of_range",
+            )
         if relevance not in RELEVANCE_LEVELS:
-            raise CommandError(f"unknown relevance {relevance!r}; use one of {list(RELEVANCE_LEVELS)}")
+            raise CommandError(
+                f"unknown relevance {relevance!r}; use one of {list(RELEVANCE_LEVELS)}", "unknown_relevance"
+            )
 
     def tokens(self, task: str, words: int, relevance: str) -> list[str]:
         self.check(task, words, relevance)
@@ -124,7 +134,8 @@ class CommandSpec:
 
 
 class Encoding(Protocol):
-    ids: list[int]
+    @property
+    def ids(self) -> list[int]: ...
 
 
 class TokenizerLike(Protocol):
@@ -132,7 +143,10 @@ class TokenizerLike(Protocol):
 
     encode_special_tokens: bool
 
-    def encode(self, sequence: str, add_special_tokens: bool = True) -> Encoding: ...
+    # tokenizers.Tokenizer.encode's own parameters, so that the real class satisfies the protocol
+    def encode(
+        self, sequence: Any, pair: Any | None = None, is_pretokenized: bool = False, add_special_tokens: bool = True
+    ) -> Encoding: ...
 
     def token_to_id(self, token: str) -> int | None: ...
 

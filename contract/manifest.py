@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from contract.command import CommandError, CommandSpec
 
-FORMAT_VERSION = 1
+# 2: the model block names the key/value heads (`n_kv_head`) and `head_dim` itself, so a decoder
+# with grouped-query attention (Llama family) fits; format 1 bundles are still read (GPT-2: one
+# key/value head per query head, head_dim = n_embd / n_head).
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FILE = "manifest.json"
 
-# The decoder graph's interface (DESIGN.md, "Contracts"). Past/present key/values are
-# [batch, n_head, seq, head_dim]; logits are for the last position only, [batch, vocab].
+# The decoder graph's interface (docs/architecture.md, "Contracts"). Past/present key/values are
+# [batch, n_kv_head, seq, head_dim]; logits are for the last position only, [batch, vocab].
 INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 POSITION_IDS = "position_ids"
@@ -51,15 +55,21 @@ def sha256_file(path: Path) -> str:
 class ModelInfo:
     architecture: str
     n_layer: int
-    n_head: int
+    n_head: int  # query heads
     n_embd: int
     vocab_size: int
     n_positions: int
     eos_token_id: int
+    # The KV cache's shape, which is all a runner needs: [batch, n_kv_head, seq, head_dim].
+    # 0: derived as GPT-2 has them (as many key/value heads as query heads, n_embd / n_head wide).
+    n_kv_head: int = 0
+    head_dim: int = 0
 
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+    def __post_init__(self) -> None:
+        if self.n_kv_head <= 0:
+            self.n_kv_head = self.n_head
+        if self.head_dim <= 0:
+            self.head_dim = self.n_embd // self.n_head
 
 
 @dataclass
@@ -81,6 +91,33 @@ class Variant:
     shapes: dict[str, list[str | int]] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """What a request gets for every sampling knob it leaves out: the one source of these
+    defaults. Training writes them into the checkpoint, export copies them into the bundle,
+    and the server and evaluation both read them from there."""
+
+    temperature: float = 0.8
+    top_p: float = 0.95  # cuts the long tail a small model's flat distribution would sample from
+    top_k: int = 0  # 0: off
+    max_new_tokens: int = 96  # the longest task (t2i prompts, ~60 words) with room to end
+    length: int = 20  # words, when a request names no length (clamped to the trained range)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> GenerationDefaults:
+        """Keys the manifest leaves out take the defaults above; unknown keys are ignored
+        (a newer exporter may add knobs this server does not have)."""
+        types = {"temperature": float, "top_p": float, "top_k": int, "max_new_tokens": int, "length": int}
+        known = {f.name for f in fields(cls)}
+        try:
+            return cls(**{k: types[k](v) for k, v in data.items() if k in known})
+        except (TypeError, ValueError) as e:
+            raise BundleError(f"manifest generation defaults are malformed: {e}") from e
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
 @dataclass
 class Manifest:
     name: str
@@ -92,6 +129,10 @@ class Manifest:
     generation: dict[str, Any]
     provenance: dict[str, Any]
     format_version: int = FORMAT_VERSION
+
+    @property
+    def defaults(self) -> GenerationDefaults:
+        return GenerationDefaults.from_dict(self.generation)
 
     def variant(self, name: str) -> Variant:
         for variant in self.variants:
@@ -121,9 +162,9 @@ class Manifest:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Manifest:
         version = data.get("format_version")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise BundleError(
-                f"manifest format_version {version!r} is not supported (this code reads {FORMAT_VERSION})"
+                f"manifest format_version {version!r} is not supported (this code reads {list(READABLE_VERSIONS)})"
             )
         try:
             return cls(

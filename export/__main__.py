@@ -15,6 +15,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from export.verify import MIN_INT8_AGREEMENT
 
@@ -69,7 +70,7 @@ def run_verify(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.split("\n")[0])
     subparsers = parser.add_subparsers(dest="command", required=True)
-    agreement = {
+    agreement: dict[str, Any] = {
         "type": float,
         "default": MIN_INT8_AGREEMENT,
         "help": "minimum INT8 next-token agreement with the reference on the fixed prompts "

@@ -9,7 +9,7 @@ agreement says nothing there); the export still checks FP32 and FP16 parity.
 
 Each row: one left-padded batch of random `--prompt-len`-token prompts; prefill timed as
 the median of `--repeats` runs with an empty past, then `--steps` decode steps through the
-KV cache, the median step reported. The floors are DESIGN.md's ceilings for this machine:
+KV cache, the median step reported. The floors are docs/architecture.md's ceilings for this machine:
 every fp32 weight and the KV cache read once per step from DRAM (~22 GB/s), and
 2 FLOPs per weight per token at ~280 GFLOP/s.
 """
@@ -29,14 +29,14 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from contract.command import CommandSpec
+from contract.command import CommandSpec, special_ids
 from contract.manifest import MANIFEST_FILE, ModelInfo, load_manifest
 from export.bundle import build_bundle
 from export.timing import Timing, time_runner
 from export.verify import MIN_INT8_AGREEMENT
-from server.runtime.onnx_runner import OnnxRunner
+from runtime.onnx_runner import OnnxRunner
+from runtime.runner import Runner
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from training.decoding import Runner
 from training.model import build_model
 from training.tokenizer import add_command_tokens, gpt2_tokenizer
 from training.torch_runner import TorchRunner
@@ -50,7 +50,7 @@ def random_checkpoint(preset: str, out_dir: Path) -> Path:
     """A random-init GPT-2 of `preset` with the full GPT-2 vocabulary plus command tokens."""
     spec = CommandSpec(tasks=BENCH_TASKS, relevance_edges={t: (0.3, 0.5) for t in BENCH_TASKS})
     tokenizer = add_command_tokens(gpt2_tokenizer(), spec.special_tokens())
-    eos = tokenizer.token_to_id("<|endoftext|>")
+    eos = special_ids(tokenizer, ["<|endoftext|>"])[0]
     torch.manual_seed(0)
     model = build_model(preset, tokenizer.get_vocab_size(), eos).eval()
     provenance = {"note": f"random init from the {preset} preset, for speed benchmarks only"}

@@ -59,7 +59,8 @@ def model_info(checkpoint: Checkpoint) -> ModelInfo:
         n_embd=config.n_embd,
         vocab_size=config.vocab_size,
         n_positions=config.n_positions,
-        eos_token_id=config.eos_token_id if eos is None else eos,
+        # GPT-2 configs hold one EOS id; transformers types the field int | list[int] | None
+        eos_token_id=int(eos if eos is not None else config.eos_token_id),  # type: ignore[arg-type]
     )
 
 
@@ -152,8 +153,8 @@ def build_bundle(
         results["int8"] = verify_variants(staging, retry, reference, checkpoint.tokenizer, int8_min_agreement)["int8"]
         results["int8"]["scheme"] = "lm_head and mlp down projections in fp32"
     failures = {v: r["failures"] for v, r in results.items() if not r["passed"]}
-    for variant in manifest.variants:
-        variant.verification = results[variant.name]
+    for entry in manifest.variants:
+        entry.verification = results[entry.name]
     manifest.variants = [v for v in manifest.variants if v.name not in failures]
     for variant, path in files.items():
         if variant in failures or variant not in variants:

@@ -28,33 +28,11 @@ from tokenizers import Tokenizer
 from contract.manifest import load_manifest
 from export.timing import time_runner
 from export.verify import check_variant, prompt_sets, summary
-from server.runtime.onnx_runner import OnnxRunner
+from runtime.onnx_runner import OnnxRunner
 
 CUDA = "CUDAExecutionProvider"
 PROVIDERS = {"cuda": CUDA, "cpu": "CPUExecutionProvider"}
 NO_CUDA_EXIT = 3
-
-
-class DeviceCacheRunner:
-    """The runner interface over the server's IO-binding path (`OnnxRunner.step`): `past` may
-    be numpy (copied to the device once, e.g. the empty prefill past) or OrtValues already
-    there; `present` comes back as device OrtValues, so the KV cache never crosses to the
-    host between steps, exactly as in serving."""
-
-    def __init__(self, runner: OnnxRunner) -> None:
-        self.runner = runner
-        self.n_layer, self.n_head, self.head_dim = runner.n_layer, runner.n_head, runner.head_dim
-        self.vocab_size, self.kv_dtype = runner.vocab_size, runner.kv_dtype
-
-    def forward(
-        self,
-        input_ids: np.ndarray,
-        attention_mask: np.ndarray,
-        position_ids: np.ndarray,
-        past: list[np.ndarray | ort.OrtValue],
-    ) -> tuple[np.ndarray, list[ort.OrtValue]]:
-        on_device = [self.runner.to_device(p) if isinstance(p, np.ndarray) else p for p in past]
-        return self.runner.step(input_ids, attention_mask, position_ids, on_device)
 
 
 def device_name() -> str:
@@ -91,7 +69,7 @@ def run_gpu_check(args: argparse.Namespace) -> int:
         say(f"- error: ORT fell back to {runner.provider} for the fp16 variant")
         Path(args.out).write_text("\n".join(lines) + "\n")
         return 1
-    fp16 = DeviceCacheRunner(runner)
+    fp16 = runner  # its forward keeps the KV cache on the device between steps, as in serving
     reference = OnnxRunner(bundle, "fp32", "cpu", manifest=manifest)
     tokenizer = Tokenizer.from_file(str(bundle / manifest.tokenizer_file))
     started = time.perf_counter()

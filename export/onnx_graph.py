@@ -1,4 +1,4 @@
-"""PyTorch GPT-2 -> one ONNX decoder graph with a KV cache (the decoder contract in DESIGN.md).
+"""PyTorch GPT-2 -> one ONNX decoder graph with a KV cache (the decoder contract in docs/architecture.md).
 
 The graph serves both prefill (past length 0) and decode (one new token per row):
 
@@ -10,7 +10,7 @@ Batches are left-padded, so the last position is every row's newest token, and t
 runs on one position per row instead of the whole prompt.
 
 A plain `torch.onnx.export(dynamo=False)` of a wrapper with flat past tensors matches torch
-to ~1e-7 (DESIGN.md). transformers 5 wants a Cache object, so the wrapper builds a
+to ~1e-7 (docs/architecture.md). transformers 5 wants a Cache object, so the wrapper builds a
 DynamicCache from the flat tensors; the tracer only ever sees plain tensors at the boundary.
 """
 

@@ -6,13 +6,12 @@ Torch-free, so the GPU check runs it in a serving image (onnxruntime-gpu, no tor
 from __future__ import annotations
 
 import statistics
-import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from export.verify import empty_past, left_pad
-from training.decoding import Runner
+from runtime.decode import generate
+from runtime.runner import Runner
 
 
 @dataclass
@@ -28,32 +27,11 @@ class Timing:
 
 
 def time_runner(name: str, runner: Runner, batch: int, prompt_len: int, steps: int, repeats: int) -> Timing:
+    """Forward times only, through the runtime's decode loop (greedy, no EOS stop)."""
     rng = np.random.default_rng(batch)
-    prompts = left_pad(rng.integers(0, runner.vocab_size, (batch, prompt_len)).tolist())
-
-    def prefill() -> tuple[float, np.ndarray, list[np.ndarray]]:
-        start = time.perf_counter()
-        logits, past = runner.forward(*prompts, empty_past(runner, batch))
-        return time.perf_counter() - start, logits, past
-
-    def decode_steps(logits: np.ndarray, past: list[np.ndarray], count: int) -> list[float]:
-        _, attention_mask, position_ids = prompts
-        seconds = []
-        for _ in range(count):
-            input_ids = logits.argmax(-1).astype(np.int64)[:, None]
-            attention_mask = np.concatenate([attention_mask, np.ones_like(input_ids)], axis=1)
-            position_ids = position_ids[:, -1:] + 1
-            start = time.perf_counter()
-            logits, past = runner.forward(input_ids, attention_mask, position_ids, past)
-            seconds.append(time.perf_counter() - start)
-        return seconds
-
+    prompts = rng.integers(0, runner.vocab_size, (batch, prompt_len)).tolist()
     # Warm-up through both paths first: first calls pay for allocations and kernel selection.
-    _, logits, past = prefill()
-    decode_steps(logits, past, 2)
-    prefill_seconds = []
-    for _ in range(repeats):
-        seconds, logits, past = prefill()
-        prefill_seconds.append(seconds)
-    step_seconds = decode_steps(logits, past, steps)
+    generate(runner, prompts, 3, eos_id=None)
+    prefill_seconds = [generate(runner, prompts, 1, eos_id=None).forward_s[0] for _ in range(repeats)]
+    step_seconds = generate(runner, prompts, steps + 1, eos_id=None).forward_s[1:]
     return Timing(name, batch, 1000 * statistics.median(prefill_seconds), 1000 * statistics.median(step_seconds))

@@ -1,7 +1,7 @@
 """The FP16 (CUDA) and INT8 (CPU) variants, derived from the FP32 graph.
 
 FP16 uses onnxruntime.transformers.float16 (onnxconverter-common's converter failed on the
-tied-embedding graph, DESIGN.md). INT8 is ONNX Runtime's dynamic quantisation: weights
+tied-embedding graph, docs/architecture.md). INT8 is ONNX Runtime's dynamic quantisation: weights
 int8 per output channel, activations quantised on the fly, so no calibration data is needed.
 """
 
@@ -66,7 +66,7 @@ def int8_sensitive_matmuls(model: onnx.ModelProto) -> list[str]:
 
 def to_int8(fp32_path: Path, out_path: Path, keep_sensitive_fp32: bool = False) -> Path:
     """Every MatMul with a weight in int8, per output channel (99.8% vs 99.3% per-tensor in
-    DESIGN.md's probe), or all but `int8_sensitive_matmuls`. All-int8 is the fast one (GPT-2
+    docs/architecture.md's probe), or all but `int8_sensitive_matmuls`. All-int8 is the fast one (GPT-2
     small: 714 vs 417 tokens/s at batch 16); bundle.py falls back to the other when all-int8
     misses the agreement gate."""
     exclude = int8_sensitive_matmuls(onnx.load(str(fp32_path), load_external_data=False)) if keep_sensitive_fp32 else []

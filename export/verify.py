@@ -9,8 +9,8 @@ that logits stay comparable position by position:
   prompts except at near-ties (where the reference's own top-2 margin is within that 1e-2
   error, which FP16 rounding may legitimately flip; counted in the result). On the CPU
   provider this checks weight rounding only: ORT computes the MatMuls and Adds of an FP16
-  graph in FP32 there (DESIGN.md); FP16 arithmetic needs the GPU check.
-- int8 vs reference: next-token agreement >= 99% on the fixed prompts. Only meaningful on a
+  graph in FP32 there (docs/architecture.md); FP16 arithmetic needs the GPU check.
+- int8 vs reference: next-token agreement >= 98% (MIN_INT8_AGREEMENT) on the fixed prompts. Only meaningful on a
   trained model: a random-init model's logits are nearly flat, so any noise flips argmax.
 
 Prompts: fixed ones built from the model's own command vocabulary (real serving prompts), and
@@ -28,8 +28,9 @@ from tokenizers import Tokenizer
 
 from contract.command import RELEVANCE_LEVELS, CommandSpec, TokenizerLike, prompt_ids
 from contract.manifest import BundleError, Manifest, ModelInfo, load_manifest
-from server.runtime.onnx_runner import OnnxRunner
-from training.decoding import Runner
+from runtime.decode import generate
+from runtime.onnx_runner import OnnxRunner
+from runtime.runner import Runner
 
 # 24 intents x every task: ~1,400 served positions on a trained tiny model, so a 99% agreement
 # estimate has a standard error of ~0.3% (with 8 intents it was ~0.5%, too coarse for the gate).
@@ -61,44 +62,22 @@ FIXED_INTENTS = (
 )
 MAX_FP32_ABS_DIFF = 1e-4
 MAX_FP16_REL_ERROR = 1e-2
-MIN_INT8_AGREEMENT = 0.99
-
-
-def left_pad(prompts: list[list[int]], pad_id: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """input_ids, attention_mask, position_ids of a left-padded batch (positions start at 0
-    on each row's first real token; pads get position 0 and are masked out)."""
-    width = max(len(p) for p in prompts)
-    input_ids = np.full((len(prompts), width), pad_id, dtype=np.int64)
-    attention_mask = np.zeros((len(prompts), width), dtype=np.int64)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, width - len(prompt) :] = prompt
-        attention_mask[row, width - len(prompt) :] = 1
-    position_ids = np.clip(attention_mask.cumsum(-1) - 1, 0, None)
-    return input_ids, attention_mask, position_ids
-
-
-def empty_past(runner: Runner, batch: int) -> list[np.ndarray]:
-    shape = (batch, runner.n_head, 0, runner.head_dim)
-    return [np.zeros(shape, dtype=runner.kv_dtype) for _ in range(2 * runner.n_layer)]
+# The one INT8 gate (the Makefile and the CLI default both use it): 98% next-token agreement with
+# the reference on the fixed prompts. The trained tiny model measured 98.18% all-int8 and 99.29%
+# with the LM head and MLP down projections kept in FP32 (bench/export.md); all-int8 is the fast
+# one (GPT-2 small 714 vs 417 tok/s at batch 16), so 98% ships it when it is that close, and keeps
+# a margin so that a first `make bundle` on a differently seeded model does not fail over a
+# fraction of a percent (99% did, which is why the Makefile used to pass 0.98 itself).
+MIN_INT8_AGREEMENT = 0.98
 
 
 def decode(runner: Runner, prompts: list[list[int]], steps: int, forced: np.ndarray | None = None) -> np.ndarray:
-    """Logits [steps, batch, vocab] of `steps` decoding steps through the KV cache.
-
-    Step 0 is the prefill; each later step feeds one token per row: the greedy choice, or
-    `forced[:, step - 1]` when given (teacher forcing on another runner's tokens).
-    """
-    input_ids, attention_mask, position_ids = left_pad(prompts)
-    past = empty_past(runner, len(prompts))
-    all_logits = []
-    for step in range(steps):
-        logits, past = runner.forward(input_ids, attention_mask, position_ids, past)
-        all_logits.append(logits)
-        token = logits.argmax(-1) if forced is None else forced[:, step]
-        input_ids = token.astype(np.int64)[:, None]
-        attention_mask = np.concatenate([attention_mask, np.ones_like(input_ids)], axis=1)
-        position_ids = position_ids[:, -1:] + 1
-    return np.stack(all_logits)
+    """Logits [steps, batch, vocab] of `steps` decoding steps through the KV cache, by the
+    runtime's decode loop: step 0 is the prefill; each later step feeds the greedy choice, or
+    `forced[:, step]` when given (teacher forcing on another runner's tokens)."""
+    decoded = generate(runner, prompts, steps, eos_id=None, forced=forced, keep_logits=True)
+    assert decoded.logits is not None
+    return decoded.logits
 
 
 def fixed_prompts(tokenizer: TokenizerLike, spec: CommandSpec) -> list[list[int]]:

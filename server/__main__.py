@@ -42,7 +42,8 @@ class DrainingServer(uvicorn.Server):
         super().handle_exit(sig, frame)
 
     def _drain_then_exit(self) -> None:
-        engine = self.config.app.state.server.engine
+        app: Any = self.config.app  # the FastAPI app create_app built (uvicorn types it as any ASGI app)
+        engine = app.state.server.engine
         engine.drain()
         log.info("draining", extra={"in_flight": engine.in_flight, "grace_period_s": self.grace_period_s})
         deadline = time.monotonic() + self.grace_period_s

@@ -32,11 +32,6 @@ class Settings(BaseSettings):
         description="let ORT's worker threads busy-wait between operators (off: they would steal "
         "the cores the engine's own Python needs between steps)",
     )
-    batching: Literal["continuous", "window"] = Field(
-        "continuous",
-        description="continuous: requests join the running batch at the next step; "
-        "window: only requests arriving together form a batch, run to completion (for comparison)",
-    )
     max_batch_size: int = Field(32, ge=1, description="most sequences decoded together (n samples count each)")
     max_queue: int = Field(64, ge=0, description="most requests waiting for a slot; beyond it: 429")
     batch_window_ms: float = Field(2.0, ge=0, description="when idle, wait this long to prefill arrivals together")

@@ -17,7 +17,15 @@ from contract.command import (
     normalize_text,
     prompt_ids,
 )
-from contract.manifest import BundleError, Manifest, ModelInfo, Variant, load_manifest, sha256_file
+from contract.manifest import (
+    BundleError,
+    GenerationDefaults,
+    Manifest,
+    ModelInfo,
+    Variant,
+    load_manifest,
+    sha256_file,
+)
 from training.tokenizer import add_command_tokens, compact_gpt2_tokenizer, gpt2_tokenizer
 
 SPEC = CommandSpec(
@@ -136,3 +144,26 @@ def test_manifest_round_trip_and_refusals(tmp_path: Path) -> None:
 
     with pytest.raises(BundleError, match="has no manifest.json"):
         load_manifest(tmp_path / "nowhere")
+
+
+def test_format_1_manifest_is_read_with_the_gpt2_kv_shape(tmp_path: Path) -> None:
+    """Format 2 names the KV cache's shape; a format 1 bundle (no n_kv_head, head_dim) still loads."""
+    bundle = _write_bundle(tmp_path)
+    data = json.loads((bundle / "manifest.json").read_text())
+    assert data["format_version"] == 2 and data["model"]["n_kv_head"] == 2 and data["model"]["head_dim"] == 32
+    data["format_version"] = 1
+    del data["model"]["n_kv_head"], data["model"]["head_dim"]
+    (bundle / "manifest.json").write_text(json.dumps(data))
+    model = load_manifest(bundle).model
+    assert (model.n_kv_head, model.head_dim) == (model.n_head, model.n_embd // model.n_head)
+    # grouped-query attention: fewer key/value heads than query heads, head_dim as given
+    assert ModelInfo("llama", 2, 8, 256, 300, 128, 299, n_kv_head=2, head_dim=32).n_kv_head == 2
+
+
+def test_generation_defaults_come_from_the_manifest_with_one_fallback(tmp_path: Path) -> None:
+    manifest = load_manifest(_write_bundle(tmp_path))
+    defaults = manifest.defaults
+    assert defaults.temperature == 0.8 and defaults == GenerationDefaults(temperature=0.8)
+    assert GenerationDefaults.from_dict({"top_p": "0.5", "unknown_knob": 1}).top_p == 0.5
+    with pytest.raises(BundleError, match="generation defaults are malformed"):
+        GenerationDefaults.from_dict({"max_new_tokens": "many"})

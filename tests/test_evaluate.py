@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from argparse import Namespace
@@ -85,7 +86,9 @@ def test_pytorch_and_onnx_run_through_the_same_loop(
     reports = []
     for checkpoint, bundle in ((tiny_checkpoint, None), (None, tiny_bundle)):
         model = load_model(checkpoint, bundle, "fp32")
-        model.generation = {**model.generation, "temperature": 0.0, "max_new_tokens": 12}  # greedy: comparable
+        model.generation = dataclasses.replace(
+            model.generation, temperature=0.0, max_new_tokens=12
+        )  # greedy: comparable
         reports.append(evaluate(model, records, intents_per_task=1, lengths=[5], n=1, embedder=embedder))
     torch_report, onnx_report = reports
     assert onnx_report["model"]["format"] == "onnx" and torch_report["model"]["format"] == "pytorch"

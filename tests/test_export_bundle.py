@@ -11,8 +11,9 @@ import pytest
 
 from contract.manifest import BundleError, load_manifest, past_names, present_names
 from export.__main__ import main as export_main
-from export.verify import decode, empty_past, left_pad
-from server.runtime.onnx_runner import OnnxRunner
+from export.verify import decode
+from runtime.onnx_runner import OnnxRunner
+from runtime.padding import left_pad
 from training.checkpoint import load_checkpoint
 from training.torch_runner import TorchRunner
 
@@ -35,14 +36,14 @@ def test_prefill_with_empty_past_and_decode_step(tiny_bundle: Path, variant: str
     """The graph's contract: P=0 prefill of a left-padded batch, then one token per row."""
     manifest = load_manifest(tiny_bundle)
     runner = OnnxRunner(tiny_bundle, variant, provider="cpu", manifest=manifest)
-    input_ids, attention_mask, position_ids = left_pad([[5, 6, 7, 8, 9], [10, 11]])
-    logits, present = runner.forward(input_ids, attention_mask, position_ids, empty_past(runner, 2))
+    input_ids, attention_mask, position_ids = left_pad([[5, 6, 7, 8, 9], [10, 11]], pad_id=0)
+    logits, present = runner.forward(input_ids, attention_mask, position_ids, runner.empty_past(2))
     assert logits.shape == (2, manifest.model.vocab_size) and logits.dtype == np.float32
-    shape = (2, manifest.model.n_head, 5, manifest.model.head_dim)
-    assert all(p.shape == shape and p.dtype == runner.kv_dtype for p in present)
+    shape = (2, manifest.model.n_kv_head, 5, manifest.model.head_dim)
+    assert all(runner.to_host(p).shape == shape and runner.to_host(p).dtype == runner.kv_dtype for p in present)
     step_mask = np.concatenate([attention_mask, np.ones((2, 1), dtype=np.int64)], axis=1)
     logits, present = runner.forward(logits.argmax(-1)[:, None], step_mask, position_ids[:, -1:] + 1, present)
-    assert present[0].shape[2] == 6 and np.isfinite(logits).all()
+    assert runner.to_host(present[0]).shape[2] == 6 and np.isfinite(logits).all()
 
 
 def test_left_padding_does_not_change_a_row(tiny_checkpoint: Path, tiny_bundle: Path) -> None:

@@ -175,6 +175,7 @@ def test_tasks_and_models_describe_the_bundle(client: httpx.Client, tiny_bundle:
     assert [t["name"] for t in tasks["tasks"]] == list(manifest.command.tasks)
     assert tasks["length"] == {"min": manifest.command.min_words, "max": manifest.command.max_words}
     assert tasks["relevance"] == ["low", "medium", "high"]
+    assert tasks["defaults"] == manifest.defaults.to_dict()
     models = client.get("/v1/models").json()
     assert models["data"][0]["id"] == tasks["model"] == manifest.name
     assert client.get("/openapi.json").json()["paths"].keys() >= {"/v1/generate", "/v1/completions", "/v1/tasks"}

@@ -11,25 +11,38 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
 from contract.command import count_words, prompt_ids
 from contract.manifest import load_manifest
+from runtime.cache_graph import build_cache_graph, cache_graph
+from runtime.kv_cache import BatchCache, can_write_in_place, empty_cache, rebuild, write_in_place
+from runtime.onnx_runner import OnnxRunner
+from runtime.sampler import Row, SamplingParams, apply_repetition_penalty, make_generator, sample
+from runtime.sampler_graph import build_sampler_graph, sampler_graph
 from server.engine.request import Event, GenerationRequest, LengthBounds, RequestDone, SampleDone
-from server.engine.sampler import Row, SamplingParams, apply_repetition_penalty, make_generator, nucleus_mask, sample
 from server.engine.scheduler import Scheduler
 from server.metrics import Metrics
-from server.runtime.cache_graph import build_cache_graph, cache_graph
-from server.runtime.kv_cache import BatchCache, can_write_in_place, empty_cache, rebuild, write_in_place
-from server.runtime.onnx_runner import OnnxRunner
-from server.runtime.sampler_graph import build_sampler_graph, sampler_graph
 
 # --- sampler -----------------------------------------------------------------------
 
 
 def row(seed: int | None = 0, **params: float) -> Row:
-    return Row(SamplingParams(**params), make_generator(seed, 0), generated=[], banned=[])  # type: ignore[arg-type]
+    fields = {"temperature": 0.8, "top_p": 1.0, **params}
+    return Row(SamplingParams(**fields), make_generator(seed, 0), generated=[], banned=[])  # type: ignore[arg-type]
+
+
+def nucleus_mask(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """The reference the batched samplers must agree with: the smallest set of tokens whose
+    probability reaches top_p, one row, by a full stable sort."""
+    order = np.argsort(-probs, kind="stable")
+    cumulative = np.cumsum(probs[order])
+    keep = order[(cumulative - probs[order]) < top_p * probs.sum()]  # the first token is always kept
+    mask = np.zeros(probs.size, dtype=bool)
+    mask[keep] = True
+    return mask
 
 
 def test_greedy_is_argmax_and_respects_banned_tokens() -> None:
@@ -117,20 +130,17 @@ def tokenizer(tiny_bundle: Path) -> Tokenizer:
 
 def prefill(runner: OnnxRunner, ids: list[int]) -> tuple[np.ndarray, BatchCache]:
     array = np.array([ids], np.int64)
-    past = [runner.to_device(a) for a in runner.empty_past(1)]
-    logits, present = runner.step(array, np.ones_like(array), np.arange(len(ids))[None, :], past)
+    past = runner.empty_past(1)
+    logits, present = runner.forward(array, np.ones_like(array), np.arange(len(ids))[None, :], past)
     return logits, BatchCache(present, np.ones_like(array))
 
 
-def test_runner_contract_forward_matches_the_io_binding_step(runner: OnnxRunner) -> None:
+def test_runner_forward_keeps_the_kv_cache_on_the_device(runner: OnnxRunner) -> None:
     ids = np.array([[5, 6, 7, 8]], np.int64)
-    mask, positions = np.ones_like(ids), np.arange(4)[None, :]
-    logits, present = runner.forward(ids, mask, positions, runner.empty_past(1))
-    bound_logits, bound_present = runner.step(ids, mask, positions, [runner.to_device(a) for a in runner.empty_past(1)])
+    logits, present = runner.forward(ids, np.ones_like(ids), np.arange(4)[None, :], runner.empty_past(1))
     assert logits.shape == (1, runner.vocab_size) and logits.dtype == np.float32
-    np.testing.assert_allclose(logits, bound_logits, atol=1e-6)
-    np.testing.assert_allclose(present[0], runner.to_host(bound_present[0]), atol=1e-6)
-    assert present[0].shape == (1, runner.n_head, 4, runner.head_dim)
+    assert all(isinstance(p, ort.OrtValue) for p in present)
+    assert runner.to_host(present[0]).shape == (1, runner.n_kv_head, 4, runner.head_dim)
 
 
 def test_rebuilt_batch_decodes_like_each_row_alone(runner: OnnxRunner) -> None:
@@ -142,7 +152,7 @@ def test_rebuilt_batch_decodes_like_each_row_alone(runner: OnnxRunner) -> None:
         _, cache = prefill(runner, ids)
         next_ids = np.array([[20]], np.int64)
         mask = np.concatenate([cache.mask, np.ones((1, 1), np.int64)], axis=1)
-        logits, _ = runner.step(next_ids, mask, cache.positions(), cache.past)
+        logits, _ = runner.forward(next_ids, mask, cache.positions(), cache.past)
         alone.append(logits[0])
 
     cache = empty_cache(runner)
@@ -152,7 +162,7 @@ def test_rebuilt_batch_decodes_like_each_row_alone(runner: OnnxRunner) -> None:
     cache = rebuild(runner, cache, np.array([1, 2]))  # the longest row leaves; its columns are trimmed
     assert cache.mask.shape == (2, 4)
     mask = np.concatenate([cache.mask, np.ones((2, 1), np.int64)], axis=1)
-    logits, _ = runner.step(np.array([[20], [20]], np.int64), mask, cache.positions(), cache.past)
+    logits, _ = runner.forward(np.array([[20], [20]], np.int64), mask, cache.positions(), cache.past)
     np.testing.assert_allclose(logits, np.stack(alone[1:]), atol=1e-4)
 
     # in place: row 1 leaves (its slot is free), prompt 0's prefill is written into it
@@ -165,7 +175,7 @@ def test_rebuilt_batch_decodes_like_each_row_alone(runner: OnnxRunner) -> None:
     assert can_write_in_place(runner, cache, joining)
     write_in_place(runner, cache, [1], joining, [0])  # slot 1 (prompt 1) now holds prompt 2
     mask = np.concatenate([cache.mask, np.ones((3, 1), np.int64)], axis=1)
-    logits, _ = runner.step(np.full((3, 1), 20, np.int64), mask, cache.positions(), cache.past)
+    logits, _ = runner.forward(np.full((3, 1), 20, np.int64), mask, cache.positions(), cache.past)
     np.testing.assert_allclose(logits, np.stack([alone[0], alone[2], alone[2]]), atol=1e-4)
 
 
@@ -189,7 +199,7 @@ def make_request(
 ) -> GenerationRequest:
     spec = runner.manifest.command
     ids = prompt_ids(tokenizer, spec, spec.tasks[0], 8, "high", str(fields.pop("intent", "holiday sale")))
-    defaults = {"n": 1, "params": SamplingParams(temperature=1.0), "max_new_tokens": 20, "seed": 0}
+    defaults = {"n": 1, "params": SamplingParams(temperature=1.0, top_p=1.0), "max_new_tokens": 20, "seed": 0}
     return GenerationRequest(request_id, ids, sink=collector.sink(request_id), **{**defaults, **fields})  # type: ignore[arg-type]
 
 
@@ -218,7 +228,7 @@ def staggered_greedy_run(runner: OnnxRunner, tokenizer: Tokenizer, bounds: Lengt
     """Ten greedy requests of different lengths arriving one per step into 4 slots."""
     scheduler = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=4)
     collector = Collector()
-    greedy = SamplingParams(temperature=0.0)
+    greedy = SamplingParams(temperature=0.0, top_p=1.0)
     for i in range(10):
         scheduler.add(
             make_request(
@@ -284,7 +294,7 @@ def test_cache_rebuild_on_the_device_matches_numpy(tiny_bundle: Path, variant: s
         mask = np.zeros((rows, columns), np.int64)
         for i, length in enumerate(lengths):
             mask[i, columns - length :] = 1
-        shape = (rows, host.n_head, columns, host.head_dim)
+        shape = (rows, host.n_kv_head, columns, host.head_dim)
         return BatchCache([host.to_device(rng.normal(size=shape)) for _ in host.past_names], mask)
 
     running = random_cache(4, [9, 3, 5, 2], 12)  # column 0..2 are padding everywhere
@@ -338,18 +348,6 @@ def test_sampler_graph_top_p_and_seeding(tiny_bundle: Path) -> None:
     assert run(np.full(4, 0.5), 1e-6).tolist() == logits[rows].argmax(axis=1).tolist()
     vocab_bias[logits[rows].argmax(axis=1)] = -1e9  # the favourites are banned (command tokens, say)
     assert not set(run(np.full(4, 0.5), 1e-6).tolist()) & set(logits[rows].argmax(axis=1).tolist())
-
-
-def test_window_batching_makes_the_short_request_wait(runner: OnnxRunner, tokenizer: Tokenizer) -> None:
-    """The policy continuous batching replaces: nobody joins a running batch."""
-    scheduler = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=8, batching="window")
-    collector = Collector()
-    scheduler.add(make_request(tokenizer, runner, collector, "long", max_new_tokens=30))
-    scheduler.step()
-    scheduler.add(make_request(tokenizer, runner, collector, "short", max_new_tokens=2))
-    while not collector.done("short"):
-        scheduler.step()
-    assert collector.done("long")
 
 
 def test_n_samples_share_one_prefill_row(runner: OnnxRunner, tokenizer: Tokenizer) -> None:

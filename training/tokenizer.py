@@ -4,7 +4,7 @@ GPT-2's BPE files (OpenAI's `encoder.json` / `vocab.bpe`, kept in `gpt2_bpe/`) g
 full 50,257-token tokenizer, used with pretrained GPT-2 weights (`--init`).
 
 A tiny model trained from scratch cannot afford a 50k-row output layer on 2 CPU cores
-(DESIGN.md: 1,250 vs 4,100 training tokens/s), so the default is a *compact* GPT-2
+(docs/architecture.md: 1,250 vs 4,100 training tokens/s), so the default is a *compact* GPT-2
 tokenizer: the tokens the training corpus uses, every token they were merged from, and
 the 256 byte tokens, with GPT-2's merges restricted to that set. Why this works:
 - every token that appears while BPE-encoding a corpus word is an ancestor of one of
@@ -31,8 +31,8 @@ TOKENIZER_FILE = "tokenizer.json"
 def _read_gpt2_bpe() -> tuple[dict[str, int], list[tuple[str, str]]]:
     vocab = json.loads((GPT2_BPE_DIR / "vocab.json").read_text(encoding="utf-8"))
     lines = (GPT2_BPE_DIR / "merges.txt").read_text(encoding="utf-8").splitlines()
-    merges = [tuple(line.split(" ")) for line in lines if line and not line.startswith("#version")]
-    return vocab, merges  # type: ignore[return-value]
+    pairs = [line.split(" ") for line in lines if line and not line.startswith("#version")]
+    return vocab, [(left, right) for left, right in pairs]
 
 
 def _byte_level(vocab: dict[str, int], merges: list[tuple[str, str]]) -> Tokenizer:

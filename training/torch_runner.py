@@ -1,21 +1,17 @@
-"""A runner over the PyTorch checkpoint, with the same interface as the ONNX runner.
+"""A runner over the PyTorch checkpoint: it satisfies runtime.runner.Runner.
 
-The runner contract (see server/runtime): `forward(input_ids, attention_mask,
-position_ids, past) -> (logits [B, vocab] for the last position, present)`, numpy in
-and out, past/present ordered as contract.manifest.past_names(). Evaluation decodes
-through this interface, so the checkpoint and any exported ONNX variant are measured
-by the same loop and export losses show up as differences in the numbers.
+`forward(input_ids, attention_mask, position_ids, past) -> (logits [B, vocab] for the last
+position, present)`, numpy in and out, past/present ordered as contract.manifest.past_names().
+Evaluation and the export checks decode through runtime.decode.generate, so the checkpoint
+and any exported ONNX variant are measured by the same loop and export losses show up as
+differences in the numbers. It lives here, not in runtime/, because runtime never imports torch.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 from transformers import DynamicCache, GPT2LMHeadModel
-
-from training.checkpoint import load_checkpoint
 
 
 class TorchRunner:
@@ -23,13 +19,14 @@ class TorchRunner:
         self.model = model.eval().to(device)
         self.device = torch.device(device)
         config = model.config
-        self.n_layer, self.n_head, self.vocab_size = config.n_layer, config.n_head, config.vocab_size
-        self.head_dim = config.n_embd // config.n_head
-        self.kv_dtype = np.dtype(np.float32)
+        self.n_layer, self.vocab_size = config.n_layer, config.vocab_size
+        # the KV cache's shape: GPT-2 has one key/value head per attention head
+        self.n_kv_head = getattr(config, "num_key_value_heads", None) or config.n_head
+        self.head_dim = getattr(config, "head_dim", None) or config.n_embd // config.n_head
 
-    @classmethod
-    def from_checkpoint(cls, path: Path | str, device: str = "cpu") -> TorchRunner:
-        return cls(load_checkpoint(path).model, device)
+    def empty_past(self, batch: int) -> list[np.ndarray]:
+        shape = (batch, self.n_kv_head, 0, self.head_dim)
+        return [np.zeros(shape, np.float32) for _ in range(2 * self.n_layer)]
 
     @torch.inference_mode()
     def forward(

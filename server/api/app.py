@@ -18,6 +18,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokenizers import Tokenizer
 
 from contract.manifest import load_manifest
+from runtime.onnx_runner import OnnxRunner
 from server.api import native, openai_compat, ops
 from server.api.errors import install_error_handlers
 from server.api.state import ServerState
@@ -25,7 +26,6 @@ from server.config import Settings
 from server.engine.engine import Engine
 from server.engine.scheduler import Scheduler
 from server.metrics import Metrics
-from server.runtime.onnx_runner import OnnxRunner
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,6 @@ def build_state(settings: Settings) -> ServerState:
         metrics,
         max_batch_size=settings.max_batch_size,
         batch_window_s=settings.batch_window_ms / 1000,
-        batching=settings.batching,
     )
     engine = Engine(
         scheduler,

@@ -20,13 +20,13 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from contract.command import prompt_ids
+from contract.command import CommandError, prompt_ids
+from runtime.sampler import SamplingParams
 from server.api.errors import ApiError
 from server.api.schemas import Controls, SamplingFields
 from server.api.sse import HEADERS, MEDIA_TYPE
 from server.api.state import ServerState
 from server.engine.request import Event, GenerationRequest, LengthBounds, RequestDone, RequestFailed, SampleDone
-from server.engine.sampler import SamplingParams
 
 log = logging.getLogger("server.requests")
 P = ParamSpec("P")
@@ -118,19 +118,13 @@ class GenerationCall:
         stream: bool,
     ) -> Controls:
         """Check the command against the bundle, tokenise, and hand the request to the
-        engine. Returns the controls with defaults filled in (echoed in the response)."""
+        engine. Returns the controls with defaults filled in (echoed in the response).
+        Defaults come from the bundle (contract.manifest.GenerationDefaults), the only place
+        they are set."""
         state = self.state
         spec = state.manifest.command
-        defaults = state.manifest.generation
-        if task not in spec.tasks:
-            raise ApiError(400, "unknown_task", f"unknown task {task!r}; this model knows {list(spec.tasks)}")
-        length = controls.length if controls.length is not None else spec.clamp_words(int(defaults.get("length", 20)))
-        if not spec.min_words <= length <= spec.max_words:
-            raise ApiError(
-                400,
-                "length_out_of_range",
-                f"controls.length {length} is outside the trained range {spec.min_words}..{spec.max_words} words",
-            )
+        defaults = state.manifest.defaults
+        length = controls.length if controls.length is not None else spec.clamp_words(defaults.length)
         if n > state.settings.max_batch_size:
             raise ApiError(400, "n_too_large", f"n={n} exceeds the batch size {state.settings.max_batch_size}")
         stop = [sampling.stop] if isinstance(sampling.stop, str) else list(sampling.stop or [])
@@ -138,15 +132,18 @@ class GenerationCall:
         if len(stop) > MAX_STOP_STRINGS:
             raise ApiError(400, "invalid_request", f"at most {MAX_STOP_STRINGS} stop strings")
 
-        ids = prompt_ids(state.tokenizer, spec, task, length, controls.relevance, intent)
+        try:  # the command is checked once, where it is turned into tokens
+            ids = prompt_ids(state.tokenizer, spec, task, length, controls.relevance, intent)
+        except CommandError as e:
+            raise ApiError(400, e.kind, str(e)) from e
         room = state.manifest.model.n_positions - len(ids)
         if room < 1:
             raise ApiError(400, "input_too_long", f"the input takes {len(ids)} tokens; the model's context is full")
-        asked_tokens = max_new_tokens if max_new_tokens is not None else int(defaults.get("max_new_tokens", 64))
+        asked_tokens = max_new_tokens if max_new_tokens is not None else defaults.max_new_tokens
         params = SamplingParams(
-            temperature=sampling.temperature if sampling.temperature is not None else defaults.get("temperature", 0.8),
-            top_p=sampling.top_p if sampling.top_p is not None else defaults.get("top_p", 1.0),
-            top_k=sampling.top_k if sampling.top_k is not None else int(defaults.get("top_k", 0)),
+            temperature=sampling.temperature if sampling.temperature is not None else defaults.temperature,
+            top_p=sampling.top_p if sampling.top_p is not None else defaults.top_p,
+            top_k=sampling.top_k if sampling.top_k is not None else defaults.top_k,
             repetition_penalty=sampling.repetition_penalty,
         )
         bounds = None

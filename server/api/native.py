@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -16,7 +17,7 @@ from server.engine.request import Delta, RequestDone, RequestFailed, SampleDone
 
 router = APIRouter(tags=["native"])
 ROUTE = "/v1/generate"
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 422, 429, 499, 503, 504)}
+ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 422, 429, 499, 503, 504)}
 
 
 def output(sample: SampleDone) -> Output:
@@ -86,5 +87,5 @@ async def tasks(http_request: Request) -> dict[str, object]:
         "tasks": [{"name": t, "length": length, "relevance": levels} for t in spec.tasks],
         "length": length,
         "relevance": levels,
-        "defaults": state.manifest.generation,
+        "defaults": state.manifest.defaults.to_dict(),  # what a request that names none gets
     }

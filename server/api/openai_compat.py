@@ -23,7 +23,9 @@ from server.engine.request import Delta, RequestDone, RequestFailed, SampleDone
 
 router = APIRouter(tags=["openai"])
 ROUTE = "/v1/completions"
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 404, 422, 429, 499, 503, 504)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 404, 422, 429, 499, 503, 504)
+}
 
 
 class CompletionRequest(SamplingFields):

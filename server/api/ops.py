@@ -29,15 +29,10 @@ async def readyz(http_request: Request) -> JSONResponse:
         "provider": state.provider,
         "heartbeat_age_s": round(engine.heartbeat_age(), 3),
     }
-    if engine.failure is not None:
-        return JSONResponse({"status": "engine_failed", "reason": engine.failure, **body}, status_code=503)
-    if engine.draining:
-        return JSONResponse({"status": "draining", **body}, status_code=503)
-    if not engine.warmed_up:
-        return JSONResponse({"status": "warming_up", **body}, status_code=503)
-    if not engine.alive():
-        return JSONResponse({"status": "engine_stalled", **body}, status_code=503)
-    return JSONResponse({"status": "ready", **body})
+    status = engine.status()
+    if status == "engine_failed":
+        body["reason"] = engine.failure
+    return JSONResponse({"status": status, **body}, status_code=200 if status == "ready" else 503)
 
 
 @router.get("/metrics")

@@ -1,7 +1,7 @@
 """The engine: a dedicated thread that owns the model and runs the scheduler.
 
 One process, one engine thread: ONNX Runtime's own threads do the arithmetic, and two
-busy processes on a small machine slow each other badly (DESIGN.md). The asyncio side
+busy processes on a small machine slow each other badly (docs/architecture.md). The asyncio side
 (API routes) talks to it through three thread-safe doors:
 - `try_admit()` / `release()`: the admission bound (in flight + queued), checked before
   a request is even tokenised, so an overloaded server refuses cheaply;
@@ -18,8 +18,7 @@ import threading
 import time
 from collections import deque
 
-import numpy as np
-
+from runtime.decode import generate
 from server.engine.request import GenerationRequest
 from server.engine.scheduler import Scheduler
 
@@ -93,23 +92,26 @@ class Engine:
     def alive(self) -> bool:
         return self._thread.is_alive() and self.heartbeat_age() < self.heartbeat_timeout_s
 
-    def ready(self) -> bool:
-        return self.warmed_up and not self.draining and self.alive()
+    def status(self) -> str:
+        """What /readyz reports: ready, or why not."""
+        if self.failure is not None:
+            return "engine_failed"
+        if self.draining:
+            return "draining"
+        if not self.warmed_up:
+            return "warming_up"
+        if not self.alive():
+            return "engine_stalled"
+        return "ready"
 
     # --- the engine thread ----------------------------------------------------------
 
     def _warm_up(self) -> None:
-        """Run the graph once per phase so the first request does not pay for ORT's
-        lazy initialisation (allocations, kernel selection)."""
+        """A prefill and two decode steps through the runtime's decode loop (and its sampler,
+        on the device when the runner samples there), so the first request does not pay for
+        ORT's lazy initialisation (allocations, kernel selection)."""
         runner = self.scheduler.runner
-        ids = np.full((1, 8), runner.eos_token_id, np.int64)
-        mask = np.ones_like(ids)
-        positions = np.arange(8, dtype=np.int64)[None, :]
-        past = [runner.to_device(a) for a in runner.empty_past(1)]
-        _, present = runner.step(ids, mask, positions, past)
-        for step in range(2):
-            mask = np.ones((1, 9 + step), np.int64)
-            _, present = runner.step(ids[:, :1], mask, np.array([[8 + step]], np.int64), present)
+        generate(runner, [[runner.eos_token_id] * 8], 3, eos_id=None)
 
     def _run(self) -> None:
         try:

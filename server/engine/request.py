@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from server.engine.sampler import SamplingParams
+from runtime.sampler import SamplingParams
 
 # finish reasons, as OpenAI spells the first two
 STOP = "stop"  # EOS, a stop string, or the forced end at the maximum length

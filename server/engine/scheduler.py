@@ -12,10 +12,6 @@ Each call to `step()` is one iteration:
 So a request that arrives while others are decoding joins at the next step, and a
 short request submitted during a long one finishes first.
 
-`batching="window"` is the simpler policy it replaces, kept for comparison: requests
-are only admitted when the batch is empty, and the batch runs until its last sample
-finishes.
-
 Only the engine thread touches a Scheduler; it is not thread-safe.
 """
 
@@ -30,11 +26,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from server.engine.request import Event, GenerationRequest, RequestDone, RequestFailed
-from server.engine.sampler import BANNED_LOGIT, device_inputs, sample
-from server.engine.sequence import Sequence
-from server.metrics import Metrics
-from server.runtime.kv_cache import (
+from runtime.kv_cache import (
     BatchCache,
     can_write_in_place,
     empty_cache,
@@ -42,7 +34,12 @@ from server.runtime.kv_cache import (
     rebuild,
     write_in_place,
 )
-from server.runtime.onnx_runner import OnnxRunner
+from runtime.onnx_runner import OnnxRunner
+from runtime.padding import left_pad
+from runtime.sampler import Sampler, command_token_ids
+from server.engine.request import Event, GenerationRequest, RequestDone, RequestFailed
+from server.engine.sequence import Sequence
+from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -80,25 +77,17 @@ class Scheduler:
         metrics: Metrics,
         max_batch_size: int,
         batch_window_s: float = 0.0,
-        batching: str = "continuous",
     ) -> None:
         self.runner = runner
         self.tokenizer = tokenizer
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.batch_window_s = batch_window_s
-        self.batching = batching
         self.waiting: deque[GenerationRequest] = deque()
         self.active: dict[str, Admitted] = {}
         self.rows: list[Sequence | None] = []  # row i of the cache is rows[i]; None: a free slot
         self.cache: BatchCache = empty_cache(runner)
-        # Command tokens are inputs only: no output may contain one.
-        spec = runner.manifest.command
-        never = [i for t in spec.special_tokens() if (i := tokenizer.token_to_id(t)) is not None]
-        self.never = np.array(never, np.int64)
-        vocab_bias = np.zeros(runner.vocab_size, np.float32)
-        vocab_bias[self.never] = BANNED_LOGIT
-        self._vocab_bias = ort.OrtValue.ortvalue_from_numpy(vocab_bias, runner.device, 0)
+        self.sampler = Sampler(runner, runner.eos_token_id, command_token_ids(tokenizer, runner.manifest.command))
         # the per-step series, bound to this model once rather than looked up every step
         self._ttft = metrics.time_to_first_token.labels(metrics.model)
         self._inter_token = metrics.inter_token_latency.labels(metrics.model)
@@ -175,8 +164,6 @@ class Scheduler:
         self._finish()
 
     def _admit(self, now: float) -> list[Admitted]:
-        if self.batching == "window" and self.active:
-            return []
         free = self.max_batch_size - sum(1 for s in self.rows if s is not None and not s.finished)
         admitted = []
         while self.waiting and self.waiting[0].n <= free:
@@ -192,14 +179,8 @@ class Scheduler:
     def _prefill(self, joining: list[Admitted]) -> tuple[BatchCache, np.ndarray, list[Sequence]]:
         """One forward over the new prompts, left-padded to a common length."""
         prompts = [a.request.prompt_ids for a in joining]
-        length = max(len(p) for p in prompts)
-        input_ids = np.full((len(prompts), length), self.runner.eos_token_id, np.int64)
-        mask = np.zeros((len(prompts), length), np.int64)
-        for i, prompt in enumerate(prompts):
-            input_ids[i, length - len(prompt) :] = prompt
-            mask[i, length - len(prompt) :] = 1
-        positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
-        empty = [self.runner.to_device(a) for a in self.runner.empty_past(len(prompts))]
+        input_ids, mask, positions = left_pad(prompts, self.runner.eos_token_id)
+        empty = self.runner.empty_past(len(prompts))
 
         # Sample i of request r reads prefill row r: n samples, one prefill.
         new_rows = [s for a in joining for s in a.sequences]
@@ -217,8 +198,13 @@ class Scheduler:
                 self.rows[i] = None
         joins = [j for j, s in enumerate(new_rows) if not s.finished]
         free = [i for i, s in enumerate(self.rows) if s is None]
-        fits = joins and len(free) >= len(joins) and joining is not None and joining_rows is not None
-        if fits and can_write_in_place(self.runner, self.cache, joining):
+        fits = joins and len(free) >= len(joins)
+        if (
+            fits
+            and joining is not None
+            and joining_rows is not None
+            and can_write_in_place(self.runner, self.cache, joining)
+        ):
             slots = free[: len(joins)]
             write_in_place(self.runner, self.cache, slots, joining, [int(joining_rows[j]) for j in joins])
             for slot, j in zip(slots, joins, strict=True):
@@ -253,10 +239,6 @@ class Scheduler:
         )
         self.cache.advance(present)
 
-    def _observe_forward(self, phase: str, rows: int, start: float) -> None:
-        self._forward[phase].observe(time.monotonic() - start)
-        self._batch_size[phase].observe(rows)
-
     def _forward_and_sample(
         self,
         phase: str,
@@ -268,23 +250,14 @@ class Scheduler:
         logits_rows: np.ndarray,
     ) -> list[ort.OrtValue]:
         """One forward, then one token for each of `rows` (sampled from logits row
-        `logits_rows[i]`), appended. Samples on the device when the runner can and every
-        row's parameters allow it (then only token ids leave the device), else on the host."""
+        `logits_rows[i]`), appended. The runtime's sampler samples on the device when the
+        runner can and every row's parameters allow it, else on the host."""
         prepared = [s.prepare() for s in rows]
-        inputs = device_inputs(prepared, self.runner.eos_token_id) if self.runner.sampler is not None else None
-        batch = len(np.unique(logits_rows))  # rows that matter: prompts in a prefill, live rows in a decode
-        start = time.monotonic()
-        if inputs is not None:
-            tokens, present = self.runner.step_and_sample(
-                input_ids, mask, positions, past, {"rows": logits_rows, "vocab_bias": self._vocab_bias, **inputs}
-            )
-            self._observe_forward(phase, batch, start)  # includes the sampling, on the device
-        else:
-            logits, present = self.runner.step(input_ids, mask, positions, past)
-            self._observe_forward(phase, batch, start)
-            tokens = sample(logits[logits_rows], prepared, self.never)
-        self._append(tokens, rows)
-        return present
+        result = self.sampler.run(input_ids, mask, positions, past, prepared, logits_rows)
+        self._forward[phase].observe(result.forward_s)  # with device sampling: the sampling too
+        self._batch_size[phase].observe(len(np.unique(logits_rows)))  # prompts in a prefill, live rows in a decode
+        self._append(result.tokens, rows)
+        return result.present
 
     def _append(self, tokens: np.ndarray, rows: list[Sequence]) -> None:
         now = time.monotonic()

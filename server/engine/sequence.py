@@ -1,4 +1,8 @@
-"""One sample being generated: its tokens, its text so far, and when it must stop."""
+"""One sample being generated: its tokens, its text so far, and when it must stop.
+
+Its text grows by the incremental detokenizer (runtime/detokenize.py): each token decodes a
+few ids, not the whole sample again, and only complete characters ever reach `text`, so a
+streamed delta never carries half a UTF-8 character."""
 
 from __future__ import annotations
 
@@ -7,15 +11,16 @@ import time
 from tokenizers import Tokenizer
 
 from contract.command import count_words
+from runtime.detokenize import IncrementalDetokenizer
+from runtime.sampler import Row, make_generator
 from server.engine.request import LENGTH, STOP, Delta, GenerationRequest, SampleDone
-from server.engine.sampler import Row, make_generator
 
 
 class Sequence:
     def __init__(self, request: GenerationRequest, index: int, tokenizer: Tokenizer, eos_token_id: int) -> None:
         self.request = request
         self.index = index
-        self.tokenizer = tokenizer
+        self.detokenizer = IncrementalDetokenizer(tokenizer)
         self.eos_token_id = eos_token_id
         self.row = Row(request.params, make_generator(request.seed, index), generated=[], banned=[])
         self.text = ""
@@ -35,17 +40,15 @@ class Sequence:
         self.row.banned = [self.eos_token_id] if too_short else []
         return self.row
 
-    def _decode(self, ids: list[int]) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
-
     def append(self, token: int) -> None:
         """Take the sampled token; decide whether the sample is finished and why.
         (`max_new_tokens` was already clipped by the API to what the context can hold.)"""
         self.last_token_time = time.monotonic()
         if token == self.eos_token_id:
-            self.finish_reason = STOP
+            self._finish(STOP)
             return
-        candidate = self._decode([*self.generated, token]).lstrip()
+        # (A token refused below ends the sample, so the detokenizer never needs to take it back.)
+        candidate = (self.text + self.detokenizer.push([token])).lstrip()
         bounds = self.request.length_bounds
         if bounds is not None and count_words(candidate) > bounds.max_words:
             # The token would start one word too many: end here instead (forced EOS).
@@ -60,18 +63,23 @@ class Sequence:
                 self.finish_reason = STOP
                 return
         if len(self.generated) >= self.request.max_new_tokens:
-            self.finish_reason = LENGTH
+            self._finish(LENGTH)
+
+    def _finish(self, reason: str) -> None:
+        """The model ended the sample: its text is every id decoded, a last unfinished
+        character included (a forced stop or a stop string cut the text instead)."""
+        self.text = (self.text + self.detokenizer.flush()).lstrip()
+        self.finish_reason = reason
 
     @property
     def finished(self) -> bool:
         return self.finish_reason is not None
 
     def delta(self) -> Delta | None:
-        """New text safe to stream: not a half-decoded UTF-8 character, and not the
-        start of a stop string (which would have to be taken back)."""
+        """New text safe to stream: not the start of a stop string (which would have to be
+        taken back). Half characters never reach `text` (see the module docstring)."""
         safe = len(self.text)
         if not self.finished:
-            safe = len(self.text.rstrip("\ufffd"))
             hold = 0
             for stop in self.request.stop:
                 for k in range(min(len(stop) - 1, safe), hold, -1):

@@ -81,6 +81,11 @@ def _check_regexes(name: str, patterns: tuple[str, ...]) -> None:
             raise TaskError(f"task {name}: bad regex {pattern!r}: {error}") from None
 
 
+def _fields(table: dict[str, Any]) -> dict[str, Any]:
+    """A TOML table as dataclass fields: lists become the tuples the frozen dataclasses hold."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in table.items()}
+
+
 def parse_task(name: str, data: dict[str, Any]) -> TaskSpec:
     """A TaskSpec from a task file's parsed TOML, with errors that name the task and field."""
     try:
@@ -92,15 +97,9 @@ def parse_task(name: str, data: dict[str, Any]) -> TaskSpec:
             target_words=(low, high),
             system_prompt=str(data["system_prompt"]),
             few_shot=tuple(FewShot(str(s["intent"]), tuple(s["outputs"])) for s in data.get("few_shot", [])),
-            parse=ParseRules(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.get("parse", {}).items()}),
-            validity=Validity(
-                **{k: tuple(v) if isinstance(v, list) else v for k, v in data.get("validity", {}).items()}
-            ),
-            procedural=(
-                ProceduralRecipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in data["procedural"].items()})
-                if "procedural" in data
-                else None
-            ),
+            parse=ParseRules(**_fields(data.get("parse", {}))),
+            validity=Validity(**_fields(data.get("validity", {}))),
+            procedural=(ProceduralRecipe(**_fields(data["procedural"])) if "procedural" in data else None),
             source=data,
         )
     except (KeyError, TypeError, ValueError) as error:

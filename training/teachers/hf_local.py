@@ -71,7 +71,7 @@ class HFTeacher(Teacher):
     def render(self, request: Request) -> str:
         messages = build_messages(request.task, request)
         if getattr(self.tokenizer, "chat_template", None):
-            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return str(self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
         return _plain_chat(messages)
 
     async def complete(self, requests: Iterator[Request]) -> AsyncIterator[Completion]:
@@ -99,7 +99,7 @@ class HFTeacher(Teacher):
         for request, row, prompt_mask in zip(batch, new_tokens, inputs["attention_mask"], strict=True):
             eos = self.tokenizer.eos_token_id
             length = int((row != self.tokenizer.pad_token_id).sum()) if eos is None else _length_to_eos(row, eos)
-            text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
+            text = str(self.tokenizer.decode(row[:length], skip_special_tokens=True))
             outputs, extra = align_outputs(request.task, text, len(request.targets))
             completions.append(
                 Completion(

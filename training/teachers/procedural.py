@@ -82,7 +82,7 @@ class ProceduralTeacher(Teacher):
             if request.task.procedural is None:
                 raise TeacherError(f"task {request.task.name} has no [procedural] recipe")
             rng = random.Random(request.seed)
-            outputs = [
+            outputs: list[str | None] = [
                 self.compose(request.task.procedural, request.intent, request.domain, t, rng) for t in request.targets
             ]
             yield Completion(request=request, outputs=outputs)

@@ -1,4 +1,10 @@
-"""Batched sampling with each row's own parameters and random generator.
+"""Sampling: one token per row after each forward, with each row's own parameters and generator.
+
+`Sampler` is the one interface everyone calls (the scheduler, and the decode loop behind
+evaluation, export checks and warm-up): it runs the host sampler below (numpy, every
+parameter), or, where the runner has one and every row's parameters allow it, the device
+sampler (sampler_graph.py: the same temperature / EOS ban / top-p / one-uniform-per-row draw,
+inside an ONNX graph next to the model, so only token ids leave the device).
 
 Every row (one sample of one request) carries its own temperature, top_k, top_p,
 repetition penalty and numpy Generator. A sampled row draws exactly one uniform number
@@ -10,9 +16,17 @@ the whole batch, so INT8 logits depend slightly on the batch mates).
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import onnxruntime as ort
+
+from contract.command import CommandSpec, TokenizerLike
+from runtime.onnx_runner import OnnxRunner
+from runtime.runner import Runner
 
 # top_p is exact but sorting a 50k vocabulary per row per step is slow; the nucleus of a
 # trained model almost always lies in its few hundred most likely tokens, so sort those
@@ -22,10 +36,16 @@ NUCLEUS_CANDIDATES = 256
 
 @dataclass(frozen=True)
 class SamplingParams:
-    temperature: float = 0.8  # 0: greedy
-    top_p: float = 1.0
+    """Per-row sampling parameters. No defaults here: they come from the bundle
+    (contract.manifest.GenerationDefaults), the one place they are set."""
+
+    temperature: float  # 0: greedy
+    top_p: float  # 1: off
     top_k: int = 0  # 0: off
     repetition_penalty: float = 1.0  # 1: off; >1 discourages repeating generated tokens
+
+
+GREEDY = SamplingParams(temperature=0.0, top_p=1.0)
 
 
 @dataclass
@@ -51,22 +71,12 @@ def apply_repetition_penalty(logits: np.ndarray, generated: list[int], penalty: 
     logits[ids] = np.where(values > 0, values / penalty, values * penalty)
 
 
-def nucleus_mask(probs: np.ndarray, top_p: float) -> np.ndarray:
-    """Boolean mask of the smallest set of tokens whose probability reaches top_p (one row;
-    the reference the batched path in `sample` must agree with)."""
-    order = np.argsort(-probs, kind="stable")
-    cumulative = np.cumsum(probs[order])
-    keep = order[(cumulative - probs[order]) < top_p * probs.sum()]  # the first token is always kept
-    mask = np.zeros(probs.size, dtype=bool)
-    mask[keep] = True
-    return mask
-
-
 def _draw(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Per row, the index where u (in [0, 1)) falls in the row's cumulative weights."""
     cumulative = np.cumsum(weights, axis=1, dtype=np.float64)
     target = u * cumulative[:, -1]
-    return np.minimum((cumulative <= target[:, None]).sum(axis=1), weights.shape[1] - 1)
+    index: np.ndarray = np.minimum((cumulative <= target[:, None]).sum(axis=1), weights.shape[1] - 1)
+    return index
 
 
 def _sample_nucleus(probs: np.ndarray, top_p: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -109,7 +119,7 @@ def sample(logits: np.ndarray, rows: list[Row], never: np.ndarray | None = None)
         apply_repetition_penalty(x[i], row.generated, row.params.repetition_penalty)
         if row.banned:
             x[i, row.banned] = -np.inf
-    tokens = x.argmax(axis=1)  # greedy rows (temperature 0) are done
+    tokens: np.ndarray = x.argmax(axis=1)  # greedy rows (temperature 0) are done
     sampled = np.array([i for i, row in enumerate(rows) if row.params.temperature > 0.0], dtype=np.int64)
     if sampled.size == 0:
         return tokens
@@ -157,3 +167,62 @@ def device_inputs(rows: list[Row], eos_token_id: int) -> dict[str, np.ndarray] |
         "eos_penalty": np.array([BANNED_LOGIT if row.banned else 0.0 for row in rows], np.float32),
         "eos_id": np.array([eos_token_id], np.int64),
     }
+
+
+def command_token_ids(tokenizer: TokenizerLike, spec: CommandSpec) -> list[int]:
+    """Command tokens are inputs only: no output may contain one."""
+    return [i for t in spec.special_tokens() if (i := tokenizer.token_to_id(t)) is not None]
+
+
+@dataclass
+class SampledStep:
+    tokens: np.ndarray  # [rows] int64: one per sampled row
+    present: list[Any]  # the runner's KV cache after this forward
+    logits: np.ndarray | None  # [batch, vocab] when they came to the host (not with device sampling)
+    forward_s: float  # the forward's wall time (with device sampling: forward and sampling)
+
+
+class Sampler:
+    """A forward and one token per row: on the device where it can be, else on the host."""
+
+    def __init__(self, runner: Runner, eos_token_id: int, never: Sequence[int] = ()) -> None:
+        self.runner = runner
+        self.eos_token_id = eos_token_id
+        self.never = np.asarray(never, np.int64)
+        self.device: OnnxRunner | None = None
+        if isinstance(runner, OnnxRunner) and runner.sampler is not None:
+            self.device = runner
+            vocab_bias = np.zeros(runner.vocab_size, np.float32)
+            vocab_bias[self.never] = BANNED_LOGIT
+            # constant for the sampler's life: put on the device once, not every step
+            self._vocab_bias = ort.OrtValue.ortvalue_from_numpy(vocab_bias, runner.device, 0)
+
+    def run(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: list[Any],
+        rows: list[Row],
+        logits_rows: np.ndarray,
+        keep_logits: bool = False,
+    ) -> SampledStep:
+        """One forward, then a token for each of `rows` from logits row `logits_rows[i]` (the n
+        samples of one request read their shared prefill row). `keep_logits` forces the host
+        path, which brings the logits back."""
+        inputs = None
+        if self.device is not None and not keep_logits:
+            inputs = device_inputs(rows, self.eos_token_id)
+        start = time.perf_counter()
+        if self.device is not None and inputs is not None:
+            sampling: dict[str, np.ndarray | ort.OrtValue] = {
+                "rows": np.asarray(logits_rows, np.int64),
+                "vocab_bias": self._vocab_bias,
+                **inputs,
+            }
+            tokens, present = self.device.step_and_sample(input_ids, attention_mask, position_ids, past, sampling)
+            return SampledStep(tokens, present, None, time.perf_counter() - start)
+        logits, present = self.runner.forward(input_ids, attention_mask, position_ids, past)
+        forward_s = time.perf_counter() - start
+        tokens = sample(logits[logits_rows], rows, self.never)
+        return SampledStep(tokens, present, logits, forward_s)

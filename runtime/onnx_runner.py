@@ -1,16 +1,16 @@
 """`OnnxRunner`: one exported decoder variant in an ONNX Runtime session.
 
-It implements the runner contract (DESIGN.md): `forward(input_ids, attention_mask,
-position_ids, past)` with numpy in and out, so offline evaluation can drive PyTorch and
-ONNX through the same loop. The engine uses `step()` instead, which keeps the KV cache
-as ORT values on the execution device between steps (IO binding), so a decode step
-copies nothing but ids, masks and logits across the host/device boundary; or
-`step_and_sample()`, which also keeps the logits there and samples in a small ONNX graph
-(sampler_graph.py), so only the token ids come back (the default on CUDA).
+It implements the runner contract (runtime/runner.py, docs/architecture.md): `forward(input_ids,
+attention_mask, position_ids, past)` with numpy ids in and numpy logits out, so evaluation,
+export verification, the export bench and the server drive PyTorch and ONNX through the same
+decode loop (runtime/decode.py). `past` and `present` are ORT values that stay on the execution
+device between steps (IO binding), so a decode step copies nothing but ids, masks and logits
+across the host/device boundary. `step_and_sample()` also keeps the logits there and samples in
+a small ONNX graph (sampler_graph.py), so only the token ids come back (the default on CUDA).
 
 What is and is not in place, honestly: the exported graph concatenates past and new
 key/values (`present = concat(past, new)`), so every step the graph writes a new
-[B, n_head, P+1, head_dim] buffer per layer; that copy is inside the graph and cannot
+[B, n_kv_head, P+1, head_dim] buffer per layer; that copy is inside the graph and cannot
 be avoided without a graph that writes into a fixed buffer at an index. What we avoid
 is everything around it: `present` is bound straight back as the next `past` (no numpy
 round trip, no re-stacking of the batch), and the buffers come from ORT's memory arena,
@@ -38,8 +38,8 @@ from contract.manifest import (
     past_names,
     present_names,
 )
-from server.runtime.cache_graph import CACHE_OUTPUT, cache_graph
-from server.runtime.sampler_graph import SAMPLER_OUTPUT, sampler_graph
+from runtime.cache_graph import CACHE_OUTPUT, cache_graph
+from runtime.sampler_graph import SAMPLER_OUTPUT, sampler_graph
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ class OnnxRunner:
 
         model = self.manifest.model
         self.n_layer = model.n_layer
-        self.n_head = model.n_head
+        self.n_kv_head = model.n_kv_head  # key/value heads: fewer than query heads under grouped-query attention
         self.head_dim = model.head_dim
         self.vocab_size = model.vocab_size
         self.n_positions = model.n_positions
@@ -156,28 +156,15 @@ class OnnxRunner:
                 f"{self.variant.file} does not have the decoder interface: inputs {actual_in}, outputs {actual_out}"
             )
 
-    # --- the runner contract: numpy in, numpy out -------------------------------------
+    # --- the runner contract (runtime/runner.py) --------------------------------------
 
-    def forward(
-        self,
-        input_ids: np.ndarray,
-        attention_mask: np.ndarray,
-        position_ids: np.ndarray,
-        past: list[np.ndarray],
-    ) -> tuple[np.ndarray, list[np.ndarray]]:
-        feeds = {INPUT_IDS: input_ids, ATTENTION_MASK: attention_mask, POSITION_IDS: position_ids}
-        feeds.update(zip(self.past_names, past, strict=True))
-        outputs = self.session.run([LOGITS, *self.present_names], feeds)
-        return outputs[0].astype(np.float32, copy=False), outputs[1:]
-
-    def empty_past(self, batch: int) -> list[np.ndarray]:
-        shape = (batch, self.n_head, 0, self.head_dim)
-        return [np.zeros(shape, self.kv_dtype) for _ in self.past_names]
-
-    # --- the engine's path: KV cache stays in ORT values on the device ----------------
+    def empty_past(self, batch: int) -> list[ort.OrtValue]:
+        """The past of a prefill: [batch, n_kv_head, 0, head_dim] per past name, on the device."""
+        shape = (batch, self.n_kv_head, 0, self.head_dim)
+        return [self.to_device(np.zeros(shape, self.kv_dtype)) for _ in self.past_names]
 
     def to_device(self, array: np.ndarray) -> ort.OrtValue:
-        """A KV tensor for `step()`. On CPU this shares the numpy memory (no copy)."""
+        """A KV tensor for `forward()`. On CPU this shares the numpy memory (no copy)."""
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, dtype=self.kv_dtype), self.device, 0)
 
     def to_host(self, value: ort.OrtValue) -> np.ndarray:
@@ -197,7 +184,8 @@ class OnnxRunner:
         if nbytes == 0:
             return np.zeros(shape, self.kv_dtype)
         buffer = (ctypes.c_byte * nbytes).from_address(value.data_ptr())
-        return np.frombuffer(buffer, dtype=self.kv_dtype).reshape(shape)
+        view: np.ndarray = np.frombuffer(memoryview(buffer), dtype=self.kv_dtype)
+        return view.reshape(shape)
 
     def rearrange(
         self,
@@ -247,7 +235,7 @@ class OnnxRunner:
         outputs = binding.get_outputs()
         return outputs[0], list(outputs[1:])
 
-    def step(
+    def forward(
         self,
         input_ids: np.ndarray,
         attention_mask: np.ndarray,
@@ -271,7 +259,7 @@ class OnnxRunner:
     ) -> tuple[np.ndarray, list[ort.OrtValue]]:
         """A forward whose logits stay on the device and go straight into the sampler
         graph; only the token ids [B] are copied back. `sampling` holds the sampler's
-        per-row inputs (engine/sampler.py: device_inputs)."""
+        per-row inputs (runtime/sampler.py: device_inputs)."""
         assert self.sampler is not None, "device sampling is off for this runner"
         logits, present = self._run_decoder(input_ids, attention_mask, position_ids, past, self.device)
         binding = self.sampler.io_binding()

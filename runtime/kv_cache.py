@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from server.runtime.onnx_runner import OnnxRunner
+from runtime.onnx_runner import OnnxRunner
 
 
 @dataclass
 class BatchCache:
-    past: list[ort.OrtValue]  # per past name: [rows, n_head, columns, head_dim]
+    past: list[ort.OrtValue]  # per past name: [rows, n_kv_head, columns, head_dim]
     mask: np.ndarray  # [rows, columns] int64: 1 on real tokens, 0 on left padding
 
     @property
@@ -39,7 +39,8 @@ class BatchCache:
 
     def positions(self) -> np.ndarray:
         """The position of each row's next token: how many real tokens it holds."""
-        return self.mask.sum(axis=1, keepdims=True)
+        positions: np.ndarray = self.mask.sum(axis=1, keepdims=True)
+        return positions
 
     def advance(self, present: list[ort.OrtValue]) -> None:
         """After a decode step: the graph's output is the cache, one column longer."""
@@ -48,7 +49,7 @@ class BatchCache:
 
 
 def empty_cache(runner: OnnxRunner) -> BatchCache:
-    return BatchCache([runner.to_device(a) for a in runner.empty_past(0)], np.zeros((0, 0), np.int64))
+    return BatchCache(runner.empty_past(0), np.zeros((0, 0), np.int64))
 
 
 def _trim(arrays: list[np.ndarray], mask: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:

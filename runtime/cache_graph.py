@@ -49,7 +49,7 @@ def build_cache_graph(kv_dtype: str) -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="promptgen")
     model.ir_version = 8
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return bytes(model.SerializeToString())
 
 
 def cache_graph(kv_dtype: str) -> bytes:

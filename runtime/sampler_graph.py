@@ -2,7 +2,7 @@
 the decoder's logits are bound straight into this graph and only the token ids [B]
 come back to the host.
 
-It does what engine/sampler.py does for rows without top-k or repetition penalty:
+It does what the host sampler (sampler.py) does for rows without top-k or repetition penalty:
 temperature (0: greedy), an EOS penalty (the length guarantee's mask), top-p over the
 tokens sorted by probability, and one draw per row. The uniform draws are made on the
 host by each request's own numpy Generator and passed in, so seeding works as on CPU.
@@ -20,6 +20,7 @@ checks the stored bytes are what it builds).
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 
 SAMPLER_INPUTS = ("all_logits", "rows", "temperature", "top_p", "uniform", "eos_penalty", "eos_id", "vocab_bias")
 SAMPLER_OUTPUT = "tokens"
@@ -31,7 +32,7 @@ def build_sampler_graph() -> bytes:
     import onnx
     from onnx import TensorProto, helper
 
-    def const(name: str, value: list, dtype: int = TensorProto.INT64) -> onnx.NodeProto:
+    def const(name: str, value: Sequence[float], dtype: int = TensorProto.INT64) -> onnx.NodeProto:
         return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, dtype, [len(value)], value))
 
     nodes = [
@@ -96,7 +97,7 @@ def build_sampler_graph() -> bytes:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="promptgen")
     model.ir_version = 8
     onnx.checker.check_model(model)
-    return model.SerializeToString()
+    return bytes(model.SerializeToString())
 
 
 def sampler_graph() -> bytes:

@@ -1,0 +1,88 @@
+"""The one decode loop: a batch of prompts through any runner, one token per step.
+
+Prompts are left-padded into one batch (padding.py), prefilled with an empty past, then
+decoded one token per row per step through the KV cache, each token chosen by the runtime's
+sampler (sampler.py), the same one the server's scheduler calls. Evaluation, the export's
+parity checks, the export bench and the engine's warm-up all run this loop, so what is
+evaluated and verified is what is served. (The server's scheduler runs the same steps with
+requests joining and leaving the batch: kv_cache.py.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from runtime.padding import left_pad
+from runtime.runner import Runner
+from runtime.sampler import GREEDY, Row, Sampler, SamplingParams, make_generator
+
+
+@dataclass(frozen=True)
+class Generation:
+    ids: list[int]  # generated ids, without the EOS
+    finished: bool  # False: stopped by max_new_tokens before the model wrote EOS
+
+
+@dataclass
+class Decoded:
+    generations: list[Generation]
+    logits: np.ndarray | None  # [steps, batch, vocab] with keep_logits: step 0 is the prefill's
+    forward_s: list[float]  # each forward's wall time: [0] the prefill, then one per decode step
+
+
+def generate(
+    runner: Runner,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    eos_id: int | None,
+    params: SamplingParams = GREEDY,
+    generators: Sequence[np.random.Generator] | None = None,
+    never: Sequence[int] = (),
+    forced: np.ndarray | None = None,
+    keep_logits: bool = False,
+) -> Decoded:
+    """Decode up to `max_new_tokens` tokens for each prompt, all prompts in one batch.
+
+    Row i samples with `generators[i]` (default: `make_generator(0, i)`); the server gives
+    sample i of a request seeded s `make_generator(s, i)`, so the same seed and prompt give the
+    same tokens here and there. `never`: token ids no row may produce. `eos_id` None: no
+    stopping, every row runs all steps (parity checks, timing). `forced` [batch, steps]:
+    teacher forcing, the token fed after step t is `forced[:, t]` instead of the sampled one
+    (to compare two runners position by position).
+    """
+    batch = len(prompts)
+    pad_id = eos_id if eos_id is not None else 0
+    input_ids, mask, positions = left_pad(prompts, pad_id)
+    if generators is None:
+        generators = [make_generator(0, i) for i in range(batch)]
+    rows = [Row(params, g, generated=[], banned=[]) for g in generators]
+    sampler = Sampler(runner, pad_id, never)
+    every_row = np.arange(batch)
+    past = runner.empty_past(batch)
+    finished = np.zeros(batch, dtype=bool)
+    all_logits: list[np.ndarray] = []
+    forward_s: list[float] = []
+    for step in range(max_new_tokens):
+        result = sampler.run(input_ids, mask, positions, past, rows, every_row, keep_logits or forced is not None)
+        past = result.present
+        forward_s.append(result.forward_s)
+        if keep_logits and result.logits is not None:
+            all_logits.append(result.logits)
+        tokens = result.tokens if forced is None else forced[:, step].astype(np.int64)
+        for row in np.flatnonzero(~finished):
+            if eos_id is not None and tokens[row] == eos_id:
+                finished[row] = True
+            else:
+                rows[row].generated.append(int(tokens[row]))
+        if finished.all():
+            break
+        # Finished rows keep decoding EOS (cheaper than reshaping the batch); their tokens are ignored.
+        tokens = np.where(finished, pad_id, tokens)
+        positions = mask.sum(axis=1, keepdims=True)
+        input_ids = tokens[:, None].astype(np.int64)
+        mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
+    generations = [Generation(row.generated, bool(done)) for row, done in zip(rows, finished, strict=True)]
+    return Decoded(generations, np.stack(all_logits) if keep_logits else None, forward_s)

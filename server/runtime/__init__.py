@@ -1,1 +1,0 @@
-"""Running the exported decoder: ONNX Runtime sessions and the batch KV cache."""

@@ -1,0 +1,239 @@
+"""The runtime package: the import rule, the one decode loop, evaluation == serving, and
+incremental detokenization (also through the real server's SSE stream)."""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from server_process import ServerProcess
+from tokenizers import Tokenizer
+
+from contract.command import CommandSpec, encode_text, normalize_text, prompt_ids
+from contract.manifest import load_manifest
+from runtime.decode import generate
+from runtime.detokenize import IncrementalDetokenizer
+from runtime.onnx_runner import OnnxRunner
+from runtime.sampler import SamplingParams
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("contract", "runtime", "server", "training", "export", "loadtest")
+# Who may import whom: contract <- runtime <- {server, export, training}; nobody imports server.
+ALLOWED = {
+    "contract": {"contract"},
+    "runtime": {"contract", "runtime"},
+    "server": {"contract", "runtime", "server"},
+    "training": {"contract", "runtime", "training"},
+    "export": {"contract", "runtime", "training", "export"},
+    "loadtest": {"contract", "loadtest"},
+}
+NEVER_IN = {"runtime": {"torch", "transformers"}, "server": {"torch", "transformers"}, "contract": {"numpy", "torch"}}
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Top-level names of every module a file imports, at any depth (function-local ones too)."""
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_imports_run_one_way() -> None:
+    broken = []
+    for package in PACKAGES:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            modules = imported_modules(path)
+            for module in sorted(modules & set(PACKAGES) - ALLOWED[package]):
+                broken.append(f"{path.relative_to(ROOT)} imports {module}")
+            for module in sorted(modules & NEVER_IN.get(package, set())):
+                broken.append(f"{path.relative_to(ROOT)} imports {module}")
+    assert not broken, "\n".join(broken)
+
+
+def test_import_rule_sees_function_local_imports(tmp_path: Path) -> None:
+    source = tmp_path / "x.py"
+    source.write_text("def f():\n    from server.engine import engine\n    import torch.nn\n")
+    assert imported_modules(source) == {"server", "torch"}
+
+
+# --- the decode loop ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runner(tiny_bundle: Path) -> OnnxRunner:
+    return OnnxRunner(tiny_bundle, variant="fp32", provider="cpu", intra_op_threads=1)
+
+
+def test_greedy_generate_is_the_argmax_of_each_step(runner: OnnxRunner) -> None:
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12]]
+    decoded = generate(runner, prompts, 6, eos_id=None, keep_logits=True)
+    assert decoded.logits is not None and decoded.logits.shape == (6, 2, runner.vocab_size)
+    assert [g.ids for g in decoded.generations] == decoded.logits.argmax(-1).T.tolist()
+    assert len(decoded.forward_s) == 6 and all(s > 0 for s in decoded.forward_s)
+    # Teacher forcing feeds the given tokens instead, and still reports every step's logits.
+    forced = np.full((2, 6), 3, np.int64)
+    assert [g.ids for g in generate(runner, prompts, 6, eos_id=None, forced=forced).generations] == forced.tolist()
+
+
+def test_generate_stops_rows_at_eos_and_never_emits_banned_tokens(runner: OnnxRunner) -> None:
+    prompts = [[5, 6, 7]] * 4
+    free = generate(runner, prompts, 12, eos_id=None, params=SamplingParams(1.0, 1.0))
+    banned = sorted({t for g in free.generations for t in g.ids[:3]})
+    eos = free.generations[0].ids[1]  # a token the first row writes second: its row must stop there
+    decoded = generate(runner, prompts, 12, eos_id=eos, params=SamplingParams(1.0, 1.0))
+    assert decoded.generations[0].ids == free.generations[0].ids[:1] and decoded.generations[0].finished
+    never = [t for t in banned if t != eos]
+    for g in generate(runner, prompts, 12, eos_id=None, params=SamplingParams(1.0, 1.0), never=never).generations:
+        assert not set(g.ids) & set(never)
+
+
+# --- evaluation and serving give the same tokens ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fp32_server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("runtime_server") / "server.log"
+    process = ServerProcess(tiny_bundle, log, variant="fp32", intra_op_threads=1)
+    yield process
+    process.stop()
+
+
+def test_evaluation_and_serving_sample_the_same_tokens(tiny_bundle: Path, fp32_server: ServerProcess) -> None:
+    """The same command, seed and (bundle default) sampling parameters through the eval path
+    (training.evaluate.run_samples) and through the real server on loopback: the same texts.
+    The tiny bundle's random weights give near-flat logits, so any difference between the two
+    samplers, their seeding or their banned tokens would show."""
+    from training.evaluate import Sample, load_model, run_samples
+
+    model = load_model(None, tiny_bundle, "fp32")
+    n, seed = 3, 11
+    commands = [("t2i_prompt", "holiday sale", 12, "high"), ("title", "cozy reading nook", 5, "low")]
+    samples = [Sample("unseen", *command, request=r) for r, command in enumerate(commands) for _ in range(n)]
+    run_samples(model, samples, n=n, batch_size=n, seed=seed)
+    assert model.generation.temperature > 0  # sampled, not greedy: the seeding is under test
+    for r, (task, intent, length, level) in enumerate(commands):
+        body = {"task": task, "input": intent, "controls": {"length": length, "relevance": level}, "n": n}
+        response = httpx.post(f"{fp32_server.url}/v1/generate", json={**body, "seed": seed + r}, timeout=60)
+        assert response.status_code == 200, response.text
+        served = [normalize_text(o["text"]) for o in response.json()["outputs"]]  # as eval normalises
+        evaluated = [s.text for s in samples[r * n : (r + 1) * n]]
+        assert served == evaluated
+        assert len(set(served)) > 1  # the n samples differ: each has its own generator
+
+
+# --- incremental detokenization -------------------------------------------------------
+
+MULTIBYTE = [
+    "Café crème brûlée à Zürich",
+    "東京の夜景 と 富士山",
+    "party time 🎉🎈 with 👩‍👩‍👧 family",
+    "naïve São Paulo ñandú",
+]
+
+
+@pytest.fixture(scope="module")
+def gpt2() -> Tokenizer:
+    from training.tokenizer import gpt2_tokenizer
+
+    return gpt2_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def compact() -> Tokenizer:
+    """The default student's tokenizer: an ASCII corpus, so every accented letter is bytes."""
+    from training.tokenizer import compact_gpt2_tokenizer
+
+    return compact_gpt2_tokenizer(["holiday sale", "cozy reading nook"])
+
+
+@pytest.mark.parametrize("name", ["gpt2", "compact"])
+def test_incremental_deltas_are_whole_characters_and_add_up(name: str, request: pytest.FixtureRequest) -> None:
+    tokenizer: Tokenizer = request.getfixturevalue(name)
+    split = 0
+    for text in MULTIBYTE:
+        ids = tokenizer.encode(text).ids
+        split += any("\ufffd" in tokenizer.decode([i]) for i in ids)  # a character's bytes over several tokens
+        for chunk in (1, 2, 3):  # several ids per push: a copy token expands into a word's ids
+            detokenizer = IncrementalDetokenizer(tokenizer)
+            deltas = [detokenizer.push(ids[i : i + chunk]) for i in range(0, len(ids), chunk)]
+            assert "".join(deltas) == detokenizer.text == tokenizer.decode(ids) == text
+            assert not any("\ufffd" in d for d in deltas)
+    assert split >= (2 if name == "gpt2" else len(MULTIBYTE))  # the case under test is there
+
+
+def test_detokenizer_holds_an_unfinished_character(gpt2: Tokenizer) -> None:
+    ids = gpt2.encode(" 🎉").ids
+    assert len(ids) > 1
+    detokenizer = IncrementalDetokenizer(gpt2)
+    assert [detokenizer.push([i]) for i in ids[:-1]][-1] == ""
+    assert detokenizer.push(ids[-1:]).endswith("🎉")
+    unfinished = IncrementalDetokenizer(gpt2)
+    assert unfinished.push(ids[:-1]) + unfinished.flush() == gpt2.decode(ids[:-1])  # the end shows what is left
+
+
+TARGET = "Café 東京 🎉 naïve ñandú"
+TASKS = ("t2i_prompt", "title")
+
+
+@pytest.fixture(scope="module")
+def multibyte_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny GPT-2 trained for a few seconds to write TARGET (accents, CJK, an emoji, all split
+    across byte tokens) for one command, exported by export's own code (fp32)."""
+    import torch
+
+    from export.bundle import build_bundle
+    from training.checkpoint import Checkpoint, save_checkpoint
+    from training.model import build_model
+    from training.tokenizer import add_command_tokens, compact_gpt2_tokenizer
+
+    torch.manual_seed(0)
+    spec = CommandSpec(tasks=TASKS, max_words=16, relevance_edges={t: (0.3, 0.5) for t in TASKS})
+    tokenizer = add_command_tokens(compact_gpt2_tokenizer(["holiday sale", TARGET]), spec.special_tokens())
+    eos = tokenizer.token_to_id("<|endoftext|>")
+    model = build_model("tiny", tokenizer.get_vocab_size(), eos, n_layer=1, n_embd=64, n_head=2, n_positions=48)
+    prompt = prompt_ids(tokenizer, spec, "title", 5, "high", "holiday sale")
+    ids = torch.tensor([prompt + encode_text(tokenizer, TARGET) + [eos]])
+    labels = ids.clone()
+    labels[:, : len(prompt)] = -100  # loss on the output and EOS only
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(120):
+        loss = model(input_ids=ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    checkpoint = save_checkpoint(
+        Checkpoint(model.eval(), tokenizer, spec, provenance={"note": "memorised, tests"}),
+        tmp_path_factory.mktemp("multibyte_checkpoint"),
+    )
+    result = build_bundle(checkpoint, tmp_path_factory.mktemp("multibyte") / "bundle", ("fp32",), 0.0)
+    assert result.bundle_dir is not None and not result.failures, result.failures
+    return result.bundle_dir
+
+
+@pytest.mark.slow  # trains and exports a model (seconds on an idle machine)
+def test_streamed_deltas_add_up_to_multibyte_text(multibyte_bundle: Path, tmp_path: Path) -> None:
+    from test_server import parse_sse
+
+    ids = Tokenizer.from_file(str(multibyte_bundle / load_manifest(multibyte_bundle).tokenizer_file))
+    assert any("\ufffd" in ids.decode([i]) for i in encode_text(ids, TARGET))  # characters split across tokens
+    server = ServerProcess(multibyte_bundle, tmp_path / "server.log", variant="fp32")
+    try:
+        body = {"task": "title", "input": "holiday sale", "controls": {"length": 5}, "temperature": 0, "stream": True}
+        with httpx.stream("POST", f"{server.url}/v1/generate", json=body, timeout=60) as response:
+            assert response.status_code == 200
+            events = parse_sse("".join(response.iter_text()))
+    finally:
+        server.stop()
+    deltas = [json.loads(data)["text"] for kind, data in events if kind == "delta"]
+    final = json.loads(events[-1][1])["outputs"][0]["text"]
+    assert final == normalize_text(TARGET)  # the memorised text, so every multi-byte character is there
+    assert "".join(deltas) == final and len(deltas) > 3
+    assert not any("\ufffd" in d for d in deltas)
