@@ -4,7 +4,9 @@ A training example and a serving request are laid out the same way:
 
     <|task:NAME|> <|words:N|> <|relevance:LEVEL|>  intent  <|output|>  output  <|endoftext|>
 
-The command tokens are special tokens added to the GPT-2 tokenizer. Training formats
+The command tokens are special tokens added to the GPT-2 tokenizer. With copy slots (the
+default since command format 2), each intent word is preceded by its `<|copy:i|>` marker and
+the output may write intent words as copy tokens (copy.py). Training formats
 examples with these functions and the server formats requests with them, so the two
 can never drift apart. This module is pure Python on purpose: the server imports it
 without torch, training imports it without FastAPI.
@@ -12,16 +14,21 @@ without torch, training imports it without FastAPI.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
+
+from contract.copy import copy_tokens, encode_intent
+from contract.text import Encoding as Encoding
+from contract.text import TokenizerLike as TokenizerLike
+from contract.text import count_words as count_words
+from contract.text import encode_text as encode_text
+from contract.text import normalize_text as normalize_text
 
 EOS_TOKEN = "<|endoftext|>"
 OUTPUT_TOKEN = "<|output|>"
 RELEVANCE_LEVELS: tuple[str, ...] = ("low", "medium", "high")
-
-_WHITESPACE = re.compile(r"\s+")
+COPY_SLOTS = 16  # intent words a copy token can point at: realistic intents have 2-8
 
 
 def task_token(task: str) -> str:
@@ -34,16 +41,6 @@ def words_token(words: int) -> str:
 
 def relevance_token(level: str) -> str:
     return f"<|relevance:{level}|>"
-
-
-def normalize_text(text: str) -> str:
-    """Collapse whitespace; the one normalisation intents and outputs both get."""
-    return _WHITESPACE.sub(" ", text).strip()
-
-
-def count_words(text: str) -> int:
-    """The length reward: whitespace-separated words, as a reader would count them."""
-    return len(text.split())
 
 
 class CommandError(ValueError):
@@ -60,17 +57,26 @@ class CommandSpec:
     """The command vocabulary a model was trained with, saved beside it.
 
     `relevance_edges[task]` holds the two cut points (tertiles on the training split)
-    between low/medium and medium/high relevance for that task. They are fitted once,
-    by training, and the server only reads them.
+    between low/medium and medium/high relevance for that task. `task_words[task]` is the
+    length range that task was trained on (lengths with enough examples): a command outside
+    it is refused, since the model never learnt it (a 32-word title). Both are fitted once,
+    by training, and the server only reads them. `copy_slots`: how many intent words copy
+    tokens can point at (copy.py); 0 in models from before copy tokens.
     """
 
     tasks: tuple[str, ...]
     min_words: int = 1
     max_words: int = 48
     relevance_edges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    task_words: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    copy_slots: int = 0
 
     def special_tokens(self) -> list[str]:
         """Every token the tokenizer must add, in a fixed order (ids depend on it)."""
+        return self.input_tokens() + copy_tokens(self.copy_slots)
+
+    def input_tokens(self) -> list[str]:
+        """The command's own tokens: they are read, never written (the sampler bans them)."""
         return (
             [OUTPUT_TOKEN]
             + [task_token(t) for t in self.tasks]
@@ -78,12 +84,21 @@ class CommandSpec:
             + [relevance_token(level) for level in RELEVANCE_LEVELS]
         )
 
-    def check(self, task: str, words: int, relevance: str) -> None:
+    def length_range(self, task: str) -> tuple[int, int]:
+        """The lengths in words this task was trained on."""
+        low, high = self.task_words.get(task, (self.min_words, self.max_words))
+        return low, high
+
+    def check(self, task: str, words: int, relevance: str, task_range: bool = True) -> None:
+        """Raise CommandError unless the model can follow this command. `task_range` False
+        accepts any length with a token (training's hindsight labels: a rare length is still
+        a true label; only asking for it is refused)."""
         if task not in self.tasks:
             raise CommandError(f"unknown task {task!r}; this model knows {list(self.tasks)}", "unknown_task")
-        if not self.min_words <= words <= self.max_words:
+        low, high = self.length_range(task) if task_range else (self.min_words, self.max_words)
+        if not low <= words <= high:
             raise CommandError(
-                f"length {words} is outside the trained range {self.min_words}..{self.max_words} words",
+                f"length {words} is outside the trained range {low}..{high} words of task {task!r}",
                 "length_out_of_range",
             )
         if relevance not in RELEVANCE_LEVELS:
@@ -91,8 +106,8 @@ class CommandSpec:
                 f"unknown relevance {relevance!r}; use one of {list(RELEVANCE_LEVELS)}", "unknown_relevance"
             )
 
-    def tokens(self, task: str, words: int, relevance: str) -> list[str]:
-        self.check(task, words, relevance)
+    def tokens(self, task: str, words: int, relevance: str, task_range: bool = True) -> list[str]:
+        self.check(task, words, relevance, task_range)
         return [task_token(task), words_token(words), relevance_token(relevance)]
 
     def relevance_level(self, task: str, score: float) -> str:
@@ -104,66 +119,41 @@ class CommandSpec:
             return "medium"
         return "high"
 
-    def clamp_words(self, words: int) -> int:
-        return max(self.min_words, min(self.max_words, words))
+    def clamp_words(self, words: int, task: str | None = None) -> int:
+        """`words` moved into the command's range (the task's, when one is named)."""
+        low, high = self.length_range(task) if task is not None else (self.min_words, self.max_words)
+        return max(low, min(high, words))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "tasks": list(self.tasks),
             "min_words": self.min_words,
             "max_words": self.max_words,
+            "task_words": {t: list(r) for t, r in self.task_words.items()},
             "relevance_levels": list(RELEVANCE_LEVELS),
             "relevance_edges": {t: list(e) for t, e in self.relevance_edges.items()},
+            "copy_slots": self.copy_slots,
             "special_tokens": self.special_tokens(),
             "layout": "task words relevance intent <|output|> output <|endoftext|>",
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> CommandSpec:
+        """What `to_dict` wrote; a spec saved before per-task ranges and copy tokens reads
+        with the global range and no copy slots."""
         spec = cls(
             tasks=tuple(data["tasks"]),
             min_words=int(data["min_words"]),
             max_words=int(data["max_words"]),
             relevance_edges={t: (float(e[0]), float(e[1])) for t, e in data["relevance_edges"].items()},
+            task_words={t: (int(r[0]), int(r[1])) for t, r in data.get("task_words", {}).items()},
+            copy_slots=int(data.get("copy_slots", 0)),
         )
         if list(data.get("relevance_levels", RELEVANCE_LEVELS)) != list(RELEVANCE_LEVELS):
             raise CommandError(f"relevance levels {data['relevance_levels']} are not {list(RELEVANCE_LEVELS)}")
         if "special_tokens" in data and list(data["special_tokens"]) != spec.special_tokens():
             raise CommandError("the saved special tokens do not match this command format")
         return spec
-
-
-class Encoding(Protocol):
-    @property
-    def ids(self) -> list[int]: ...
-
-
-class TokenizerLike(Protocol):
-    """The slice of `tokenizers.Tokenizer` the prompt needs (duck-typed: no import here)."""
-
-    encode_special_tokens: bool
-
-    # tokenizers.Tokenizer.encode's own parameters, so that the real class satisfies the protocol
-    def encode(
-        self, sequence: Any, pair: Any | None = None, is_pretokenized: bool = False, add_special_tokens: bool = True
-    ) -> Encoding: ...
-
-    def token_to_id(self, token: str) -> int | None: ...
-
-
-def encode_text(tokenizer: TokenizerLike, text: str) -> list[int]:
-    """BPE ids of user or teacher text, never of command tokens.
-
-    With `encode_special_tokens` on, a literal "<|task:x|>" typed by a user is split
-    into ordinary BPE pieces, so text can never smuggle a command into the prompt.
-    The leading space gives the first word its usual GPT-2 " word" token.
-    """
-    previous = tokenizer.encode_special_tokens
-    tokenizer.encode_special_tokens = True
-    try:
-        return list(tokenizer.encode(" " + normalize_text(text), add_special_tokens=False).ids)
-    finally:
-        tokenizer.encode_special_tokens = previous
 
 
 def special_ids(tokenizer: TokenizerLike, tokens: Sequence[str]) -> list[int]:
@@ -177,8 +167,15 @@ def special_ids(tokenizer: TokenizerLike, tokens: Sequence[str]) -> list[int]:
 
 
 def prompt_ids(
-    tokenizer: TokenizerLike, spec: CommandSpec, task: str, words: int, relevance: str, intent: str
+    tokenizer: TokenizerLike,
+    spec: CommandSpec,
+    task: str,
+    words: int,
+    relevance: str,
+    intent: str,
+    task_range: bool = True,
 ) -> list[int]:
-    """Token ids of `command + intent + <|output|>`: what the model continues from."""
-    command = special_ids(tokenizer, spec.tokens(task, words, relevance))
-    return command + encode_text(tokenizer, intent) + special_ids(tokenizer, [OUTPUT_TOKEN])
+    """Token ids of `command + intent + <|output|>`: what the model continues from
+    (`task_range`: see CommandSpec.check)."""
+    command = special_ids(tokenizer, spec.tokens(task, words, relevance, task_range))
+    return command + encode_intent(tokenizer, intent, spec.copy_slots) + special_ids(tokenizer, [OUTPUT_TOKEN])

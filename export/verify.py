@@ -82,10 +82,11 @@ def decode(runner: Runner, prompts: list[list[int]], steps: int, forced: np.ndar
 
 def fixed_prompts(tokenizer: TokenizerLike, spec: CommandSpec) -> list[list[int]]:
     """Real serving prompts: every task, several lengths and relevance levels, a few intents."""
-    lengths = sorted({spec.min_words, spec.clamp_words(8), spec.clamp_words(20), spec.max_words})
     prompts = []
     for i, intent in enumerate(FIXED_INTENTS):
         for j, task in enumerate(spec.tasks):
+            low, high = spec.length_range(task)
+            lengths = sorted({low, spec.clamp_words(8, task), spec.clamp_words(20, task), high})
             words = lengths[(i + j) % len(lengths)]
             relevance = RELEVANCE_LEVELS[(i + 2 * j) % len(RELEVANCE_LEVELS)]
             prompts.append(prompt_ids(tokenizer, spec, task, words, relevance, intent))

@@ -43,12 +43,14 @@ def generate(
     never: Sequence[int] = (),
     forced: np.ndarray | None = None,
     keep_logits: bool = False,
+    row_never: Sequence[Sequence[int]] | None = None,
 ) -> Decoded:
     """Decode up to `max_new_tokens` tokens for each prompt, all prompts in one batch.
 
     Row i samples with `generators[i]` (default: `make_generator(0, i)`); the server gives
     sample i of a request seeded s `make_generator(s, i)`, so the same seed and prompt give the
-    same tokens here and there. `never`: token ids no row may produce. `eos_id` None: no
+    same tokens here and there. `never`: token ids no row may produce; `row_never[i]`: ids
+    row i may not produce (the copy tokens its intent has no word for, contract/copy.py). `eos_id` None: no
     stopping, every row runs all steps (parity checks, timing). `forced` [batch, steps]:
     teacher forcing, the token fed after step t is `forced[:, t]` instead of the sampled one
     (to compare two runners position by position).
@@ -58,7 +60,10 @@ def generate(
     input_ids, mask, positions = left_pad(prompts, pad_id)
     if generators is None:
         generators = [make_generator(0, i) for i in range(batch)]
-    rows = [Row(params, g, generated=[], banned=[]) for g in generators]
+    rows = [
+        Row(params, g, generated=[], banned=[], never=list(row_never[i]) if row_never else [])
+        for i, g in enumerate(generators)
+    ]
     sampler = Sampler(runner, pad_id, never)
     every_row = np.arange(batch)
     past = runner.empty_past(batch)

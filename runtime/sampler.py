@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -56,6 +56,7 @@ class Row:
     generator: np.random.Generator
     generated: list[int]
     banned: list[int]  # token ids this row may not produce now (e.g. EOS below the minimum length)
+    never: list[int] = field(default_factory=list)  # ids this row may never produce (copy tokens with no word)
 
 
 def apply_repetition_penalty(logits: np.ndarray, generated: list[int], penalty: float) -> None:
@@ -119,6 +120,8 @@ def sample(logits: np.ndarray, rows: list[Row], never: np.ndarray | None = None)
         apply_repetition_penalty(x[i], row.generated, row.params.repetition_penalty)
         if row.banned:
             x[i, row.banned] = -np.inf
+        if row.never:
+            x[i, row.never] = -np.inf
     tokens: np.ndarray = x.argmax(axis=1)  # greedy rows (temperature 0) are done
     sampled = np.array([i for i, row in enumerate(rows) if row.params.temperature > 0.0], dtype=np.int64)
     if sampled.size == 0:
@@ -155,7 +158,12 @@ def device_inputs(rows: list[Row], eos_token_id: int) -> dict[str, np.ndarray] |
     needs what only the host sampler does (top-k, repetition penalty, other bans).
     Draws one uniform per sampled row from its own generator, exactly like `sample`."""
     for row in rows:
-        if row.params.top_k > 0 or row.params.repetition_penalty != 1.0 or set(row.banned) - {eos_token_id}:
+        if (
+            row.params.top_k > 0
+            or row.params.repetition_penalty != 1.0
+            or row.never
+            or set(row.banned) - {eos_token_id}
+        ):
             return None
     sampled = [row.params.temperature > 0.0 for row in rows]
     return {
@@ -170,8 +178,9 @@ def device_inputs(rows: list[Row], eos_token_id: int) -> dict[str, np.ndarray] |
 
 
 def command_token_ids(tokenizer: TokenizerLike, spec: CommandSpec) -> list[int]:
-    """Command tokens are inputs only: no output may contain one."""
-    return [i for t in spec.special_tokens() if (i := tokenizer.token_to_id(t)) is not None]
+    """Command tokens are inputs only: no output may contain one. (Copy tokens are outputs:
+    which of them a row may write depends on its intent, `Row.never`.)"""
+    return [i for t in spec.input_tokens() if (i := tokenizer.token_to_id(t)) is not None]
 
 
 @dataclass

@@ -15,6 +15,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 TINY_TASKS = ("t2i_prompt", "search_queries", "title")
+TINY_QUERY_WORDS = (3, 24)  # the tiny model's trained query lengths: the server refuses others
 TINY_CORPUS = [
     "holiday sale",
     "cozy reading nook",
@@ -29,13 +30,19 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A randomly initialised 2-layer GPT-2 checkpoint with the compact tokenizer."""
     import torch
 
-    from contract.command import CommandSpec
+    from contract.command import COPY_SLOTS, CommandSpec
     from training.checkpoint import Checkpoint, save_checkpoint
     from training.model import build_model
     from training.tokenizer import add_command_tokens, compact_gpt2_tokenizer
 
     torch.manual_seed(0)
-    spec = CommandSpec(tasks=TINY_TASKS, max_words=32, relevance_edges={t: (0.3, 0.5) for t in TINY_TASKS})
+    spec = CommandSpec(
+        tasks=TINY_TASKS,
+        max_words=32,
+        relevance_edges={t: (0.3, 0.5) for t in TINY_TASKS},
+        task_words={"search_queries": TINY_QUERY_WORDS},  # the other tasks: the whole 1..32
+        copy_slots=COPY_SLOTS,
+    )
     tokenizer = add_command_tokens(compact_gpt2_tokenizer(TINY_CORPUS), spec.special_tokens())
     eos = tokenizer.token_to_id("<|endoftext|>")
     model = build_model("tiny", tokenizer.get_vocab_size(), eos, n_layer=2, n_embd=64, n_head=2, n_positions=128)

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
+from conftest import TINY_QUERY_WORDS
 from prometheus_client.parser import text_string_to_metric_families
 from server_process import ServerProcess
 from tokenizers import Tokenizer
@@ -126,6 +127,8 @@ def test_concurrent_requests_may_share_a_request_id(server: ServerProcess) -> No
         ({"task": TASK, "input": "x", "surprise": 1}, 422, "invalid_request"),
         ({"task": "poetry", "input": "x"}, 400, "unknown_task"),
         ({"task": TASK, "input": "x", "controls": {"length": 33}}, 400, "length_out_of_range"),
+        ({"task": "search_queries", "input": "x", "controls": {"length": 25}}, 400, "length_out_of_range"),
+        ({"task": "search_queries", "input": "x", "controls": {"length": 2}}, 400, "length_out_of_range"),
         ({"task": TASK, "input": "x", "n": 16, "stop": ["a", "b", "c", "d", "e"]}, 400, "invalid_request"),
         ({"task": TASK, "input": "word " * 150}, 400, "input_too_long"),
     ],
@@ -143,10 +146,13 @@ def test_special_token_strings_in_input_stay_plain_text(client: httpx.Client, ti
     assert response.status_code == 200, response.text
     tokenizer = Tokenizer.from_file(str(tiny_bundle / "tokenizer.json"))
     spec = load_manifest(tiny_bundle).command
-    ids = prompt_ids(tokenizer, spec, TASK, 20, "high", injected)
+    ids = prompt_ids(tokenizer, spec, TASK, response.json()["controls"]["length"], "high", injected)
     assert response.json()["usage"]["prompt_tokens"] == len(ids)
-    command_ids = {tokenizer.token_to_id(t) for t in spec.special_tokens() + ["<|endoftext|>"]}
-    assert [i for i in ids if i in command_ids] == ids[:3] + ids[-1:]  # only our command and <|output|>
+    special = {tokenizer.token_to_id(t): t for t in spec.special_tokens() + ["<|endoftext|>"]}
+    command = [special[i] for i in ids if i in special and not special[i].startswith("<|copy")]
+    assert command == [special[i] for i in ids[:3] + ids[-1:]]  # only our command and <|output|>
+    markers = [special[i] for i in ids if i in special and special[i].startswith("<|copy")]
+    assert markers == [f"<|copy:{i}|>" for i in range(len(injected.split()))]  # one per typed word, none injected
 
 
 def test_sse_stream_framing_and_content(client: httpx.Client) -> None:
@@ -174,6 +180,8 @@ def test_tasks_and_models_describe_the_bundle(client: httpx.Client, tiny_bundle:
     tasks = client.get("/v1/tasks").json()
     assert [t["name"] for t in tasks["tasks"]] == list(manifest.command.tasks)
     assert tasks["length"] == {"min": manifest.command.min_words, "max": manifest.command.max_words}
+    ranges = {t["name"]: (t["length"]["min"], t["length"]["max"]) for t in tasks["tasks"]}
+    assert ranges == {"t2i_prompt": (1, 32), "search_queries": TINY_QUERY_WORDS, "title": (1, 32)}
     assert tasks["relevance"] == ["low", "medium", "high"]
     assert tasks["defaults"] == manifest.defaults.to_dict()
     models = client.get("/v1/models").json()

@@ -25,6 +25,7 @@ import hashlib
 import itertools
 import json
 import random
+import re
 import sys
 import time
 from collections import defaultdict
@@ -37,14 +38,20 @@ import numpy as np
 from tqdm import tqdm
 
 from contract.command import EOS_TOKEN, RELEVANCE_LEVELS, CommandSpec, count_words, normalize_text, prompt_ids
+from contract.copy import copy_table, intent_words
 from contract.manifest import GenerationDefaults
 from runtime.decode import generate
 from runtime.runner import Runner
 from runtime.sampler import SamplingParams, command_token_ids, make_generator
 from training.examples import STOP_WORDS
+from training.intents.realistic import key_words, load_realistic_eval
 from training.rewards import Embedder, distinct_n
 
 SPLITS = {"unseen": "test", "train": "train"}  # report name -> data split
+REALISTIC = "realistic"  # report name of the hand-written realistic set (training/intents/realistic.py)
+# What text decoded from broken byte pieces looks like: the replacement character, or UTF-8
+# read as Latin-1 (mojibake such as "cafÃ©", "â€™").
+_BROKEN_TEXT = re.compile("\ufffd|Ã[\u0080-\u00bf]|â€")
 
 
 @dataclass
@@ -113,12 +120,36 @@ def copies_intent(intent: str, output: str) -> bool:
     return all(any(w.startswith(c) for w in words) for c in content_words(intent))
 
 
+def broken_text(text: str) -> bool:
+    return bool(_BROKEN_TEXT.search(text))
+
+
+def hard_words(intent: str, known: set[str]) -> list[str]:
+    """The intent's words a model cannot write from memory: proper nouns, capitalised,
+    accented or numbered words (realistic.key_words), and words the training data never had."""
+    words = [w for w in intent_words(intent) if w]
+    return list(dict.fromkeys(key_words(intent) + [w for w in words if w.lower() not in known]))
+
+
+def carries_words(words: Sequence[str], output: str) -> bool:
+    """Every word appears intact in the output: as typed, or capitalised (a title)."""
+    written = set(intent_words(output))
+    return all(w in written or (w[:1].upper() + w[1:]) in written for w in words)
+
+
 def grid_lengths(spec: CommandSpec, train: Sequence[dict[str, Any]], task: str) -> list[int]:
     """Short, typical and long for this task: the 15th, 50th and 85th percentile of its
     training outputs' word counts, so every command in the grid is one the data taught."""
     counts = [r["words"] for r in train if r["task"] == task]
-    values = np.percentile(counts, [15, 50, 85]) if counts else [spec.min_words, spec.max_words]
-    return sorted({spec.clamp_words(round(float(v))) for v in values})
+    values = np.percentile(counts, [15, 50, 85]) if counts else list(spec.length_range(task))
+    return sorted({spec.clamp_words(round(float(v)), task) for v in values})
+
+
+def spread(items: Sequence[str], count: int) -> list[str]:
+    """`count` items spread evenly over `items` (all of them when count >= len)."""
+    if count >= len(items):
+        return list(items)
+    return [items[int(i * len(items) / count)] for i in range(max(count, 0))]
 
 
 def pick_intents(records: Sequence[dict[str, Any]], split: str, task: str, count: int, seed: int) -> list[str]:
@@ -128,12 +159,14 @@ def pick_intents(records: Sequence[dict[str, Any]], split: str, task: str, count
 
 
 def run_samples(model: Model, samples: list[Sample], n: int, batch_size: int, seed: int) -> None:
-    """Fill in every sample's text: prompts sorted by length so batches pad little."""
+    """Fill in every sample's text: prompts sorted by length so batches pad little. Copy
+    tokens are banned and expanded per intent exactly as the server does (contract/copy.py)."""
     eos = model.tokenizer.token_to_id(EOS_TOKEN)
-    command_ids = {model.tokenizer.token_to_id(t) for t in model.spec.special_tokens()} | {eos}
+    command_ids = {model.tokenizer.token_to_id(t) for t in model.spec.input_tokens()} | {eos}
     prompts = [
         prompt_ids(model.tokenizer, model.spec, s.task, s.length, s.level, s.intent) for s in samples[::n]
     ]  # one prompt per request, decoded n times
+    copies = [copy_table(model.tokenizer, s.intent, model.spec.copy_slots) for s in samples[::n]]
     order = sorted(range(len(samples)), key=lambda i: len(prompts[i // n]))
     defaults = model.generation
     params = SamplingParams(defaults.temperature, defaults.top_p, defaults.top_k)
@@ -145,10 +178,12 @@ def run_samples(model: Model, samples: list[Sample], n: int, batch_size: int, se
         # Sample j of request r draws from the generator a server request seeded `seed + r`
         # gives its sample j: the same command and seed give the same text in both.
         generators = [make_generator(seed + i // n, i % n) for i in chunk]
-        decoded = generate(model.runner, batch_prompts, budget, eos, params, generators, never)
+        row_never = [copies[i // n].banned for i in chunk]
+        decoded = generate(model.runner, batch_prompts, budget, eos, params, generators, never, row_never=row_never)
         for i, out in zip(chunk, decoded.generations, strict=True):
-            text = normalize_text(model.tokenizer.decode(out.ids, skip_special_tokens=True))
-            bad_token = any(t in command_ids for t in out.ids)
+            ids = copies[i // n].expand(out.ids)
+            text = normalize_text(model.tokenizer.decode(ids, skip_special_tokens=True))
+            bad_token = any(t in command_ids for t in ids) or any(t in copies[i // n].banned for t in out.ids)
             samples[i].text = text
             samples[i].invalid = not text or not out.finished or bad_token or "\ufffd" in text
 
@@ -196,9 +231,15 @@ def teacher_groups(teacher: Sequence[dict[str, Any]], n: int, seed: int) -> list
 
 
 def split_metrics(
-    samples: Sequence[Sample], teacher: Sequence[dict[str, Any]], embedder: Embedder, n: int, seed: int
+    samples: Sequence[Sample],
+    teacher: Sequence[dict[str, Any]],
+    embedder: Embedder,
+    n: int,
+    seed: int,
+    known: set[str],
 ) -> dict[str, Any]:
-    """Every metric for one split, overall and per task."""
+    """Every metric for one split, overall and per task. `known`: the training data's words
+    (lower case), to tell which intent words the model never saw."""
     # Length and relevance count every sample, invalid ones included: a broken output is a missed command.
     valid = [s for s in samples if not s.invalid]
     relevance_by_level = {lvl: mean(s.relevance for s in samples if s.level == lvl) for lvl in RELEVANCE_LEVELS}
@@ -214,10 +255,17 @@ def split_metrics(
         requests[s.request].append(s.text)
     high = [s for s in samples if s.level == "high"]
     teacher_high = [r for r in teacher if r["level"] == "high"]
+    hard = [(s, words) for s in high if (words := hard_words(s.intent, known))]
     return {
         "samples": len(samples),
         "intents": len({s.intent for s in samples}),
         "invalid_share": mean(s.invalid for s in samples),
+        "broken_text_share": mean(broken_text(s.text) for s in samples),
+        # high outputs whose intent has proper nouns, unusual or unseen words: do they come through intact?
+        "hard_words_intact_top": {
+            "share": mean(carries_words(words, s.text) for s, words in hard),
+            "outputs": len(hard),
+        },
         "length": length_metrics(samples),
         "relevance_by_level": relevance_by_level,
         "relevance_by_length_and_level": {str(k): v for k, v in by_length.items()},
@@ -249,8 +297,11 @@ def evaluate(
     batch_size: int = 64,
     seed: int = 0,
     embedder: Embedder | None = None,
+    realistic: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """The full report (a JSON-able dict) for one model on scored records."""
+    """The full report (a JSON-able dict) for one model on scored records, plus, when
+    `realistic` intents are given, a `realistic` split of them (no teacher outputs there:
+    its figures are absolute)."""
     spec = model.spec
     train = [r for r in records if r["split"] == "train"]
     samples: list[Sample] = []
@@ -261,7 +312,7 @@ def evaluate(
         for task in spec.tasks:
             intents = pick_intents(records, split, task, intents_per_task, seed)
             task_lengths = (
-                sorted({spec.clamp_words(x) for x in lengths}) if lengths else grid_lengths(spec, train, task)
+                sorted({spec.clamp_words(x, task) for x in lengths}) if lengths else grid_lengths(spec, train, task)
             )
             plan.setdefault(name, {})[task] = {"intents": intents, "lengths": task_lengths}
             chosen = set(intents)
@@ -275,6 +326,14 @@ def evaluate(
                     for level in RELEVANCE_LEVELS:
                         request = len(samples) // n
                         samples += [Sample(name, task, intent, length, level, request) for _ in range(n)]
+    if realistic:
+        teacher[REALISTIC] = []
+        for task in spec.tasks:
+            task_lengths = grid_lengths(spec, train, task)
+            plan.setdefault(REALISTIC, {})[task] = {"intents": list(realistic), "lengths": task_lengths}
+            for intent, length, level in itertools.product(realistic, task_lengths, RELEVANCE_LEVELS):
+                request = len(samples) // n
+                samples += [Sample(REALISTIC, task, intent, length, level, request) for _ in range(n)]
     if not samples:
         raise ValueError("no intents to evaluate: the data has no test or train records for the model's tasks")
     started = time.perf_counter()
@@ -299,9 +358,10 @@ def evaluate(
         "timing": {"generate_s": round(generate_s, 2), "samples_per_s": round(len(samples) / generate_s, 1)},
         "splits": {},
     }
-    for name in SPLITS:
+    known = {w.lower() for r in train for w in intent_words(r["intent"] + " " + r["output"])}
+    for name in teacher:
         split_samples = [s for s in samples if s.split == name]
-        metrics = split_metrics(split_samples, teacher[name], embedder, n, seed)
+        metrics = split_metrics(split_samples, teacher[name], embedder, n, seed, known)
         metrics["by_task"] = {
             task: split_metrics(
                 [s for s in split_samples if s.task == task],
@@ -309,6 +369,7 @@ def evaluate(
                 embedder,
                 n,
                 seed,
+                known,
             )
             for task in spec.tasks
         }
@@ -339,8 +400,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f"generation {report['settings']['generation']}.",
         "",
         "| split | task | intents | within +/-2 | within 20% | MAE words | rel low | rel med | rel high "
-        "| teacher high | ratio top | monotonic | copy student/teacher | diversity student/teacher | invalid |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| teacher high | ratio top | monotonic | copy student/teacher | hard words intact | diversity student/teacher "
+        "| invalid | broken text |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, split in report["splits"].items():
         for task, m in [("all", split), *split["by_task"].items()]:
@@ -350,8 +412,9 @@ def summary_markdown(report: dict[str, Any]) -> str:
                 f"| {_fmt(length['mae_words'], 2)} | {_fmt(rel['low'])} | {_fmt(rel['medium'])} | {_fmt(rel['high'])} "
                 f"| {_fmt(m['teacher_relevance']['high'])} | {_fmt(m['student_teacher_ratio_top'])} "
                 f"| {_fmt(m['monotonic'])} | {_fmt(copy['student'], 2)}/{_fmt(copy['teacher'], 2)} "
+                f"| {_fmt(m['hard_words_intact_top']['share'], 2)} "
                 f"| {_fmt(div['student']['cosine_distance'], 2)}/{_fmt(div['teacher']['cosine_distance'], 2)} "
-                f"| {_fmt(m['invalid_share'])} |"
+                f"| {_fmt(m['invalid_share'])} | {_fmt(m['broken_text_share'])} |"
             )
     lines += ["", "## Examples", ""]
     for e in report["examples"][:12]:
@@ -416,6 +479,8 @@ def headline(report: dict[str, Any]) -> dict[str, Any]:
             "monotonic": m["monotonic"],
             "student_teacher_ratio_top": m["student_teacher_ratio_top"],
             "invalid_share": m["invalid_share"],
+            "hard_words_intact_top": m["hard_words_intact_top"]["share"],
+            "broken_text_share": m["broken_text_share"],
         }
         for name, m in report["splits"].items()
     }
@@ -455,7 +520,8 @@ def run(args: argparse.Namespace) -> int:
     model.generation = dataclasses.replace(model.generation, **{k: v for k, v in overrides.items() if v is not None})
     with open(data, encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
-    report = evaluate(model, records, args.intents, lengths, args.n, args.batch_size, args.seed)
+    realistic = spread([i.text for i in load_realistic_eval()], args.realistic)
+    report = evaluate(model, records, args.intents, lengths, args.n, args.batch_size, args.seed, realistic=realistic)
     report["data"] = {"file": str(data), "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -477,6 +543,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default="artifacts/data/scored.jsonl", help="scored records (training.score)")
     parser.add_argument("--out", default="artifacts/eval", help="report directory")
     parser.add_argument("--intents", type=int, default=8, help="intents per task and split")
+    parser.add_argument(
+        "--realistic",
+        type=int,
+        default=60,
+        help="intents of the realistic held-out set to evaluate, spread over it (0: none; a large number: all)",
+    )
     parser.add_argument("--lengths", default="", help="comma-separated word counts (default: per-task percentiles)")
     parser.add_argument("--n", type=int, default=4, help="samples per command")
     parser.add_argument("--batch-size", type=int, default=64)

@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from contract.command import EOS_TOKEN, CommandSpec, TokenizerLike, encode_text, prompt_ids, special_ids
+from contract.command import COPY_SLOTS, EOS_TOKEN, CommandSpec, TokenizerLike, prompt_ids, special_ids
+from contract.copy import encode_output
 from training.tokenizer import GPT2_BPE_DIR
 
 IGNORE_INDEX = -100  # label of positions that carry no loss (the command and intent, padding)
+LENGTH_TAIL = 0.005  # share of a task's examples at each end of its lengths left out of its command range
 
 # Words kept as they are when swapping intent words: swapping "for" teaches nothing about copying.
 STOP_WORDS = frozenset(
@@ -64,15 +66,29 @@ class Example:
     n_prompt: int  # how many leading ids are the prompt (no loss on them)
 
 
-def fit_command_spec(train_records: Sequence[dict[str, Any]], max_words: int = 48) -> CommandSpec:
-    """Tasks (in first-seen order) and per-task relevance tertiles from the train split."""
-    by_task: dict[str, list[float]] = {}
+def fit_command_spec(
+    train_records: Sequence[dict[str, Any]], max_words: int = 48, copy_slots: int = COPY_SLOTS
+) -> CommandSpec:
+    """Tasks (in first-seen order), per-task relevance tertiles and per-task trained length
+    ranges from the train split.
+
+    A task's range drops the rarest lengths at either end (LENGTH_TAIL of its examples each):
+    a length seen a handful of times is not one the model can be asked for."""
+    scores: dict[str, list[float]] = {}
+    lengths: dict[str, list[int]] = {}
     for record in train_records:
-        by_task.setdefault(record["task"], []).append(float(record["relevance"]))
-    if not by_task:
+        scores.setdefault(record["task"], []).append(float(record["relevance"]))
+        lengths.setdefault(record["task"], []).append(int(record["words"]))
+    if not scores:
         raise ValueError("no training records to fit the command vocabulary on")
-    edges = {task: tuple(float(q) for q in np.quantile(scores, [1 / 3, 2 / 3])) for task, scores in by_task.items()}
-    return CommandSpec(tasks=tuple(by_task), max_words=max_words, relevance_edges=edges)  # type: ignore[arg-type]  # two tertiles each; mypy sees tuple[float, ...]
+    edges = {task: (float(np.quantile(s, 1 / 3)), float(np.quantile(s, 2 / 3))) for task, s in scores.items()}
+    ranges = {}
+    for task, counts in lengths.items():
+        low, high = np.quantile(counts, [LENGTH_TAIL, 1 - LENGTH_TAIL], method="nearest")
+        ranges[task] = (max(1, int(low)), min(max_words, int(high)))
+    return CommandSpec(
+        tasks=tuple(scores), max_words=max_words, relevance_edges=edges, task_words=ranges, copy_slots=copy_slots
+    )
 
 
 def hindsight_command(spec: CommandSpec, record: dict[str, Any]) -> tuple[str, int, str]:
@@ -83,8 +99,9 @@ def hindsight_command(spec: CommandSpec, record: dict[str, Any]) -> tuple[str, i
 
 def encode_example(tokenizer: TokenizerLike, spec: CommandSpec, record: dict[str, Any]) -> Example:
     task, words, level = hindsight_command(spec, record)
-    prompt = prompt_ids(tokenizer, spec, task, words, level, record["intent"])
-    output = encode_text(tokenizer, record["output"]) + special_ids(tokenizer, [EOS_TOKEN])
+    prompt = prompt_ids(tokenizer, spec, task, words, level, record["intent"], task_range=False)
+    output = encode_output(tokenizer, record["intent"], record["output"], spec.copy_slots)
+    output += special_ids(tokenizer, [EOS_TOKEN])
     return Example(ids=prompt + output, n_prompt=len(prompt))
 
 

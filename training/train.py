@@ -33,7 +33,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 from transformers import GPT2LMHeadModel
 
-from contract.command import EOS_TOKEN, CommandSpec
+from contract.command import COPY_SLOTS, EOS_TOKEN, CommandSpec
 from training.checkpoint import DEFAULT_GENERATION, Checkpoint, save_checkpoint
 from training.examples import collate, encode_example, epoch_examples, fit_command_spec, length_bucketed_batches
 from training.model import PRESETS, build_model, load_pretrained
@@ -58,6 +58,8 @@ class TrainConfig:
     # Share of examples with swapped intent words (examples.py). Off by default: at the CPU
     # budget it cost more than it gave (bench/training.md: unseen ratio 0.42 with 0.3, 0.55 without).
     copy_share: float = 0.0
+    # Intent words the output can point at with copy tokens (contract/copy.py); 0: plain BPE only.
+    copy_slots: int = COPY_SLOTS
     max_words: int = 48
     max_minutes: float = 8.0
     max_steps: int = 0  # 0: no step limit, the wall-clock budget decides
@@ -230,7 +232,7 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
         spec = CommandSpec.from_dict(state["command"])
         tokenizer = Tokenizer.from_str(state["tokenizer"])
     else:
-        spec = fit_command_spec(train_records, config.max_words)
+        spec = fit_command_spec(train_records, config.max_words, config.copy_slots)
         tokenizer = build_tokenizer(config, spec, train_records)
     model = build_student(config, tokenizer).to(device)
     optimizer = make_optimizer(model, config)
@@ -402,6 +404,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--weight-decay", type=float, default=defaults.weight_decay)
     parser.add_argument("--dropout", type=float, default=defaults.dropout)
     parser.add_argument("--copy-share", type=float, default=defaults.copy_share, help="copy-augmented share")
+    parser.add_argument(
+        "--copy-slots", type=int, default=defaults.copy_slots, help="intent words copy tokens can point at (0: off)"
+    )
     parser.add_argument("--max-words", type=int, default=defaults.max_words, help="longest length command")
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--save-every", type=float, default=defaults.save_every, help="seconds between snapshots")

@@ -21,6 +21,7 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from contract.command import CommandError, prompt_ids
+from contract.copy import copy_table
 from runtime.sampler import SamplingParams
 from server.api.errors import ApiError
 from server.api.schemas import Controls, SamplingFields
@@ -124,7 +125,7 @@ class GenerationCall:
         state = self.state
         spec = state.manifest.command
         defaults = state.manifest.defaults
-        length = controls.length if controls.length is not None else spec.clamp_words(defaults.length)
+        length = controls.length if controls.length is not None else spec.clamp_words(defaults.length, task)
         if n > state.settings.max_batch_size:
             raise ApiError(400, "n_too_large", f"n={n} exceeds the batch size {state.settings.max_batch_size}")
         stop = [sampling.stop] if isinstance(sampling.stop, str) else list(sampling.stop or [])
@@ -136,6 +137,7 @@ class GenerationCall:
             ids = prompt_ids(state.tokenizer, spec, task, length, controls.relevance, intent)
         except CommandError as e:
             raise ApiError(400, e.kind, str(e)) from e
+        copies = copy_table(state.tokenizer, intent, spec.copy_slots)
         room = state.manifest.model.n_positions - len(ids)
         if room < 1:
             raise ApiError(400, "input_too_long", f"the input takes {len(ids)} tokens; the model's context is full")
@@ -166,6 +168,8 @@ class GenerationCall:
             seed=sampling.seed,
             stop=tuple(stop),
             length_bounds=bounds,
+            copies=copies.expansions,
+            never=copies.banned,
             stream=stream,
             deadline=self.started + timeout,
             arrival=self.started,

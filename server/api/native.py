@@ -77,15 +77,20 @@ async def native_stream(call: GenerationCall, task: str, controls: Controls) -> 
 
 @router.get("/v1/tasks")
 async def tasks(http_request: Request) -> dict[str, object]:
-    """What the loaded bundle can do: its tasks, the length range and relevance levels."""
+    """What the loaded bundle can do: its tasks, each with the length range it was trained on
+    (a request outside it is a 400 `length_out_of_range`), and the relevance levels."""
     state: ServerState = get_state(http_request)
     spec = state.manifest.command
-    length = {"min": spec.min_words, "max": spec.max_words}
     levels = list(RELEVANCE_LEVELS)
+
+    def length(task: str) -> dict[str, int]:
+        low, high = spec.length_range(task)
+        return {"min": low, "max": high}
+
     return {
         "model": state.model_name,
-        "tasks": [{"name": t, "length": length, "relevance": levels} for t in spec.tasks],
-        "length": length,
+        "tasks": [{"name": t, "length": length(t), "relevance": levels} for t in spec.tasks],
+        "length": {"min": spec.min_words, "max": spec.max_words},  # the union, for older clients
         "relevance": levels,
         "defaults": state.manifest.defaults.to_dict(),  # what a request that names none gets
     }

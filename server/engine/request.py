@@ -73,6 +73,9 @@ class GenerationRequest:
     seed: int | None = None
     stop: tuple[str, ...] = ()
     length_bounds: LengthBounds | None = None
+    # copy tokens (contract/copy.py): what each of this intent's expands to, and those it has no word for
+    copies: dict[int, list[int]] = field(default_factory=dict)
+    never: list[int] = field(default_factory=list)
     stream: bool = False
     deadline: float = float("inf")  # time.monotonic() by which it must be done
     arrival: float = field(default_factory=time.monotonic)

@@ -22,7 +22,9 @@ class Sequence:
         self.index = index
         self.detokenizer = IncrementalDetokenizer(tokenizer)
         self.eos_token_id = eos_token_id
-        self.row = Row(request.params, make_generator(request.seed, index), generated=[], banned=[])
+        self.row = Row(
+            request.params, make_generator(request.seed, index), generated=[], banned=[], never=request.never
+        )
         self.text = ""
         self.streamed = 0  # characters of `text` already sent as deltas
         self.finish_reason: str | None = None
@@ -48,7 +50,8 @@ class Sequence:
             self._finish(STOP)
             return
         # (A token refused below ends the sample, so the detokenizer never needs to take it back.)
-        candidate = (self.text + self.detokenizer.push([token])).lstrip()
+        # A copy token writes an intent word: the detokenizer gets that word's BPE ids.
+        candidate = (self.text + self.detokenizer.push(self.request.copies.get(token, [token]))).lstrip()
         bounds = self.request.length_bounds
         if bounds is not None and count_words(candidate) > bounds.max_words:
             # The token would start one word too many: end here instead (forced EOS).
