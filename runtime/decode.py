@@ -64,7 +64,7 @@ def generate(
         Row(params, g, generated=[], banned=[], never=list(row_never[i]) if row_never else [])
         for i, g in enumerate(generators)
     ]
-    sampler = Sampler(runner, pad_id, never)
+    sampler = Sampler(runner, never)
     every_row = np.arange(batch)
     past = runner.empty_past(batch)
     finished = np.zeros(batch, dtype=bool)

@@ -153,27 +153,25 @@ def make_generator(seed: int | None, sample_index: int) -> np.random.Generator:
 BANNED_LOGIT = -1e9  # added to a banned token's logit on the device (finite: -inf * 0 would be NaN)
 
 
-def device_inputs(rows: list[Row], eos_token_id: int) -> dict[str, np.ndarray] | None:
+def device_inputs(rows: list[Row]) -> dict[str, np.ndarray] | None:
     """The sampler graph's per-row inputs (runtime/sampler_graph.py), or None when a row
-    needs what only the host sampler does (top-k, repetition penalty, other bans).
+    needs what only the host sampler does (top-k, repetition penalty).
     Draws one uniform per sampled row from its own generator, exactly like `sample`."""
     for row in rows:
-        if (
-            row.params.top_k > 0
-            or row.params.repetition_penalty != 1.0
-            or row.never
-            or set(row.banned) - {eos_token_id}
-        ):
+        if row.params.top_k > 0 or row.params.repetition_penalty != 1.0:
             return None
     sampled = [row.params.temperature > 0.0 for row in rows]
+    bans = [row.banned + row.never for row in rows]
+    banned_ids = np.full((len(rows), max([1, *map(len, bans)])), -1, np.int64)  # -1: no ban
+    for i, ids in enumerate(bans):
+        banned_ids[i, : len(ids)] = ids
     return {
         "temperature": np.array([max(row.params.temperature, 0.0) for row in rows], np.float32),
         "top_p": np.array([row.params.top_p for row in rows], np.float32),
         "uniform": np.array(
             [row.generator.random() if s else 0.0 for row, s in zip(rows, sampled, strict=True)], np.float32
         ),
-        "eos_penalty": np.array([BANNED_LOGIT if row.banned else 0.0 for row in rows], np.float32),
-        "eos_id": np.array([eos_token_id], np.int64),
+        "banned_ids": banned_ids,
     }
 
 
@@ -194,9 +192,8 @@ class SampledStep:
 class Sampler:
     """A forward and one token per row: on the device where it can be, else on the host."""
 
-    def __init__(self, runner: Runner, eos_token_id: int, never: Sequence[int] = ()) -> None:
+    def __init__(self, runner: Runner, never: Sequence[int] = ()) -> None:
         self.runner = runner
-        self.eos_token_id = eos_token_id
         self.never = np.asarray(never, np.int64)
         self.device: OnnxRunner | None = None
         if isinstance(runner, OnnxRunner) and runner.sampler is not None:
@@ -221,7 +218,7 @@ class Sampler:
         path, which brings the logits back."""
         inputs = None
         if self.device is not None and not keep_logits:
-            inputs = device_inputs(rows, self.eos_token_id)
+            inputs = device_inputs(rows)
         start = time.perf_counter()
         if self.device is not None and inputs is not None:
             sampling: dict[str, np.ndarray | ort.OrtValue] = {

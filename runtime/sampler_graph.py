@@ -3,13 +3,13 @@ the decoder's logits are bound straight into this graph and only the token ids [
 come back to the host.
 
 It does what the host sampler (sampler.py) does for rows without top-k or repetition penalty:
-temperature (0: greedy), an EOS penalty (the length guarantee's mask), top-p over the
-tokens sorted by probability, and one draw per row. The uniform draws are made on the
+temperature (0: greedy), each row's banned tokens (EOS below the minimum length, copy tokens
+its intent has no word for), top-p over the tokens sorted by probability, and one draw per row. The uniform draws are made on the
 host by each request's own numpy Generator and passed in, so seeding works as on CPU.
 
 Inputs: all_logits [B, V] (the decoder's output, on the device), rows [R] (which logits
-row each sampled row reads), and per sampled row: temperature, top_p, uniform,
-eos_penalty [R]; eos_id [1]; vocab_bias [V] (0, or -1e9 on tokens never to emit).
+row each sampled row reads), and per sampled row: temperature, top_p, uniform [R] and
+banned_ids [R, M] (token ids, -1 for none); vocab_bias [V] (0, or -1e9 on tokens never to emit).
 Output: tokens [R] int64.
 
 The graph is stored below as serialised bytes: building it needs the `onnx` package,
@@ -22,7 +22,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 
-SAMPLER_INPUTS = ("all_logits", "rows", "temperature", "top_p", "uniform", "eos_penalty", "eos_id", "vocab_bias")
+SAMPLER_INPUTS = ("all_logits", "rows", "temperature", "top_p", "uniform", "banned_ids", "vocab_bias")
 SAMPLER_OUTPUT = "tokens"
 OPSET = 17
 
@@ -40,22 +40,29 @@ def build_sampler_graph() -> bytes:
         const("one", [1]),
         const("tiny", [1e-6], TensorProto.FLOAT),
         const("zero_f", [0.0], TensorProto.FLOAT),
-        const("onehot_values", [0.0, 1.0], TensorProto.FLOAT),
+        const("zero_i", [0]),
+        const("banned_logit", [-1e9], TensorProto.FLOAT),
         # the rows to sample from (a request's n samples share a prefill row; free slots are skipped)
         helper.make_node("Gather", ["all_logits", "rows"], ["logits"], axis=0),
         # temperature: divide (0 becomes a tiny positive number; those rows take the argmax below)
         helper.make_node("Max", ["temperature", "tiny"], ["t_safe"]),
         helper.make_node("Unsqueeze", ["t_safe", "axis1"], ["t_col"]),
         helper.make_node("Div", ["logits", "t_col"], ["scaled"]),
-        # EOS penalty: add eos_penalty[b] to column eos_id (0, or -1e9 below the minimum length)
+        # each row's banned ids: -1e9 scattered into a zero row (padding -1 adds 0 at column 0)
         helper.make_node("Shape", ["logits"], ["shape"]),
         helper.make_node("Gather", ["shape", "one"], ["vocab"], axis=0),
-        helper.make_node("OneHot", ["eos_id", "vocab", "onehot_values"], ["eos_onehot"], axis=-1),
-        helper.make_node("Unsqueeze", ["eos_penalty", "axis1"], ["penalty_col"]),
-        helper.make_node("Mul", ["penalty_col", "eos_onehot"], ["bias"]),
-        helper.make_node("Add", ["scaled", "bias"], ["x_eos"]),
+        helper.make_node(
+            "ConstantOfShape", ["shape"], ["zeros"], value=helper.make_tensor("z", TensorProto.FLOAT, [1], [0.0])
+        ),
+        helper.make_node("GreaterOrEqual", ["banned_ids", "zero_i"], ["is_banned"]),
+        helper.make_node("Max", ["banned_ids", "zero_i"], ["banned_index"]),
+        helper.make_node("Where", ["is_banned", "banned_logit", "zero_f"], ["banned_values"]),
+        helper.make_node(
+            "ScatterElements", ["zeros", "banned_index", "banned_values"], ["bias"], axis=1, reduction="add"
+        ),
+        helper.make_node("Add", ["scaled", "bias"], ["x_banned"]),
         # tokens no output may contain (the command tokens): -1e9 in vocab_bias
-        helper.make_node("Add", ["x_eos", "vocab_bias"], ["x"]),
+        helper.make_node("Add", ["x_banned", "vocab_bias"], ["x"]),
         # top-p over the whole vocabulary sorted by probability
         helper.make_node("TopK", ["x", "vocab"], ["sorted", "order"], axis=1, largest=1, sorted=1),
         helper.make_node("Softmax", ["sorted"], ["p"], axis=1),
@@ -88,8 +95,7 @@ def build_sampler_graph() -> bytes:
         helper.make_tensor_value_info("temperature", TensorProto.FLOAT, batch),
         helper.make_tensor_value_info("top_p", TensorProto.FLOAT, batch),
         helper.make_tensor_value_info("uniform", TensorProto.FLOAT, batch),
-        helper.make_tensor_value_info("eos_penalty", TensorProto.FLOAT, batch),
-        helper.make_tensor_value_info("eos_id", TensorProto.INT64, [1]),
+        helper.make_tensor_value_info("banned_ids", TensorProto.INT64, ["batch", "banned"]),
         helper.make_tensor_value_info("vocab_bias", TensorProto.FLOAT, ["vocab"]),
     ]
     outputs = [helper.make_tensor_value_info(SAMPLER_OUTPUT, TensorProto.INT64, batch)]
@@ -105,28 +111,31 @@ def sampler_graph() -> bytes:
 
 
 SAMPLER_ONNX = (
-    "CAgSCXByb21wdGdlbjrsDQotEgVheGlzMSIIQ29uc3RhbnQqGgoFdmFsdWUqDggBEAc6AQFCBWF4aXMxoAEECikSA29uZSIIQ29u"
+    "CAgSCXByb21wdGdlbjqgDwotEgVheGlzMSIIQ29uc3RhbnQqGgoFdmFsdWUqDggBEAc6AQFCBWF4aXMxoAEECikSA29uZSIIQ29u"
     "c3RhbnQqGAoFdmFsdWUqDAgBEAc6AQFCA29uZaABBAouEgR0aW55IghDb25zdGFudCocCgV2YWx1ZSoQCAEQASIEvTeGNUIEdGlu"
-    "eaABBAoyEgZ6ZXJvX2YiCENvbnN0YW50Kh4KBXZhbHVlKhIIARABIgQAAAAAQgZ6ZXJvX2agAQQKRBINb25laG90X3ZhbHVlcyII"
-    "Q29uc3RhbnQqKQoFdmFsdWUqHQgCEAEiCAAAAAAAAIA/Qg1vbmVob3RfdmFsdWVzoAEECi8KCmFsbF9sb2dpdHMKBHJvd3MSBmxv"
-    "Z2l0cyIGR2F0aGVyKgsKBGF4aXMYAKABAgogCgt0ZW1wZXJhdHVyZQoEdGlueRIGdF9zYWZlIgNNYXgKIQoGdF9zYWZlCgVheGlz"
-    "MRIFdF9jb2wiCVVuc3F1ZWV6ZQocCgZsb2dpdHMKBXRfY29sEgZzY2FsZWQiA0RpdgoWCgZsb2dpdHMSBXNoYXBlIgVTaGFwZQoo"
-    "CgVzaGFwZQoDb25lEgV2b2NhYiIGR2F0aGVyKgsKBGF4aXMYAKABAgpICgZlb3NfaWQKBXZvY2FiCg1vbmVob3RfdmFsdWVzEgpl"
-    "b3Nfb25laG90IgZPbmVIb3QqFAoEYXhpcxj///////////8BoAECCiwKC2Vvc19wZW5hbHR5CgVheGlzMRILcGVuYWx0eV9jb2wi"
-    "CVVuc3F1ZWV6ZQokCgtwZW5hbHR5X2NvbAoKZW9zX29uZWhvdBIEYmlhcyIDTXVsChoKBnNjYWxlZAoEYmlhcxIFeF9lb3MiA0Fk"
-    "ZAobCgV4X2VvcwoKdm9jYWJfYmlhcxIBeCIDQWRkCksKAXgKBXZvY2FiEgZzb3J0ZWQSBW9yZGVyIgRUb3BLKgsKBGF4aXMYAaAB"
-    "AioOCgdsYXJnZXN0GAGgAQIqDQoGc29ydGVkGAGgAQIKIQoGc29ydGVkEgFwIgdTb2Z0bWF4KgsKBGF4aXMYAaABAgoTCgFwCgNv"
-    "bmUSAWMiBkN1bVN1bQoTCgFjCgFwEgZiZWZvcmUiA1N1YgokCgV0b3BfcAoFYXhpczESCXRvcF9wX2NvbCIJVW5zcXVlZXplCh8K"
-    "BmJlZm9yZQoJdG9wX3BfY29sEgRrZWVwIgRMZXNzCh4KBGtlZXAKAXAKBnplcm9fZhIEa2VwdCIFV2hlcmUKGwoEa2VwdAoDb25l"
-    "EgZrZXB0X2MiBkN1bVN1bQowCgRrZXB0CgVheGlzMRIFdG90YWwiCVJlZHVjZVN1bSoPCghrZWVwZGltcxgBoAECCiIKB3VuaWZv"
-    "cm0KBWF4aXMxEgV1X2NvbCIJVW5zcXVlZXplChsKBXVfY29sCgV0b3RhbBIGdGFyZ2V0IgNNdWwKJAoGa2VwdF9jCgZ0YXJnZXQS"
-    "BWJlbG93IgtMZXNzT3JFcXVhbAohCgViZWxvdxIHYmVsb3dfaSIEQ2FzdCoJCgJ0bxgHoAECCjMKB2JlbG93X2kKBWF4aXMxEgVj"
-    "b3VudCIJUmVkdWNlU3VtKg8KCGtlZXBkaW1zGAGgAQIKFwoFdm9jYWIKA29uZRIEbGFzdCIDU3ViChkKBWNvdW50CgRsYXN0EgVp"
-    "bmRleCIDTWluCjMKBW9yZGVyCgVpbmRleBIGcGlja2VkIg5HYXRoZXJFbGVtZW50cyoLCgRheGlzGAGgAQIKIQoGcGlja2VkCgVh"
-    "eGlzMRIHc2FtcGxlZCIHU3F1ZWV6ZQoxCgF4EgZncmVlZHkiBkFyZ01heCoLCgRheGlzGAGgAQIqDwoIa2VlcGRpbXMYAKABAgoq"
-    "Cgt0ZW1wZXJhdHVyZQoGemVyb19mEgppc19zYW1wbGVkIgdHcmVhdGVyCiwKCmlzX3NhbXBsZWQKB3NhbXBsZWQKBmdyZWVkeRIG"
-    "dG9rZW5zIgVXaGVyZRIHc2FtcGxlclopCgphbGxfbG9naXRzEhsKGQgBEhUKChIIYWxsX3Jvd3MKBxIFdm9jYWJaFwoEcm93cxIP"
-    "Cg0IBxIJCgcSBWJhdGNoWh4KC3RlbXBlcmF0dXJlEg8KDQgBEgkKBxIFYmF0Y2haGAoFdG9wX3ASDwoNCAESCQoHEgViYXRjaFoa"
-    "Cgd1bmlmb3JtEg8KDQgBEgkKBxIFYmF0Y2haHgoLZW9zX3BlbmFsdHkSDwoNCAESCQoHEgViYXRjaFoUCgZlb3NfaWQSCgoICAcS"
-    "BAoCCAFaHQoKdm9jYWJfYmlhcxIPCg0IARIJCgcSBXZvY2FiYhkKBnRva2VucxIPCg0IBxIJCgcSBWJhdGNoQgQKABAR"
+    "eaABBAoyEgZ6ZXJvX2YiCENvbnN0YW50Kh4KBXZhbHVlKhIIARABIgQAAAAAQgZ6ZXJvX2agAQQKLxIGemVyb19pIghDb25zdGFu"
+    "dCobCgV2YWx1ZSoPCAEQBzoBAEIGemVyb19poAEECj4SDGJhbm5lZF9sb2dpdCIIQ29uc3RhbnQqJAoFdmFsdWUqGAgBEAEiBChr"
+    "bs5CDGJhbm5lZF9sb2dpdKABBAovCgphbGxfbG9naXRzCgRyb3dzEgZsb2dpdHMiBkdhdGhlcioLCgRheGlzGACgAQIKIAoLdGVt"
+    "cGVyYXR1cmUKBHRpbnkSBnRfc2FmZSIDTWF4CiEKBnRfc2FmZQoFYXhpczESBXRfY29sIglVbnNxdWVlemUKHAoGbG9naXRzCgV0"
+    "X2NvbBIGc2NhbGVkIgNEaXYKFgoGbG9naXRzEgVzaGFwZSIFU2hhcGUKKAoFc2hhcGUKA29uZRIFdm9jYWIiBkdhdGhlcioLCgRh"
+    "eGlzGACgAQIKOgoFc2hhcGUSBXplcm9zIg9Db25zdGFudE9mU2hhcGUqGQoFdmFsdWUqDQgBEAEiBAAAAABCAXqgAQQKLwoKYmFu"
+    "bmVkX2lkcwoGemVyb19pEglpc19iYW5uZWQiDkdyZWF0ZXJPckVxdWFsCicKCmJhbm5lZF9pZHMKBnplcm9faRIMYmFubmVkX2lu"
+    "ZGV4IgNNYXgKNwoJaXNfYmFubmVkCgxiYW5uZWRfbG9naXQKBnplcm9fZhINYmFubmVkX3ZhbHVlcyIFV2hlcmUKXQoFemVyb3MK"
+    "DGJhbm5lZF9pbmRleAoNYmFubmVkX3ZhbHVlcxIEYmlhcyIPU2NhdHRlckVsZW1lbnRzKgsKBGF4aXMYAaABAioTCglyZWR1Y3Rp"
+    "b24iA2FkZKABAwodCgZzY2FsZWQKBGJpYXMSCHhfYmFubmVkIgNBZGQKHgoIeF9iYW5uZWQKCnZvY2FiX2JpYXMSAXgiA0FkZApL"
+    "CgF4CgV2b2NhYhIGc29ydGVkEgVvcmRlciIEVG9wSyoLCgRheGlzGAGgAQIqDgoHbGFyZ2VzdBgBoAECKg0KBnNvcnRlZBgBoAEC"
+    "CiEKBnNvcnRlZBIBcCIHU29mdG1heCoLCgRheGlzGAGgAQIKEwoBcAoDb25lEgFjIgZDdW1TdW0KEwoBYwoBcBIGYmVmb3JlIgNT"
+    "dWIKJAoFdG9wX3AKBWF4aXMxEgl0b3BfcF9jb2wiCVVuc3F1ZWV6ZQofCgZiZWZvcmUKCXRvcF9wX2NvbBIEa2VlcCIETGVzcwoe"
+    "CgRrZWVwCgFwCgZ6ZXJvX2YSBGtlcHQiBVdoZXJlChsKBGtlcHQKA29uZRIGa2VwdF9jIgZDdW1TdW0KMAoEa2VwdAoFYXhpczES"
+    "BXRvdGFsIglSZWR1Y2VTdW0qDwoIa2VlcGRpbXMYAaABAgoiCgd1bmlmb3JtCgVheGlzMRIFdV9jb2wiCVVuc3F1ZWV6ZQobCgV1"
+    "X2NvbAoFdG90YWwSBnRhcmdldCIDTXVsCiQKBmtlcHRfYwoGdGFyZ2V0EgViZWxvdyILTGVzc09yRXF1YWwKIQoFYmVsb3cSB2Jl"
+    "bG93X2kiBENhc3QqCQoCdG8YB6ABAgozCgdiZWxvd19pCgVheGlzMRIFY291bnQiCVJlZHVjZVN1bSoPCghrZWVwZGltcxgBoAEC"
+    "ChcKBXZvY2FiCgNvbmUSBGxhc3QiA1N1YgoZCgVjb3VudAoEbGFzdBIFaW5kZXgiA01pbgozCgVvcmRlcgoFaW5kZXgSBnBpY2tl"
+    "ZCIOR2F0aGVyRWxlbWVudHMqCwoEYXhpcxgBoAECCiEKBnBpY2tlZAoFYXhpczESB3NhbXBsZWQiB1NxdWVlemUKMQoBeBIGZ3Jl"
+    "ZWR5IgZBcmdNYXgqCwoEYXhpcxgBoAECKg8KCGtlZXBkaW1zGACgAQIKKgoLdGVtcGVyYXR1cmUKBnplcm9fZhIKaXNfc2FtcGxl"
+    "ZCIHR3JlYXRlcgosCgppc19zYW1wbGVkCgdzYW1wbGVkCgZncmVlZHkSBnRva2VucyIFV2hlcmUSB3NhbXBsZXJaKQoKYWxsX2xv"
+    "Z2l0cxIbChkIARIVCgoSCGFsbF9yb3dzCgcSBXZvY2FiWhcKBHJvd3MSDwoNCAcSCQoHEgViYXRjaFoeCgt0ZW1wZXJhdHVyZRIP"
+    "Cg0IARIJCgcSBWJhdGNoWhgKBXRvcF9wEg8KDQgBEgkKBxIFYmF0Y2haGgoHdW5pZm9ybRIPCg0IARIJCgcSBWJhdGNoWicKCmJh"
+    "bm5lZF9pZHMSGQoXCAcSEwoHEgViYXRjaAoIEgZiYW5uZWRaHQoKdm9jYWJfYmlhcxIPCg0IARIJCgcSBXZvY2FiYhkKBnRva2Vu"
+    "cxIPCg0IBxIJCgcSBWJhdGNoQgQKABAR"
 )

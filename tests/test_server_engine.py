@@ -330,13 +330,13 @@ def test_sampler_graph_top_p_and_seeding(tiny_bundle: Path) -> None:
             "temperature": np.ones(4, np.float32),
             "top_p": np.full(4, top_p, np.float32),
             "uniform": uniform.astype(np.float32),
-            "eos_penalty": np.zeros(4, np.float32),
-            "eos_id": np.array([0], np.int64),
+            "banned_ids": banned_ids,
             "vocab_bias": vocab_bias,
         }
         return runner.sampler.run(None, inputs)[0]  # type: ignore[union-attr]
 
     vocab_bias = np.zeros(300, np.float32)
+    banned_ids = np.full((4, 2), -1, np.int64)
     for _ in range(30):
         uniform = rng.random(4)
         uniform[2] = uniform[1]  # rows 1 and 2 read the same logits row with the same draw
@@ -346,8 +346,16 @@ def test_sampler_graph_top_p_and_seeding(tiny_bundle: Path) -> None:
         assert tokens[1] == tokens[2]
         assert (run(np.concatenate([uniform[:1], rng.random(3)]), 0.7)[0]) == tokens[0]  # batch mates don't matter
     assert run(np.full(4, 0.5), 1e-6).tolist() == logits[rows].argmax(axis=1).tolist()
-    vocab_bias[logits[rows].argmax(axis=1)] = -1e9  # the favourites are banned (command tokens, say)
-    assert not set(run(np.full(4, 0.5), 1e-6).tolist()) & set(logits[rows].argmax(axis=1).tolist())
+    favourites = logits[rows].argmax(axis=1)
+    banned_ids[:, 0] = favourites  # each row's favourite is banned for that row (EOS, a copy token...)
+    banned_ids[0, 1] = favourites[0]  # twice: still one ban
+    greedy = run(np.full(4, 0.5), 1e-6)
+    assert (greedy != favourites).all()
+    second = np.argsort(-logits[rows], axis=1, kind="stable")[:, 1]
+    assert greedy.tolist() == second.tolist()  # the next best, nothing else disturbed
+    banned_ids[:] = -1
+    vocab_bias[favourites] = -1e9  # the favourites are banned for everyone (command tokens, say)
+    assert not set(run(np.full(4, 0.5), 1e-6).tolist()) & set(favourites.tolist())
 
 
 def test_n_samples_share_one_prefill_row(runner: OnnxRunner, tokenizer: Tokenizer) -> None:

@@ -87,7 +87,7 @@ class Scheduler:
         self.active: dict[str, Admitted] = {}
         self.rows: list[Sequence | None] = []  # row i of the cache is rows[i]; None: a free slot
         self.cache: BatchCache = empty_cache(runner)
-        self.sampler = Sampler(runner, runner.eos_token_id, command_token_ids(tokenizer, runner.manifest.command))
+        self.sampler = Sampler(runner, command_token_ids(tokenizer, runner.manifest.command))
         # the per-step series, bound to this model once rather than looked up every step
         self._ttft = metrics.time_to_first_token.labels(metrics.model)
         self._inter_token = metrics.inter_token_latency.labels(metrics.model)
