@@ -4,8 +4,9 @@ come back to the host.
 
 It does what the host sampler (sampler.py) does for rows without top-k or repetition penalty:
 temperature (0: greedy), each row's banned tokens (EOS below the minimum length, copy tokens
-its intent has no word for), top-p over the tokens sorted by probability, and one draw per row. The uniform draws are made on the
-host by each request's own numpy Generator and passed in, so seeding works as on CPU.
+its intent has no word for), top-p over the tokens sorted by probability, and one draw per
+row. The uniform draws are made on the host by each request's own numpy Generator and passed
+in, so seeding works as on CPU.
 
 Inputs: all_logits [B, V] (the decoder's output, on the device), rows [R] (which logits
 row each sampled row reads), and per sampled row: temperature, top_p, uniform [R] and
