@@ -98,42 +98,19 @@ def pattern_output(intent: str) -> str:
 
 @pytest.fixture(scope="module")
 def copying_bundle(tmp_path_factory: pytest.TempPathFactory):
-    """A tiny GPT-2 trained for a few seconds on one pattern that writes the intent's words by
-    copy tokens only, exported by export's own code (fp32)."""
-    import torch
+    """A tiny GPT-2 that learnt one pattern writing the intent's words by copy tokens only."""
+    from memorised_bundle import memorised_bundle
 
-    from contract.command import EOS_TOKEN
-    from export.bundle import build_bundle
-    from training.checkpoint import Checkpoint, save_checkpoint
-    from training.model import build_model
-
-    torch.manual_seed(0)
     spec = CommandSpec(tasks=("title",), max_words=8, relevance_edges={"title": (0.3, 0.5)}, copy_slots=4)
     tokenizer = add_command_tokens(compact_gpt2_tokenizer(["a photo of", *PATTERN_INTENTS]), spec.special_tokens())
-    eos = tokenizer.token_to_id(EOS_TOKEN)
-    model = build_model("tiny", tokenizer.get_vocab_size(), eos, n_layer=2, n_embd=64, n_head=2, n_positions=48)
-    rows, masks = [], []
-    for intent in PATTERN_INTENTS:
-        prompt = prompt_ids(tokenizer, spec, "title", 6, "high", intent)
-        output = encode_output(tokenizer, intent, pattern_output(intent), spec.copy_slots) + [eos]
-        rows.append(prompt + output)
-        masks.append([-100] * len(prompt) + output)
-    width = max(map(len, rows))
-    ids = torch.tensor([r + [eos] * (width - len(r)) for r in rows])
-    labels = torch.tensor([m + [-100] * (width - len(m)) for m in masks])
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(200):
-        loss = model(input_ids=ids, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    checkpoint = save_checkpoint(
-        Checkpoint(model.eval(), tokenizer, spec, provenance={"note": "memorised pattern, tests"}),
-        tmp_path_factory.mktemp("copying_checkpoint"),
-    )
-    result = build_bundle(checkpoint, tmp_path_factory.mktemp("copying") / "bundle", ("fp32",), 0.0)
-    assert result.bundle_dir is not None and not result.failures, result.failures
-    return result.bundle_dir
+    examples = [
+        (
+            prompt_ids(tokenizer, spec, "title", 6, "high", intent),
+            encode_output(tokenizer, intent, pattern_output(intent), spec.copy_slots),
+        )
+        for intent in PATTERN_INTENTS
+    ]
+    return memorised_bundle(tokenizer, spec, examples, tmp_path_factory.mktemp("copying"), steps=200)
 
 
 @pytest.mark.slow  # trains and exports a model (seconds on an idle machine)

@@ -20,6 +20,8 @@ SPLIT_FIELDS = {
     "samples",
     "intents",
     "invalid_share",
+    "broken_text_share",
+    "hard_words_intact_top",
     "length",
     "relevance_by_level",
     "relevance_by_length_and_level",
@@ -53,11 +55,16 @@ def test_eval_command_writes_every_report_field(tiny_checkpoint: Path, scored: P
     out = tmp_path / "eval"
     args = Namespace(
         checkpoint=str(checkpoint), onnx=None, variant="int8", data=str(scored), out=str(out), intents=1,
-        lengths="4,8", n=2, batch_size=64, seed=0, no_record=False, temperature=None, top_p=None,
+        lengths="4,8", n=2, batch_size=64, seed=0, no_record=False, temperature=None, top_p=None, realistic=2,
     )  # fmt: skip
     assert run(args) == 0
     report = json.loads((out / "report.json").read_text())
-    assert set(report["splits"]) == {"unseen", "train"}
+    assert set(report["splits"]) == {"unseen", "train", "realistic"}
+    realistic = report["splits"].pop("realistic")  # the hand-written set: no teacher outputs, its own grid
+    assert realistic["samples"] == 3 * 2 * 3 * 3 * 2  # tasks x intents x grid lengths x levels x n
+    assert set(realistic) >= SPLIT_FIELDS and realistic["teacher_relevance"]["high"] is None
+    assert 0.0 <= realistic["broken_text_share"] <= 1.0
+    assert realistic["hard_words_intact_top"]["outputs"] > 0  # realistic intents have proper nouns
     for name, split in report["splits"].items():
         assert set(split) >= SPLIT_FIELDS, name
         assert set(split["by_task"]) == {"t2i_prompt", "search_queries", "title"}
@@ -76,7 +83,7 @@ def test_eval_command_writes_every_report_field(tiny_checkpoint: Path, scored: P
         assert (out / name).stat().st_size > 0
     assert "| unseen | all |" in (out / "summary.md").read_text()
     udrl = json.loads((checkpoint / "udrl.json").read_text())
-    assert set(udrl["provenance"]["eval"]) >= {"unseen", "train"}
+    assert set(udrl["provenance"]["eval"]) >= {"unseen", "train", "realistic"}
 
 
 def test_pytorch_and_onnx_run_through_the_same_loop(

@@ -186,36 +186,15 @@ TASKS = ("t2i_prompt", "title")
 @pytest.fixture(scope="module")
 def multibyte_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny GPT-2 trained for a few seconds to write TARGET (accents, CJK, an emoji, all split
-    across byte tokens) for one command, exported by export's own code (fp32)."""
-    import torch
+    across byte tokens) for one command."""
+    from memorised_bundle import memorised_bundle
 
-    from export.bundle import build_bundle
-    from training.checkpoint import Checkpoint, save_checkpoint
-    from training.model import build_model
     from training.tokenizer import add_command_tokens, compact_gpt2_tokenizer
 
-    torch.manual_seed(0)
     spec = CommandSpec(tasks=TASKS, max_words=16, relevance_edges={t: (0.3, 0.5) for t in TASKS})
     tokenizer = add_command_tokens(compact_gpt2_tokenizer(["holiday sale", TARGET]), spec.special_tokens())
-    eos = tokenizer.token_to_id("<|endoftext|>")
-    model = build_model("tiny", tokenizer.get_vocab_size(), eos, n_layer=1, n_embd=64, n_head=2, n_positions=48)
     prompt = prompt_ids(tokenizer, spec, "title", 5, "high", "holiday sale")
-    ids = torch.tensor([prompt + encode_text(tokenizer, TARGET) + [eos]])
-    labels = ids.clone()
-    labels[:, : len(prompt)] = -100  # loss on the output and EOS only
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(120):
-        loss = model(input_ids=ids, labels=labels).loss
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    checkpoint = save_checkpoint(
-        Checkpoint(model.eval(), tokenizer, spec, provenance={"note": "memorised, tests"}),
-        tmp_path_factory.mktemp("multibyte_checkpoint"),
-    )
-    result = build_bundle(checkpoint, tmp_path_factory.mktemp("multibyte") / "bundle", ("fp32",), 0.0)
-    assert result.bundle_dir is not None and not result.failures, result.failures
-    return result.bundle_dir
+    return memorised_bundle(tokenizer, spec, [(prompt, encode_text(tokenizer, TARGET))], tmp_path_factory.mktemp("mb"))
 
 
 @pytest.mark.slow  # trains and exports a model (seconds on an idle machine)
