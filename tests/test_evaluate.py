@@ -13,6 +13,7 @@ import pytest
 from toy_records import write_toy_scored
 
 from contract.command import RELEVANCE_LEVELS
+from training.compare import run as compare_run
 from training.evaluate import copies_intent, evaluate, load_model, run
 from training.rewards import Embedder
 
@@ -50,7 +51,9 @@ def test_copies_intent() -> None:
     assert not copies_intent("holiday sale", "winter discounts")
 
 
-def test_eval_command_writes_every_report_field(tiny_checkpoint: Path, scored: Path, tmp_path: Path) -> None:
+def test_eval_command_writes_every_report_field(
+    tiny_checkpoint: Path, scored: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     checkpoint = Path(shutil.copytree(tiny_checkpoint, tmp_path / "checkpoint"))  # eval records into udrl.json
     out = tmp_path / "eval"
     args = Namespace(
@@ -84,6 +87,15 @@ def test_eval_command_writes_every_report_field(tiny_checkpoint: Path, scored: P
     assert "| unseen | all |" in (out / "summary.md").read_text()
     udrl = json.loads((checkpoint / "udrl.json").read_text())
     assert set(udrl["provenance"]["eval"]) >= {"unseen", "train", "realistic"}
+    # the same report twice, side by side: a row per (task, model), a table per split
+    report_path = out / "report.json"
+    capsys.readouterr()
+    compare = Namespace(report=[f"a={report_path}", f"b={report_path}"], split=["realistic"])
+    assert compare_run(compare) == 0
+    table = capsys.readouterr().out
+    assert table.startswith("### realistic") and table.count("| title | a |") == table.count("| title | b |") == 1
+    assert compare_run(Namespace(report=[f"a={report_path}"], split=["nope"])) == 2
+    assert compare_run(Namespace(report=["no-equals-sign"], split=[])) == 2
 
 
 def test_pytorch_and_onnx_run_through_the_same_loop(

@@ -10,8 +10,8 @@ import argparse
 import importlib
 import sys
 
-# Pipeline order: generate -> score -> train -> eval.
-STAGES = ("training.generate", "training.score", "training.train", "training.evaluate")
+# Pipeline order: generate -> score -> train -> eval (-> compare reports).
+STAGES = ("training.generate", "training.score", "training.train", "training.evaluate", "training.compare")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -382,7 +382,7 @@ def evaluate(
     return report
 
 
-def _fmt(value: Any, digits: int = 3) -> str:
+def fmt_value(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -408,13 +408,13 @@ def summary_markdown(report: dict[str, Any]) -> str:
         for task, m in [("all", split), *split["by_task"].items()]:
             rel, length, copy, div = m["relevance_by_level"], m["length"], m["intent_copy_rate_top"], m["diversity"]
             lines.append(
-                f"| {name} | {task} | {m['intents']} | {_fmt(length['within_2'])} | {_fmt(length['within_20pct'])} "
-                f"| {_fmt(length['mae_words'], 2)} | {_fmt(rel['low'])} | {_fmt(rel['medium'])} | {_fmt(rel['high'])} "
-                f"| {_fmt(m['teacher_relevance']['high'])} | {_fmt(m['student_teacher_ratio_top'])} "
-                f"| {_fmt(m['monotonic'])} | {_fmt(copy['student'], 2)}/{_fmt(copy['teacher'], 2)} "
-                f"| {_fmt(m['hard_words_intact_top']['share'], 2)} "
-                f"| {_fmt(div['student']['cosine_distance'], 2)}/{_fmt(div['teacher']['cosine_distance'], 2)} "
-                f"| {_fmt(m['invalid_share'])} | {_fmt(m['broken_text_share'])} |"
+                f"| {name} | {task} | {m['intents']} | {fmt_value(length['within_2'])} | {fmt_value(length['within_20pct'])} "
+                f"| {fmt_value(length['mae_words'], 2)} | {fmt_value(rel['low'])} | {fmt_value(rel['medium'])} | {fmt_value(rel['high'])} "
+                f"| {fmt_value(m['teacher_relevance']['high'])} | {fmt_value(m['student_teacher_ratio_top'])} "
+                f"| {fmt_value(m['monotonic'])} | {fmt_value(copy['student'], 2)}/{fmt_value(copy['teacher'], 2)} "
+                f"| {fmt_value(m['hard_words_intact_top']['share'], 2)} "
+                f"| {fmt_value(div['student']['cosine_distance'], 2)}/{fmt_value(div['teacher']['cosine_distance'], 2)} "
+                f"| {fmt_value(m['invalid_share'])} | {fmt_value(m['broken_text_share'])} |"
             )
     lines += ["", "## Examples", ""]
     for e in report["examples"][:12]:
