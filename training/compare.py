@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from training.evaluate import fmt_value
+from training.evaluate import fmt
 
 COLUMNS = (
     "within +/-2",
@@ -29,14 +29,14 @@ COLUMNS = (
 def row(metrics: dict[str, Any]) -> list[str]:
     rel = metrics["relevance_by_level"]
     return [
-        fmt_value(metrics["length"]["within_2"]),
-        fmt_value(rel["low"]),
-        fmt_value(rel["medium"]),
-        fmt_value(rel["high"]),
-        fmt_value(metrics["monotonic"]),
-        fmt_value(metrics.get("hard_words_intact_top", {}).get("share")),
-        fmt_value(metrics.get("broken_text_share")),
-        fmt_value(metrics["invalid_share"]),
+        fmt(metrics["length"]["within_2"]),
+        fmt(rel["low"]),
+        fmt(rel["medium"]),
+        fmt(rel["high"]),
+        fmt(metrics["monotonic"]),
+        fmt(metrics.get("hard_words_intact_top", {}).get("share")),
+        fmt(metrics.get("broken_text_share")),
+        fmt(metrics["invalid_share"]),
     ]
 
 

@@ -382,7 +382,7 @@ def evaluate(
     return report
 
 
-def fmt_value(value: Any, digits: int = 3) -> str:
+def fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "-"
     if isinstance(value, bool):
@@ -408,13 +408,13 @@ def summary_markdown(report: dict[str, Any]) -> str:
         for task, m in [("all", split), *split["by_task"].items()]:
             rel, length, copy, div = m["relevance_by_level"], m["length"], m["intent_copy_rate_top"], m["diversity"]
             lines.append(
-                f"| {name} | {task} | {m['intents']} | {fmt_value(length['within_2'])} | {fmt_value(length['within_20pct'])} "
-                f"| {fmt_value(length['mae_words'], 2)} | {fmt_value(rel['low'])} | {fmt_value(rel['medium'])} | {fmt_value(rel['high'])} "
-                f"| {fmt_value(m['teacher_relevance']['high'])} | {fmt_value(m['student_teacher_ratio_top'])} "
-                f"| {fmt_value(m['monotonic'])} | {fmt_value(copy['student'], 2)}/{fmt_value(copy['teacher'], 2)} "
-                f"| {fmt_value(m['hard_words_intact_top']['share'], 2)} "
-                f"| {fmt_value(div['student']['cosine_distance'], 2)}/{fmt_value(div['teacher']['cosine_distance'], 2)} "
-                f"| {fmt_value(m['invalid_share'])} | {fmt_value(m['broken_text_share'])} |"
+                f"| {name} | {task} | {m['intents']} | {fmt(length['within_2'])} | {fmt(length['within_20pct'])} "
+                f"| {fmt(length['mae_words'], 2)} | {fmt(rel['low'])} | {fmt(rel['medium'])} | {fmt(rel['high'])} "
+                f"| {fmt(m['teacher_relevance']['high'])} | {fmt(m['student_teacher_ratio_top'])} "
+                f"| {fmt(m['monotonic'])} | {fmt(copy['student'], 2)}/{fmt(copy['teacher'], 2)} "
+                f"| {fmt(m['hard_words_intact_top']['share'], 2)} "
+                f"| {fmt(div['student']['cosine_distance'], 2)}/{fmt(div['teacher']['cosine_distance'], 2)} "
+                f"| {fmt(m['invalid_share'])} | {fmt(m['broken_text_share'])} |"
             )
     lines += ["", "## Examples", ""]
     for e in report["examples"][:12]:
