@@ -10,6 +10,7 @@ from tokenizers import Tokenizer
 from toy_records import toy_records
 
 from contract.command import EOS_TOKEN, OUTPUT_TOKEN, CommandSpec, prompt_ids
+from contract.copy import copy_table
 from training.examples import (
     IGNORE_INDEX,
     collate,
@@ -18,6 +19,7 @@ from training.examples import (
     fit_command_spec,
     hindsight_command,
     length_bucketed_batches,
+    position_offsets,
     swap_intent_words,
     word_pool,
 )
@@ -70,21 +72,34 @@ def test_example_is_the_serving_prompt_then_output_and_eos(
     assert example.ids[: example.n_prompt] == prompt_ids(tokenizer, spec, task, words, level, record["intent"])
     assert example.ids[example.n_prompt - 1] == tokenizer.token_to_id(OUTPUT_TOKEN)
     assert example.ids[-1] == tokenizer.token_to_id(EOS_TOKEN)
-    output_text = tokenizer.decode(example.ids[example.n_prompt : -1])
+    table = copy_table(tokenizer, record["intent"], spec.copy_slots)
+    output_text = tokenizer.decode(table.expand(example.ids[example.n_prompt : -1]))
     assert output_text.strip() == record["output"]
 
 
 def test_collate_puts_loss_on_output_and_eos_only(tokenizer: Tokenizer, spec: CommandSpec, records: list[dict]) -> None:
     examples = [encode_example(tokenizer, spec, r) for r in records[:3]]
     pad = tokenizer.token_to_id(EOS_TOKEN)
-    ids, mask, labels = collate(examples, pad)
+    ids, mask, labels, positions = collate(examples, pad, offsets=[0, 5, 9])
     for row, example in enumerate(examples):
         n = len(example.ids)
+        assert positions[row, 0] == [0, 5, 9][row] and (np.diff(positions[row]) == 1).all()
         assert ids[row, :n].tolist() == example.ids
         assert mask[row].sum() == n
         assert (labels[row, : example.n_prompt] == IGNORE_INDEX).all()
         assert labels[row, example.n_prompt : n].tolist() == example.ids[example.n_prompt :]
         assert (labels[row, n:] == IGNORE_INDEX).all()
+
+
+def test_position_offsets_stay_within_the_jitter_and_the_context(
+    tokenizer: Tokenizer, spec: CommandSpec, records: list[dict]
+) -> None:
+    examples = [encode_example(tokenizer, spec, r) for r in records[:50]]
+    longest = max(len(e.ids) for e in examples)
+    offsets = position_offsets(examples, 16, longest + 4, random.Random(0))
+    assert all(0 <= o <= min(16, longest + 4 - len(e.ids)) for o, e in zip(offsets, examples, strict=True))
+    assert len(set(offsets)) > 3  # spread, not constant
+    assert position_offsets(examples, 0, longest, random.Random(0)) == [0] * len(examples)
 
 
 def test_swap_intent_words_keeps_length_and_moves_every_mention() -> None:

@@ -520,7 +520,11 @@ def run(args: argparse.Namespace) -> int:
     model.generation = dataclasses.replace(model.generation, **{k: v for k, v in overrides.items() if v is not None})
     with open(data, encoding="utf-8") as f:
         records = [json.loads(line) for line in f if line.strip()]
-    realistic = spread([i.text for i in load_realistic_eval()], args.realistic)
+    try:
+        realistic = spread([i.text for i in load_realistic_eval(args.realistic_file)], args.realistic)
+    except (OSError, ValueError) as e:
+        print(f"error: cannot read the realistic intents: {e}", file=sys.stderr)
+        return 2
     report = evaluate(model, records, args.intents, lengths, args.n, args.batch_size, args.seed, realistic=realistic)
     report["data"] = {"file": str(data), "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
     out = Path(args.out)
@@ -548,6 +552,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=60,
         help="intents of the realistic held-out set to evaluate, spread over it (0: none; a large number: all)",
+    )
+    parser.add_argument(
+        "--realistic-file", type=Path, default=None, help="intent<TAB>domain file (default: the shipped held-out set)"
     )
     parser.add_argument("--lengths", default="", help="comma-separated word counts (default: per-task percentiles)")
     parser.add_argument("--n", type=int, default=4, help="samples per command")

@@ -35,7 +35,14 @@ from transformers import GPT2LMHeadModel
 
 from contract.command import COPY_SLOTS, EOS_TOKEN, CommandSpec
 from training.checkpoint import DEFAULT_GENERATION, Checkpoint, save_checkpoint
-from training.examples import collate, encode_example, epoch_examples, fit_command_spec, length_bucketed_batches
+from training.examples import (
+    collate,
+    encode_example,
+    epoch_examples,
+    fit_command_spec,
+    length_bucketed_batches,
+    position_offsets,
+)
 from training.model import PRESETS, build_model, load_pretrained
 from training.tokenizer import add_command_tokens, compact_gpt2_tokenizer, gpt2_tokenizer
 
@@ -60,6 +67,8 @@ class TrainConfig:
     copy_share: float = 0.0
     # Intent words the output can point at with copy tokens (contract/copy.py); 0: plain BPE only.
     copy_slots: int = COPY_SLOTS
+    # Up to this many positions of random shift where each example starts (examples.position_offsets).
+    position_jitter: int = 32
     max_words: int = 48
     max_minutes: float = 8.0
     max_steps: int = 0  # 0: no step limit, the wall-clock budget decides
@@ -200,7 +209,7 @@ def mean_loss(
     examples = [e for e in (encode_example(tokenizer, spec, r) for r in records[:1024]) if len(e.ids) <= max_len]
     total, count = 0.0, 0
     for start in range(0, len(examples), 64):
-        ids, mask, labels = (torch.from_numpy(a).to(device) for a in collate(examples[start : start + 64], pad))
+        ids, mask, labels, _ = (torch.from_numpy(a).to(device) for a in collate(examples[start : start + 64], pad))
         n = int((labels[:, 1:] != -100).sum())
         total += float(model(input_ids=ids, attention_mask=mask, labels=labels).loss) * n
         count += n
@@ -294,11 +303,14 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
             lr = learning_rate(config, step, progress)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            ids, mask, labels = (
-                torch.from_numpy(a).to(device) for a in collate([examples[i] for i in batches[batch_in_epoch]], pad)
+            batch = [examples[i] for i in batches[batch_in_epoch]]
+            # seeded by the step, so a resumed run draws the same offsets
+            offsets = position_offsets(
+                batch, config.position_jitter, max_len, random.Random(config.seed * 1_000_003 + step)
             )
+            ids, mask, labels, positions = (torch.from_numpy(a).to(device) for a in collate(batch, pad, offsets))
             with autocast:
-                loss = ddp_model(input_ids=ids, attention_mask=mask, labels=labels).loss
+                loss = ddp_model(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels).loss
             optimizer_step(loss, model, optimizer, scaler, config.grad_clip)
             step += 1
             batch_in_epoch += 1
@@ -406,6 +418,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--copy-share", type=float, default=defaults.copy_share, help="copy-augmented share")
     parser.add_argument(
         "--copy-slots", type=int, default=defaults.copy_slots, help="intent words copy tokens can point at (0: off)"
+    )
+    parser.add_argument(
+        "--position-jitter",
+        type=int,
+        default=defaults.position_jitter,
+        help="random shift of each example's first position (0: off)",
     )
     parser.add_argument("--max-words", type=int, default=defaults.max_words, help="longest length command")
     parser.add_argument("--seed", type=int, default=defaults.seed)
