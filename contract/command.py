@@ -29,6 +29,7 @@ EOS_TOKEN = "<|endoftext|>"
 OUTPUT_TOKEN = "<|output|>"
 RELEVANCE_LEVELS: tuple[str, ...] = ("low", "medium", "high")
 COPY_SLOTS = 16  # intent words a copy token can point at: realistic intents have 2-8
+OUTPUT_POSITION = 32  # where new models' outputs start: past the prompt of nearly every intent of 8 words
 
 
 def task_token(task: str) -> str:
@@ -61,7 +62,9 @@ class CommandSpec:
     length range that task was trained on (lengths with enough examples): a command outside
     it is refused, since the model never learnt it (a 32-word title). Both are fitted once,
     by training, and the server only reads them. `copy_slots`: how many intent words copy
-    tokens can point at (copy.py); 0 in models from before copy tokens.
+    tokens can point at (copy.py); 0 in models from before copy tokens. `output_position`:
+    the position the output starts at, whatever the prompt's length (`position_offset`); 0:
+    positions start at 0 (models from before).
     """
 
     tasks: tuple[str, ...]
@@ -70,6 +73,7 @@ class CommandSpec:
     relevance_edges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     task_words: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     copy_slots: int = 0
+    output_position: int = 0
 
     def special_tokens(self) -> list[str]:
         """Every token the tokenizer must add, in a fixed order (ids depend on it)."""
@@ -133,6 +137,7 @@ class CommandSpec:
             "relevance_levels": list(RELEVANCE_LEVELS),
             "relevance_edges": {t: list(e) for t, e in self.relevance_edges.items()},
             "copy_slots": self.copy_slots,
+            "output_position": self.output_position,
             "special_tokens": self.special_tokens(),
             "layout": "task words relevance intent <|output|> output <|endoftext|>",
         }
@@ -148,6 +153,7 @@ class CommandSpec:
             relevance_edges={t: (float(e[0]), float(e[1])) for t, e in data["relevance_edges"].items()},
             task_words={t: (int(r[0]), int(r[1])) for t, r in data.get("task_words", {}).items()},
             copy_slots=int(data.get("copy_slots", 0)),
+            output_position=int(data.get("output_position", 0)),
         )
         if list(data.get("relevance_levels", RELEVANCE_LEVELS)) != list(RELEVANCE_LEVELS):
             raise CommandError(f"relevance levels {data['relevance_levels']} are not {list(RELEVANCE_LEVELS)}")
@@ -179,3 +185,14 @@ def prompt_ids(
     (`task_range`: see CommandSpec.check)."""
     command = special_ids(tokenizer, spec.tokens(task, words, relevance, task_range))
     return command + encode_intent(tokenizer, intent, spec.copy_slots) + special_ids(tokenizer, [OUTPUT_TOKEN])
+
+
+def position_offset(spec: CommandSpec, prompt_length: int) -> int:
+    """The position a prompt's first token takes, so that its output starts at
+    `spec.output_position` (a longer prompt starts at 0, and its output later).
+
+    Why: a small model counts the words it has written partly by absolute position; with
+    positions from 0, its outputs came out short whenever the prompt was longer than usual,
+    as unseen words split into byte pieces make it (docs/architecture.md, "Aligned output").
+    Training (training/examples.py) and every decode loop (runtime) shift positions by this."""
+    return max(0, spec.output_position - prompt_length)

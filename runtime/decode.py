@@ -44,20 +44,23 @@ def generate(
     forced: np.ndarray | None = None,
     keep_logits: bool = False,
     row_never: Sequence[Sequence[int]] | None = None,
+    offsets: Sequence[int] | None = None,
 ) -> Decoded:
     """Decode up to `max_new_tokens` tokens for each prompt, all prompts in one batch.
 
     Row i samples with `generators[i]` (default: `make_generator(0, i)`); the server gives
     sample i of a request seeded s `make_generator(s, i)`, so the same seed and prompt give the
     same tokens here and there. `never`: token ids no row may produce; `row_never[i]`: ids
-    row i may not produce (the copy tokens its intent has no word for, contract/copy.py). `eos_id` None: no
+    row i may not produce (the copy tokens its intent has no word for, contract/copy.py).
+    `offsets[i]`: row i's first position (contract.command.position_offset; default 0). `eos_id` None: no
     stopping, every row runs all steps (parity checks, timing). `forced` [batch, steps]:
     teacher forcing, the token fed after step t is `forced[:, t]` instead of the sampled one
     (to compare two runners position by position).
     """
     batch = len(prompts)
     pad_id = eos_id if eos_id is not None else 0
-    input_ids, mask, positions = left_pad(prompts, pad_id)
+    input_ids, mask, positions = left_pad(prompts, pad_id, offsets)
+    shift = np.asarray(offsets if offsets is not None else [0] * batch, np.int64)[:, None]
     if generators is None:
         generators = [make_generator(0, i) for i in range(batch)]
     rows = [
@@ -86,7 +89,7 @@ def generate(
             break
         # Finished rows keep decoding EOS (cheaper than reshaping the batch); their tokens are ignored.
         tokens = np.where(finished, pad_id, tokens)
-        positions = mask.sum(axis=1, keepdims=True)
+        positions = mask.sum(axis=1, keepdims=True) + shift
         input_ids = tokens[:, None].astype(np.int64)
         mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
     generations = [Generation(row.generated, bool(done)) for row, done in zip(rows, finished, strict=True)]

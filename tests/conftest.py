@@ -42,6 +42,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         relevance_edges={t: (0.3, 0.5) for t in TINY_TASKS},
         task_words={"search_queries": TINY_QUERY_WORDS},  # the other tasks: the whole 1..32
         copy_slots=COPY_SLOTS,
+        output_position=24,  # every prompt's positions shifted so outputs start at 24, as trained models do
     )
     tokenizer = add_command_tokens(compact_gpt2_tokenizer(TINY_CORPUS), spec.special_tokens())
     eos = tokenizer.token_to_id("<|endoftext|>")

@@ -19,7 +19,6 @@ from training.examples import (
     fit_command_spec,
     hindsight_command,
     length_bucketed_batches,
-    position_offsets,
     swap_intent_words,
     word_pool,
 )
@@ -80,26 +79,17 @@ def test_example_is_the_serving_prompt_then_output_and_eos(
 def test_collate_puts_loss_on_output_and_eos_only(tokenizer: Tokenizer, spec: CommandSpec, records: list[dict]) -> None:
     examples = [encode_example(tokenizer, spec, r) for r in records[:3]]
     pad = tokenizer.token_to_id(EOS_TOKEN)
-    ids, mask, labels, positions = collate(examples, pad, offsets=[0, 5, 9])
+    ids, mask, labels, positions = collate(examples, pad)
     for row, example in enumerate(examples):
         n = len(example.ids)
-        assert positions[row, 0] == [0, 5, 9][row] and (np.diff(positions[row]) == 1).all()
+        # positions as serving gives them: the output's first token at the spec's output position
+        assert positions[row, example.n_prompt] == max(spec.output_position, example.n_prompt)
+        assert (np.diff(positions[row]) == 1).all()
         assert ids[row, :n].tolist() == example.ids
         assert mask[row].sum() == n
         assert (labels[row, : example.n_prompt] == IGNORE_INDEX).all()
         assert labels[row, example.n_prompt : n].tolist() == example.ids[example.n_prompt :]
         assert (labels[row, n:] == IGNORE_INDEX).all()
-
-
-def test_position_offsets_stay_within_the_jitter_and_the_context(
-    tokenizer: Tokenizer, spec: CommandSpec, records: list[dict]
-) -> None:
-    examples = [encode_example(tokenizer, spec, r) for r in records[:50]]
-    longest = max(len(e.ids) for e in examples)
-    offsets = position_offsets(examples, 16, longest + 4, random.Random(0))
-    assert all(0 <= o <= min(16, longest + 4 - len(e.ids)) for o, e in zip(offsets, examples, strict=True))
-    assert len(set(offsets)) > 3  # spread, not constant
-    assert position_offsets(examples, 0, longest, random.Random(0)) == [0] * len(examples)
 
 
 def test_swap_intent_words_keeps_length_and_moves_every_mention() -> None:

@@ -37,7 +37,15 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from contract.command import EOS_TOKEN, RELEVANCE_LEVELS, CommandSpec, count_words, normalize_text, prompt_ids
+from contract.command import (
+    EOS_TOKEN,
+    RELEVANCE_LEVELS,
+    CommandSpec,
+    count_words,
+    normalize_text,
+    position_offset,
+    prompt_ids,
+)
 from contract.copy import copy_table, intent_words
 from contract.manifest import GenerationDefaults
 from runtime.decode import generate
@@ -174,12 +182,18 @@ def run_samples(model: Model, samples: list[Sample], n: int, batch_size: int, se
     for start in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch"):
         chunk = order[start : start + batch_size]
         batch_prompts = [prompts[i // n] for i in chunk]
-        budget = min(defaults.max_new_tokens, model.n_positions - max(map(len, batch_prompts)))
+        budget = min(
+            defaults.max_new_tokens,
+            model.n_positions - max(position_offset(model.spec, len(p)) + len(p) for p in batch_prompts),
+        )
         # Sample j of request r draws from the generator a server request seeded `seed + r`
         # gives its sample j: the same command and seed give the same text in both.
         generators = [make_generator(seed + i // n, i % n) for i in chunk]
         row_never = [copies[i // n].banned for i in chunk]
-        decoded = generate(model.runner, batch_prompts, budget, eos, params, generators, never, row_never=row_never)
+        offsets = [position_offset(model.spec, len(p)) for p in batch_prompts]
+        decoded = generate(
+            model.runner, batch_prompts, budget, eos, params, generators, never, row_never=row_never, offsets=offsets
+        )
         for i, out in zip(chunk, decoded.generations, strict=True):
             ids = copies[i // n].expand(out.ids)
             text = normalize_text(model.tokenizer.decode(ids, skip_special_tokens=True))

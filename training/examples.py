@@ -27,7 +27,16 @@ from typing import Any
 
 import numpy as np
 
-from contract.command import COPY_SLOTS, EOS_TOKEN, CommandSpec, TokenizerLike, prompt_ids, special_ids
+from contract.command import (
+    COPY_SLOTS,
+    EOS_TOKEN,
+    OUTPUT_POSITION,
+    CommandSpec,
+    TokenizerLike,
+    position_offset,
+    prompt_ids,
+    special_ids,
+)
 from contract.copy import encode_output
 from training.tokenizer import GPT2_BPE_DIR
 
@@ -64,10 +73,19 @@ _WORD = re.compile(r"[A-Za-z]+")
 class Example:
     ids: list[int]  # command + intent + <|output|> + output + <|endoftext|>
     n_prompt: int  # how many leading ids are the prompt (no loss on them)
+    offset: int = 0  # the first token's position (contract.command.position_offset)
+
+    @property
+    def span(self) -> int:
+        """Positions it takes up: it fits the model's context if this is at most n_positions."""
+        return self.offset + len(self.ids)
 
 
 def fit_command_spec(
-    train_records: Sequence[dict[str, Any]], max_words: int = 48, copy_slots: int = COPY_SLOTS
+    train_records: Sequence[dict[str, Any]],
+    max_words: int = 48,
+    copy_slots: int = COPY_SLOTS,
+    output_position: int = OUTPUT_POSITION,
 ) -> CommandSpec:
     """Tasks (in first-seen order), per-task relevance tertiles and per-task trained length
     ranges from the train split.
@@ -87,7 +105,12 @@ def fit_command_spec(
         low, high = np.quantile(counts, [LENGTH_TAIL, 1 - LENGTH_TAIL], method="nearest")
         ranges[task] = (max(1, int(low)), min(max_words, int(high)))
     return CommandSpec(
-        tasks=tuple(scores), max_words=max_words, relevance_edges=edges, task_words=ranges, copy_slots=copy_slots
+        tasks=tuple(scores),
+        max_words=max_words,
+        relevance_edges=edges,
+        task_words=ranges,
+        copy_slots=copy_slots,
+        output_position=output_position,
     )
 
 
@@ -102,7 +125,7 @@ def encode_example(tokenizer: TokenizerLike, spec: CommandSpec, record: dict[str
     prompt = prompt_ids(tokenizer, spec, task, words, level, record["intent"], task_range=False)
     output = encode_output(tokenizer, record["intent"], record["output"], spec.copy_slots)
     output += special_ids(tokenizer, [EOS_TOKEN])
-    return Example(ids=prompt + output, n_prompt=len(prompt))
+    return Example(ids=prompt + output, n_prompt=len(prompt), offset=position_offset(spec, len(prompt)))
 
 
 @lru_cache(maxsize=1)
@@ -163,7 +186,7 @@ def epoch_examples(
         if copy_share > 0 and rng.random() < copy_share:
             record = swap_intent_words(record, rng)
         example = encode_example(tokenizer, spec, record)
-        if len(example.ids) <= max_len:
+        if example.span <= max_len:
             examples.append(example)
     return examples
 
@@ -186,12 +209,10 @@ def length_bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, 
     return batches
 
 
-def collate(
-    examples: Iterable[Example], pad_id: int, offsets: Sequence[int] | None = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def collate(examples: Iterable[Example], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Right-padded (input_ids, attention_mask, labels, position_ids); labels are IGNORE_INDEX
-    on the prompt and on padding, so the loss is on the output and its EOS only. Row i's
-    positions start at `offsets[i]` (0 by default; see `position_offsets`)."""
+    on the prompt and on padding, so the loss is on the output and its EOS only. Each row's
+    positions start at its example's offset, as serving's will (contract.command.position_offset)."""
     examples = list(examples)
     width = max(len(e.ids) for e in examples)
     input_ids = np.full((len(examples), width), pad_id, dtype=np.int64)
@@ -203,18 +224,5 @@ def collate(
         input_ids[row, :n] = example.ids
         attention_mask[row, :n] = 1
         labels[row, example.n_prompt : n] = example.ids[example.n_prompt :]
-        if offsets is not None:
-            position_ids[row] += offsets[row]
+        position_ids[row] += example.offset
     return input_ids, attention_mask, labels, position_ids
-
-
-def position_offsets(examples: Sequence[Example], jitter: int, max_len: int, rng: random.Random) -> list[int]:
-    """A random first position per example, up to `jitter` (and within the context).
-
-    Why: with positions always starting at 0, a small model learns to count the words it has
-    written by its absolute position, which only works for prompts as long as the training
-    ones; an unseen intent split into many byte pieces makes a longer prompt, and every output
-    then stops short (measured: length error -4.7 words for 14+ token prompts, +0.3 for short
-    ones; bench/realistic.md). Shifting where each example starts makes absolute position
-    useless as a clock, so the model counts from the command instead."""
-    return [rng.randint(0, max(0, min(jitter, max_len - len(e.ids)))) for e in examples]

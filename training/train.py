@@ -33,7 +33,7 @@ from tokenizers import Tokenizer
 from tqdm import tqdm
 from transformers import GPT2LMHeadModel
 
-from contract.command import COPY_SLOTS, EOS_TOKEN, CommandSpec
+from contract.command import COPY_SLOTS, EOS_TOKEN, OUTPUT_POSITION, CommandSpec
 from training.checkpoint import DEFAULT_GENERATION, Checkpoint, save_checkpoint
 from training.examples import (
     collate,
@@ -41,7 +41,6 @@ from training.examples import (
     epoch_examples,
     fit_command_spec,
     length_bucketed_batches,
-    position_offsets,
 )
 from training.model import PRESETS, build_model, load_pretrained
 from training.tokenizer import add_command_tokens, compact_gpt2_tokenizer, gpt2_tokenizer
@@ -67,8 +66,8 @@ class TrainConfig:
     copy_share: float = 0.0
     # Intent words the output can point at with copy tokens (contract/copy.py); 0: plain BPE only.
     copy_slots: int = COPY_SLOTS
-    # Up to this many positions of random shift where each example starts (examples.position_offsets).
-    position_jitter: int = 32
+    # Where outputs start, whatever the prompt's length (contract.command.position_offset); 0: from the prompt's end.
+    output_position: int = OUTPUT_POSITION
     max_words: int = 48
     max_minutes: float = 8.0
     max_steps: int = 0  # 0: no step limit, the wall-clock budget decides
@@ -206,12 +205,14 @@ def mean_loss(
     model.eval()
     pad = tokenizer.token_to_id(EOS_TOKEN)
     max_len = model.config.n_positions
-    examples = [e for e in (encode_example(tokenizer, spec, r) for r in records[:1024]) if len(e.ids) <= max_len]
+    examples = [e for e in (encode_example(tokenizer, spec, r) for r in records[:1024]) if e.span <= max_len]
     total, count = 0.0, 0
     for start in range(0, len(examples), 64):
-        ids, mask, labels, _ = (torch.from_numpy(a).to(device) for a in collate(examples[start : start + 64], pad))
+        ids, mask, labels, positions = (
+            torch.from_numpy(a).to(device) for a in collate(examples[start : start + 64], pad)
+        )
         n = int((labels[:, 1:] != -100).sum())
-        total += float(model(input_ids=ids, attention_mask=mask, labels=labels).loss) * n
+        total += float(model(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels).loss) * n
         count += n
     model.train()
     return total / max(1, count)
@@ -241,7 +242,7 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
         spec = CommandSpec.from_dict(state["command"])
         tokenizer = Tokenizer.from_str(state["tokenizer"])
     else:
-        spec = fit_command_spec(train_records, config.max_words, config.copy_slots)
+        spec = fit_command_spec(train_records, config.max_words, config.copy_slots, config.output_position)
         tokenizer = build_tokenizer(config, spec, train_records)
     model = build_student(config, tokenizer).to(device)
     optimizer = make_optimizer(model, config)
@@ -305,10 +306,7 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
                 group["lr"] = lr
             batch = [examples[i] for i in batches[batch_in_epoch]]
             # seeded by the step, so a resumed run draws the same offsets
-            offsets = position_offsets(
-                batch, config.position_jitter, max_len, random.Random(config.seed * 1_000_003 + step)
-            )
-            ids, mask, labels, positions = (torch.from_numpy(a).to(device) for a in collate(batch, pad, offsets))
+            ids, mask, labels, positions = (torch.from_numpy(a).to(device) for a in collate(batch, pad))
             with autocast:
                 loss = ddp_model(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels).loss
             optimizer_step(loss, model, optimizer, scaler, config.grad_clip)
@@ -420,10 +418,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--copy-slots", type=int, default=defaults.copy_slots, help="intent words copy tokens can point at (0: off)"
     )
     parser.add_argument(
-        "--position-jitter",
+        "--output-position",
         type=int,
-        default=defaults.position_jitter,
-        help="random shift of each example's first position (0: off)",
+        default=defaults.output_position,
+        help="the position outputs start at, whatever the prompt's length (0: right after the prompt)",
     )
     parser.add_argument("--max-words", type=int, default=defaults.max_words, help="longest length command")
     parser.add_argument("--seed", type=int, default=defaults.seed)

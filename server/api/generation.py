@@ -20,7 +20,7 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from contract.command import CommandError, prompt_ids
+from contract.command import CommandError, position_offset, prompt_ids
 from contract.copy import copy_table
 from runtime.sampler import SamplingParams
 from server.api.errors import ApiError
@@ -138,7 +138,8 @@ class GenerationCall:
         except CommandError as e:
             raise ApiError(400, e.kind, str(e)) from e
         copies = copy_table(state.tokenizer, intent, spec.copy_slots)
-        room = state.manifest.model.n_positions - len(ids)
+        offset = position_offset(spec, len(ids))
+        room = state.manifest.model.n_positions - offset - len(ids)
         if room < 1:
             raise ApiError(400, "input_too_long", f"the input takes {len(ids)} tokens; the model's context is full")
         asked_tokens = max_new_tokens if max_new_tokens is not None else defaults.max_new_tokens
@@ -170,6 +171,7 @@ class GenerationCall:
             length_bounds=bounds,
             copies=copies.expansions,
             never=copies.banned,
+            position_offset=offset,
             stream=stream,
             deadline=self.started + timeout,
             arrival=self.started,

@@ -76,6 +76,7 @@ class GenerationRequest:
     # copy tokens (contract/copy.py): what each of this intent's expands to, and those it has no word for
     copies: dict[int, list[int]] = field(default_factory=dict)
     never: list[int] = field(default_factory=list)
+    position_offset: int = 0  # the prompt's first position (contract.command.position_offset)
     stream: bool = False
     deadline: float = float("inf")  # time.monotonic() by which it must be done
     arrival: float = field(default_factory=time.monotonic)

@@ -179,7 +179,8 @@ class Scheduler:
     def _prefill(self, joining: list[Admitted]) -> tuple[BatchCache, np.ndarray, list[Sequence]]:
         """One forward over the new prompts, left-padded to a common length."""
         prompts = [a.request.prompt_ids for a in joining]
-        input_ids, mask, positions = left_pad(prompts, self.runner.eos_token_id)
+        offsets = [a.request.position_offset for a in joining]
+        input_ids, mask, positions = left_pad(prompts, self.runner.eos_token_id, offsets)
         empty = self.runner.empty_past(len(prompts))
 
         # Sample i of request r reads prefill row r: n samples, one prefill.
@@ -229,8 +230,9 @@ class Scheduler:
     def _decode(self) -> None:
         eos = self.runner.eos_token_id
         input_ids = np.array([[s.generated[-1] if s is not None else eos] for s in self.rows], np.int64)
-        positions = self.cache.positions()
         live = np.array([s is not None for s in self.rows])
+        offsets = np.array([[s.request.position_offset if s is not None else 0] for s in self.rows], np.int64)
+        positions = self.cache.positions() + offsets
         positions[~live] = 0  # a free slot's dummy token must stay a valid position
         mask = np.concatenate([self.cache.mask, np.ones((len(self.rows), 1), np.int64)], axis=1)
         rows = [s for s in self.rows if s is not None]
