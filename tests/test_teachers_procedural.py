@@ -15,7 +15,7 @@ from training.intents import Intent, load_intents
 from training.tasks import load_tasks
 from training.teachers.base import Completion, Request
 from training.teachers.parsing import reject_reason
-from training.teachers.procedural import ProceduralTeacher, intent_words
+from training.teachers.procedural import ProceduralTeacher, intent_words, title_case
 
 SAMPLE_INTENTS = [
     Intent("holiday sale", "seasons_holidays", "train"),
@@ -69,7 +69,7 @@ def test_styles_copy_the_intent_loosely_relate_or_avoid_it() -> None:
     positions: set[str] = set()
     for request, style, output, _ in pairs(sample(12)):
         text, intent = output.lower(), request.intent.lower()
-        words = set(intent_words(intent))
+        words = {w.lower() for w in intent_words(request.intent)}
         if style == "high":
             assert intent in text  # verbatim: the behaviour the student must learn
             positions.add("first" if text.startswith(intent) else "later")
@@ -78,6 +78,30 @@ def test_styles_copy_the_intent_loosely_relate_or_avoid_it() -> None:
         else:
             assert not words & set(text.replace(",", " ").replace(";", " ").split())
     assert positions == {"first", "later"}  # the intent's placement varies
+
+
+def test_the_intent_is_copied_as_typed_and_title_cased_in_titles() -> None:
+    typed = [
+        Intent("rainy evening in Tokyo", "destinations", "test"),
+        Intent("café grand opening", "coffee_tea", "test"),
+        Intent("iPhone 16 Launch Party", "tech", "test"),
+        Intent("Día de los Muertos altar", "world_festivals", "test"),
+    ]
+    seen = {"title": 0, "other": 0}
+    for request, style, output, _ in pairs(sample(6, typed)):
+        intent = request.intent
+        if style != "high":
+            continue
+        if request.task.name == "title":
+            titled = title_case(intent)
+            assert titled in output, (titled, output)  # "Rainy Evening in Tokyo", "iPhone", "Café"
+            assert "IPhone" not in output
+            seen["title"] += 1
+        else:
+            assert intent in output, (intent, output)  # as typed, even in lower-case prompts
+            seen["other"] += 1
+    assert seen["title"] and seen["other"]
+    assert title_case("café in São Paulo") == "Café in São Paulo"
 
 
 def test_styles_spread_along_minilm_relevance() -> None:

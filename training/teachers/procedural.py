@@ -10,8 +10,13 @@ Each output is a list of pieces joined by the task's joiner (", " for prompts an
   domain's words: loosely related.
 - low: another domain's details, filtered so no intent word appears: off-topic.
 
-Recipes (which pieces, which joiner, which case) live in the task files; words live
-in `procedural_vocab.toml`. The same request seed gives the same outputs.
+The intent is copied the way an LLM copies it: as the user typed it ("Tokyo", "café" stay so
+even in a lower-case prompt, where only the teacher's own words are lower-cased), and
+title-cased in titles (first letters up, the rest as typed: "iPhone" survives).
+
+Recipes (which pieces, which joiner, which case) live in the task files; words live in the
+`[teacher]` table of each domain file (`training/domains/`) and in `general.toml`. The same
+request seed gives the same outputs.
 """
 
 from __future__ import annotations
@@ -21,17 +26,15 @@ import hashlib
 import json
 import random
 import re
-import tomllib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
 
 from contract.command import count_words
+from training.intents.corpus import DOMAINS_DIR, DomainError, load_domains, load_general, title_word
 from training.tasks import ProceduralRecipe, TaskSpec
 from training.teachers.base import Completion, Request, Target, Teacher, TeacherError
 
-VOCAB_FILE = Path(__file__).with_name("procedural_vocab.toml")
-VERSION = 1  # bump when the composition code changes what it writes: it is part of the prompt hash
+VERSION = 2  # bump when the composition code changes what it writes: it is part of the prompt hash
 GENERIC_DOMAIN = "general"
 STOPWORDS = frozenset(
     "a an and the of for to in on at with by from my your our is are day's s".split()  # noqa: SIM905
@@ -39,18 +42,22 @@ STOPWORDS = frozenset(
 SMALL_TITLE_WORDS = frozenset("a an and the of for to in on at with by or".split())  # noqa: SIM905
 FILL_ATTEMPTS = 40  # draws per output before settling for a length near the target
 _PLACEHOLDER = re.compile(r"\{(\w+)\}")
+INTENT_SLOTS = frozenset({"intent", "part", "intent_word"})  # written as the user typed them
 _LEADING_CONNECTOR = re.compile(r"^(?:&|and|for|of|with)\s+", re.IGNORECASE)
 
 
 def intent_words(intent: str) -> list[str]:
-    """The intent's content words, in order: what medium outputs keep part of and low outputs avoid."""
-    words = [w.strip(".,;:!?\"'()") for w in intent.lower().split()]
-    return [w for w in words if w and w not in STOPWORDS]
+    """The intent's content words as typed, in order: what medium outputs keep part of and low
+    outputs avoid (compared case-insensitively)."""
+    words = [w.strip(".,;:!?\"'()") for w in intent.split()]
+    return [w for w in words if w and w.lower() not in STOPWORDS]
 
 
 def title_case(text: str) -> str:
+    """First letters up, the rest as written; small words lower; a word with a capital inside
+    ("iPhone", "eBay") is left as it is."""
     words = text.split()
-    return " ".join(w if i and w.lower() in SMALL_TITLE_WORDS else (w[:1].upper() + w[1:]) for i, w in enumerate(words))
+    return " ".join(w if i and w.lower() in SMALL_TITLE_WORDS else title_word(w) for i, w in enumerate(words))
 
 
 def _repeats_a_word(piece: str, others: list[str]) -> bool:
@@ -62,16 +69,16 @@ def _repeats_a_word(piece: str, others: list[str]) -> bool:
 class ProceduralTeacher(Teacher):
     kind = "procedural"
 
-    def __init__(self, vocab_file: Path = VOCAB_FILE) -> None:
+    def __init__(self, domains_dir: Path = DOMAINS_DIR) -> None:
         try:
-            raw = Path(vocab_file).read_bytes()
-            self.vocab: dict[str, Any] = tomllib.loads(raw.decode("utf-8"))
-        except (OSError, tomllib.TOMLDecodeError) as error:
-            raise TeacherError(f"cannot read the procedural vocabulary {vocab_file}: {error}") from None
+            domains = load_domains(domains_dir)
+            self.generic: dict[str, list[str]] = load_general(domains_dir)["generic"]
+            raw = b"".join(path.read_bytes() for path in sorted(Path(domains_dir).glob("*.toml")))
+        except (OSError, KeyError, DomainError) as error:
+            raise TeacherError(f"cannot read the procedural vocabulary in {domains_dir}: {error}") from None
         self.model = f"procedural-v{VERSION}"
         self._vocab_hash = hashlib.sha256(raw).hexdigest()
-        self.domains: dict[str, dict[str, list[str]]] = self.vocab["domains"]
-        self.generic: dict[str, list[str]] = self.vocab["generic"]
+        self.domains: dict[str, dict[str, list[str]]] = {name: d.teacher for name, d in domains.items() if d.teacher}
 
     def prompt_hash(self, task: TaskSpec) -> str:
         recipe = json.dumps(task.source.get("procedural"), sort_keys=True)
@@ -99,8 +106,17 @@ class ProceduralTeacher(Teacher):
             pool = own
         part = self._part(words, own, rng)
 
+        lower = recipe.case == "lower"
+
         def render(template: str) -> str:
-            return _PLACEHOLDER.sub(lambda m: self._slot(m.group(1), intent, part, words, pool, rng), template)
+            """The template filled in; in a lower-case recipe only the teacher's own words are
+            lower-cased, the intent's stay as the user typed them."""
+
+            def slot(match: re.Match[str]) -> str:
+                value = self._slot(match.group(1), intent, part, words, pool, rng)
+                return value.lower() if lower and match.group(1) not in INTENT_SLOTS else value
+
+            return _PLACEHOLDER.sub(slot, template.lower() if lower else template)
 
         anchors: list[str] = []
         if target.style == "high":
@@ -113,7 +129,7 @@ class ProceduralTeacher(Teacher):
         elif target.style == "medium" and part:
             anchors.append(render(rng.choice(recipe.medium)))
 
-        forbidden = set(words) if target.style == "low" else set()
+        forbidden = {w.lower() for w in words} if target.style == "low" else set()
         pieces: list[str] = []
         total = sum(count_words(a) for a in anchors)
         for attempt in range(FILL_ATTEMPTS):
@@ -140,8 +156,6 @@ class ProceduralTeacher(Teacher):
         if pieces:
             pieces[0] = _LEADING_CONNECTOR.sub("", pieces[0])
         text = recipe.joiner.join(pieces)
-        if recipe.case == "lower":
-            return text.lower()
         if recipe.case == "title":
             return title_case(text)
         return text
