@@ -269,7 +269,8 @@ def split_metrics(
         requests[s.request].append(s.text)
     high = [s for s in samples if s.level == "high"]
     teacher_high = [r for r in teacher if r["level"] == "high"]
-    hard = [(s, words) for s in high if (words := hard_words(s.intent, known))]
+    # only where the command leaves room for the whole intent, as the teacher's high outputs copy it
+    hard = [(s, words) for s in high if s.length >= count_words(s.intent) and (words := hard_words(s.intent, known))]
     return {
         "samples": len(samples),
         "intents": len({s.intent for s in samples}),
