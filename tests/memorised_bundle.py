@@ -3,8 +3,10 @@ code: for tests that need a model that writes known text (multi-byte characters,
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from contract.command import EOS_TOKEN, CommandSpec
 
@@ -40,3 +42,21 @@ def memorised_bundle(
     result = build_bundle(checkpoint, out / "bundle", ("fp32",), 0.0)
     assert result.bundle_dir is not None and not result.failures, result.failures
     return result.bundle_dir
+
+
+def serve_and_stream(bundle: Path, log: Path, body: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+    """Start the real server on the bundle (fp32), POST one streaming request, stop it:
+    (the text deltas, the first output of the final event)."""
+    import httpx
+    from server_process import ServerProcess
+    from test_server import parse_sse
+
+    server = ServerProcess(bundle, log, variant="fp32")
+    try:
+        with httpx.stream("POST", f"{server.url}/v1/generate", json={**body, "stream": True}, timeout=60) as response:
+            assert response.status_code == 200, response.read()
+            events = parse_sse("".join(response.iter_text()))
+    finally:
+        server.stop()
+    deltas = [json.loads(data)["text"] for kind, data in events if kind == "delta"]
+    return deltas, json.loads(events[-1][1])["outputs"][0]

@@ -116,22 +116,10 @@ def copying_bundle(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.slow  # trains and exports a model (seconds on an idle machine)
 @pytest.mark.parametrize("intent", ["Tromsø café", "Día Muertos", "京都 temples"])
 def test_served_copies_carry_unseen_words_intact(copying_bundle, tmp_path, intent: str) -> None:
-    import json
+    from memorised_bundle import serve_and_stream
 
-    import httpx
-    from server_process import ServerProcess
-    from test_server import parse_sse
-
-    server = ServerProcess(copying_bundle, tmp_path / "server.log", variant="fp32")
-    try:
-        body = {"task": "title", "input": intent, "controls": {"length": 6}, "temperature": 0, "stream": True}
-        with httpx.stream("POST", f"{server.url}/v1/generate", json=body, timeout=60) as response:
-            assert response.status_code == 200
-            events = parse_sse("".join(response.iter_text()))
-    finally:
-        server.stop()
-    deltas = [json.loads(data)["text"] for kind, data in events if kind == "delta"]
-    output = json.loads(events[-1][1])["outputs"][0]
+    body = {"task": "title", "input": intent, "controls": {"length": 6}, "temperature": 0}
+    deltas, output = serve_and_stream(copying_bundle, tmp_path / "server.log", body)
     # words none of the training data had, in their own casing and script, through copy tokens
     assert output["text"] == pattern_output(intent)
     assert output["words"] == 6

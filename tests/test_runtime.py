@@ -4,7 +4,6 @@ incremental detokenization (also through the real server's SSE stream)."""
 from __future__ import annotations
 
 import ast
-import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -199,20 +198,13 @@ def multibyte_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.mark.slow  # trains and exports a model (seconds on an idle machine)
 def test_streamed_deltas_add_up_to_multibyte_text(multibyte_bundle: Path, tmp_path: Path) -> None:
-    from test_server import parse_sse
+    from memorised_bundle import serve_and_stream
 
     ids = Tokenizer.from_file(str(multibyte_bundle / load_manifest(multibyte_bundle).tokenizer_file))
     assert any("\ufffd" in ids.decode([i]) for i in encode_text(ids, TARGET))  # characters split across tokens
-    server = ServerProcess(multibyte_bundle, tmp_path / "server.log", variant="fp32")
-    try:
-        body = {"task": "title", "input": "holiday sale", "controls": {"length": 5}, "temperature": 0, "stream": True}
-        with httpx.stream("POST", f"{server.url}/v1/generate", json=body, timeout=60) as response:
-            assert response.status_code == 200
-            events = parse_sse("".join(response.iter_text()))
-    finally:
-        server.stop()
-    deltas = [json.loads(data)["text"] for kind, data in events if kind == "delta"]
-    final = json.loads(events[-1][1])["outputs"][0]["text"]
+    body = {"task": "title", "input": "holiday sale", "controls": {"length": 5}, "temperature": 0}
+    deltas, output = serve_and_stream(multibyte_bundle, tmp_path / "server.log", body)
+    final = output["text"]
     assert final == normalize_text(TARGET)  # the memorised text, so every multi-byte character is there
     assert "".join(deltas) == final and len(deltas) > 3
     assert not any("\ufffd" in d for d in deltas)
