@@ -1,9 +1,10 @@
 """The realistic evaluation set: intents as users of creative and search tools type them.
 
-`realistic_eval.tsv` (intent<TAB>domain) is written by hand, not drawn from the training word
-lists: real casing, proper nouns (cities, countries, festivals and holidays of many cultures,
-landmarks, events, brand-like names), numbers, hyphens, apostrophes and accented letters, two to
-eight words, in 34 domains. The project's own test split comes from the same data files as
+`realistic_eval.tsv` (intent<TAB>domain) is written by hand, by two people independently (one
+of them never saw the training data files), not drawn from the training word lists: real casing,
+proper nouns (cities, countries, festivals and holidays of many cultures, landmarks, events,
+brand-like names), numbers, hyphens, apostrophes and accented letters, two to eight words; about
+700 intents. The project's own test split comes from the same data files as
 training, so it cannot show how the model does on what users send; this set can. It is held
 out: the training corpus drops any intent with the same leak key (training/intents/corpus.py).
 `python -m training eval` reports on it as the `realistic` split.
