@@ -230,6 +230,9 @@ def test_image_start_command_serves_and_drains_on_its_stop_signal(tiny_bundle: P
                 pass
             time.sleep(0.1)
         assert generate(url).status_code == 200
+        # the HEALTHCHECK's command, in the same environment: exit 0 while ready
+        healthcheck = json.loads(contract["healthcheck"].split(" CMD ", 1)[1])
+        assert subprocess.run(healthcheck, env=env, timeout=10).returncode == 0
 
         # Requests in flight when the stop signal arrives finish; later ones get 503.
         statuses: list[int] = []
