@@ -165,6 +165,16 @@ def test_stop_grace_periods_cover_the_drain() -> None:
 # ---- schemas -------------------------------------------------------------------------
 
 
+def test_in_cluster_scrape_config_sets_the_labels_the_adapter_maps() -> None:
+    config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus-kubernetes.yml").read_text())
+    (job,) = config["scrape_configs"]
+    assert job["job_name"] == "promptgen"  # what the alert rules select on
+    assert config["rule_files"] == ["rules.yml"]
+    targets = {r.get("target_label") for r in job["relabel_configs"]}
+    adapter = yaml.safe_load(yaml.safe_load((K8S / "prometheus-adapter.yaml").read_text())["data"]["config.yaml"])
+    assert set(adapter["rules"][0]["resources"]["overrides"]) <= targets
+
+
 def test_compose_file_matches_the_compose_spec() -> None:
     run(tool("check-jsonschema"), "--builtin-schema", "vendor.compose-spec", str(DEPLOY / "compose.yaml"))
 
