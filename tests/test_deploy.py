@@ -144,6 +144,13 @@ def test_stop_grace_periods_cover_the_drain() -> None:
     assert compose["stop_signal"] == contract["stopsignal"] == "SIGTERM"
     assert budget["compose"] > budget["drain"]
     assert compose["volumes"][0].split(":")[-2] == contract["env"]["PROMPTGEN_BUNDLE"]
+    services = yaml.safe_load((DEPLOY / "compose.yaml").read_text())["services"]
+    stages = dockerfile_stages()
+    for name in ("promptgen", "promptgen-cpu"):  # the gpu and cpu profiles
+        service = services[name]
+        assert service["build"]["target"] in stages
+        assert service["stop_grace_period"] == compose["stop_grace_period"]
+        assert "promptgen" in service["networks"]["default"]["aliases"]  # the scrape target's name
     for name in ("deployment-gpu.yaml", "deployment-cpu.yaml"):
         spec = yaml.safe_load((K8S / name).read_text())["spec"]["template"]["spec"]
         (container,) = spec["containers"]
