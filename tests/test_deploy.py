@@ -321,7 +321,12 @@ def scraped(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         stderr=subprocess.STDOUT,
     )
     try:
-        load_until = time.monotonic() + 6
+        # load only once Prometheus scrapes the server, so the rates see every request
+        deadline = time.monotonic() + 30
+        while not has_data(url, 'up{job="promptgen"} == 1'):
+            assert process.poll() is None and time.monotonic() < deadline, (work / "prometheus.log").read_text()
+            time.sleep(0.2)
+        load_until = time.monotonic() + 5
 
         def load() -> None:
             with httpx.Client(base_url=server.url, timeout=30) as client:
@@ -334,11 +339,10 @@ def scraped(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
             w.start()
         for w in workers:
             w.join(60)
-        # the last scrapes and rule evaluations after the load
+        # the last scrapes and rule evaluations after the load: every recorded series present
+        recorded = [rule["record"] for rule in rules() if "record" in rule]
         deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if query(url, "promptgen:error_ratio:rate5m", allow_empty=True):
-                break
+        while time.monotonic() < deadline and not all(has_data(url, name) for name in recorded):
             time.sleep(0.5)
         yield url
     finally:
@@ -357,6 +361,14 @@ def query(url: str, expr: str, allow_empty: bool = False) -> list[dict[str, Any]
         values = [float(r["value"][1]) for r in result]
         assert any(not math.isnan(v) for v in values), f"only NaN: {expr} -> {result}"
     return result
+
+
+def has_data(url: str, expr: str) -> bool:
+    try:
+        result = query(url, expr, allow_empty=True)
+    except (httpx.TransportError, AssertionError):
+        return False
+    return any(not math.isnan(float(r["value"][1])) for r in result)
 
 
 def rules() -> list[dict[str, Any]]:
