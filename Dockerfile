@@ -3,22 +3,28 @@
 # training code: the serving stages COPY only contract/, runtime/, server/).
 # Three targets (docs/architecture.md, "serving"):
 #
-#   docker build -t promptgen .                        # gpu (default): CUDA 12 + cuDNN 9, onnxruntime-gpu
+#   docker build -t promptgen .                        # gpu (default): CUDA 13 + cuDNN 9, onnxruntime-gpu
 #   docker build -t promptgen:cpu --target cpu .       # hosts without a GPU: ubuntu + onnxruntime (CPU)
 #   docker build -t promptgen:train --target train .   # training on a GPU host (torchrun, see README)
 #   docker run --gpus all -p 8000:8000 -v "$PWD/artifacts/bundle:/bundle:ro" promptgen
 #   docker build --build-arg BUNDLE=artifacts/bundle -t promptgen:baked .   # bundle baked in
 #
-# CUDA: onnxruntime-gpu >= 1.19 on PyPI is built for CUDA 12.x and cuDNN 9.x, so the base
-# is NVIDIA's CUDA 12 + cuDNN 9 *runtime* image (not devel). A CUDA 11 or cuDNN 8 base
-# would fail to load the CUDA execution provider and silently fall back to CPU.
+# CUDA: the gpu stage pins onnxruntime-gpu (ORT_GPU_VERSION) and uses the CUDA + cuDNN
+# *runtime* base of the same CUDA major. onnxruntime-gpu 1.31.1, the newest on PyPI when
+# this was written, is built for CUDA 13.0 and cuDNN 9 (its wheel's
+# onnxruntime/capi/build_and_package_info.py says cuda_version = '13.0'; its `cuda` extra
+# requires nvidia-cuda-runtime~=13.0, its `cudnn` extra nvidia-cudnn-cu13~=9.0); 1.19 to
+# some later release were CUDA 12. A base of another CUDA major (or cuDNN 8) fails to load
+# the CUDA execution provider and the server falls back to CPU (it logs the provider).
+# Change ORT_GPU_VERSION and CUDA_BASE together.
 #
 # One engine process per GPU (one uvicorn worker; batching happens inside it): scale
 # out with containers/pods, one GPU each, never with workers.
 # Stop: SIGTERM drains (server/__main__.py): /readyz turns 503, in-flight requests get
 # PROMPTGEN_GRACE_PERIOD_S (20 s), then uvicorn's 2 s shutdown. Give the container a stop
 # grace period of at least 30 s (`docker stop -t 30`, compose stop_grace_period: 30s).
-ARG CUDA_BASE=nvidia/cuda:12.6.3-cudnn-runtime-ubuntu24.04
+ARG CUDA_BASE=nvidia/cuda:13.0.2-cudnn-runtime-ubuntu24.04
+ARG ORT_GPU_VERSION=1.31.1
 ARG CPU_BASE=ubuntu:24.04
 # A folder of the build context copied to /bundle; the default is an empty placeholder,
 # so the bundle comes from a volume mounted on /bundle (or PROMPTGEN_BUNDLE elsewhere).
@@ -70,17 +76,19 @@ COPY server server
 # Only this target copies training/ and export/; the serving stages never do.
 COPY training training
 COPY export export
-# torch's default Linux wheel on PyPI is the CUDA 12 build (bundles its own CUDA libs).
+# torch's default Linux wheel on PyPI is a CUDA build that brings its own CUDA libraries
+# (nvidia-* wheels), so it needs only the host driver, not this base's CUDA version.
 # hadolint ignore=DL3013
 RUN pip install --no-cache-dir "torch>=2.6" && pip install --no-cache-dir ".[train]"
 RUN useradd --system --uid 10001 --no-create-home app
 USER 10001
 CMD ["python", "-m", "training", "--help"]
 
-# ---- gpu (default, last stage): CUDA 12 + cuDNN 9 runtime, onnxruntime-gpu ---------
+# ---- gpu (default, last stage): CUDA 13 + cuDNN 9 runtime, onnxruntime-gpu ---------
 # Same runtime contract as `cpu` (tests/test_deploy.py checks the two stages agree).
 FROM ${CUDA_BASE} AS gpu
 ARG BUNDLE
+ARG ORT_GPU_VERSION
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     VIRTUAL_ENV=/opt/venv PATH=/opt/venv/bin:$PATH HOME=/tmp \
     PROMPTGEN_BUNDLE=/bundle PROMPTGEN_HOST=0.0.0.0 PROMPTGEN_PORT=8000 PROMPTGEN_GRACE_PERIOD_S=20
@@ -93,7 +101,7 @@ COPY contract contract
 COPY runtime runtime
 COPY server server
 # hadolint ignore=DL3013
-RUN pip install --no-cache-dir ".[gpu]"
+RUN pip install --no-cache-dir ".[gpu]" "onnxruntime-gpu==${ORT_GPU_VERSION}"
 COPY ${BUNDLE} /bundle
 RUN useradd --system --uid 10001 --no-create-home app
 USER 10001

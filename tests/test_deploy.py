@@ -123,8 +123,12 @@ def test_serving_stages_share_one_runtime_contract() -> None:
         assert "training" not in body and "export" not in body and "torch" not in body
     froms = {name: stage[0][1] for name, stage in stages.items()}
     assert "CUDA_BASE" in froms["gpu"] and "CPU_BASE" in froms["cpu"]
-    cuda_base = (ROOT / "Dockerfile").read_text().split("ARG CUDA_BASE=")[1].split()[0]
-    assert re.search(r"cuda:12\.[\d.]+-cudnn-runtime", cuda_base), cuda_base  # onnxruntime-gpu: CUDA 12, cuDNN 9
+    text = (ROOT / "Dockerfile").read_text()
+    cuda_base = text.split("ARG CUDA_BASE=")[1].split()[0]
+    # onnxruntime-gpu 1.31.1 is built for CUDA 13.0 + cuDNN 9 (its build_and_package_info.py)
+    assert text.split("ARG ORT_GPU_VERSION=")[1].split()[0] == "1.31.1"
+    assert re.search(r"cuda:13\.[\d.]+-cudnn-runtime", cuda_base), cuda_base
+    assert '"onnxruntime-gpu==${ORT_GPU_VERSION}"' in " ".join(rest for _, rest in stages["gpu"])
 
 
 def stop_budget() -> dict[str, float]:
