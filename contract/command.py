@@ -6,8 +6,10 @@ A training example and a serving request are laid out the same way:
 
 The command tokens are special tokens added to the GPT-2 tokenizer. Training formats
 examples with these functions and the server formats requests with them, so the two
-can never drift apart. This module is pure Python on purpose: the server imports it
-without torch, training imports it without FastAPI.
+can never drift apart. A pretrained student reads the command as plain words instead
+(`CommandSpec.format == "plain_words"`): `tags, 12 words, high relevance: intent` then a
+newline, the output and EOS; prompt_ids dispatches on the format. This module is pure
+Python on purpose: the server imports it without torch, training imports it without FastAPI.
 """
 
 from __future__ import annotations
@@ -19,6 +21,17 @@ from typing import Any, Protocol
 
 EOS_TOKEN = "<|endoftext|>"
 OUTPUT_TOKEN = "<|output|>"
+# Command formats (CommandSpec.format), saved with the model so training and serving agree:
+# special tokens added to the tokenizer (a student trained from scratch), or plain words a
+# pretrained model already reads (`tags, 12 words, high relevance: intent` + newline).
+SPECIAL_TOKENS = "special_tokens"
+PLAIN_WORDS = "plain_words"
+COMMAND_FORMATS: tuple[str, ...] = (SPECIAL_TOKENS, PLAIN_WORDS)
+# Ends a plain-words prompt: normalize_text turns every newline in user text into a space,
+# so the only newline before the output is this one and user text cannot close the command.
+PLAIN_SEPARATOR = "\n"
+SPECIAL_LAYOUT = "task words relevance intent <|output|> output <|endoftext|>"
+PLAIN_LAYOUT = "task, N words, level relevance: intent \\n output <|endoftext|>"
 RELEVANCE_LEVELS: tuple[str, ...] = ("low", "medium", "high")
 
 _WHITESPACE = re.compile(r"\s+")
@@ -68,9 +81,16 @@ class CommandSpec:
     min_words: int = 1
     max_words: int = 48
     relevance_edges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    format: str = SPECIAL_TOKENS  # one of COMMAND_FORMATS
+
+    def __post_init__(self) -> None:
+        if self.format not in COMMAND_FORMATS:
+            raise CommandError(f"unknown command format {self.format!r}; this code knows {list(COMMAND_FORMATS)}")
 
     def special_tokens(self) -> list[str]:
         """Every token the tokenizer must add, in a fixed order (ids depend on it)."""
+        if self.format == PLAIN_WORDS:
+            return []  # a pretrained model reads the command as words: its vocabulary is kept as is
         return (
             [OUTPUT_TOKEN]
             + [task_token(t) for t in self.tasks]
@@ -115,7 +135,8 @@ class CommandSpec:
             "relevance_levels": list(RELEVANCE_LEVELS),
             "relevance_edges": {t: list(e) for t, e in self.relevance_edges.items()},
             "special_tokens": self.special_tokens(),
-            "layout": "task words relevance intent <|output|> output <|endoftext|>",
+            "format": self.format,
+            "layout": PLAIN_LAYOUT if self.format == PLAIN_WORDS else SPECIAL_LAYOUT,
         }
 
     @classmethod
@@ -125,6 +146,7 @@ class CommandSpec:
             min_words=int(data["min_words"]),
             max_words=int(data["max_words"]),
             relevance_edges={t: (float(e[0]), float(e[1])) for t, e in data["relevance_edges"].items()},
+            format=str(data.get("format", SPECIAL_TOKENS)),  # absent: saved before plain words existed
         )
         if list(data.get("relevance_levels", RELEVANCE_LEVELS)) != list(RELEVANCE_LEVELS):
             raise CommandError(f"relevance levels {data['relevance_levels']} are not {list(RELEVANCE_LEVELS)}")
@@ -176,9 +198,34 @@ def special_ids(tokenizer: TokenizerLike, tokens: Sequence[str]) -> list[int]:
     return ids
 
 
+def plain_command(task: str, words: int, relevance: str) -> str:
+    """The command as words: `t2i prompt, 12 words, high relevance:`."""
+    return f"{task.replace('_', ' ')}, {words} words, {relevance} relevance:"
+
+
+def plain_prompt_ids(
+    tokenizer: TokenizerLike, spec: CommandSpec, task: str, words: int, relevance: str, intent: str
+) -> list[int]:
+    """`command: intent` + newline. The command comes first and the newline is encoded by
+    us alone (user text is normalised, so it has none): a command typed into the intent is
+    only words inside the intent, never the command the model was trained to obey."""
+    spec.check(task, words, relevance)
+    command = encode_text(tokenizer, plain_command(task, words, relevance))
+    return command + encode_text(tokenizer, intent) + plain_separator_ids(tokenizer)
+
+
+def plain_separator_ids(tokenizer: TokenizerLike) -> list[int]:
+    ids = list(tokenizer.encode(PLAIN_SEPARATOR, add_special_tokens=False).ids)
+    if not ids:
+        raise CommandError("the tokenizer cannot encode the plain-words separator (a newline)")
+    return ids
+
+
 def prompt_ids(
     tokenizer: TokenizerLike, spec: CommandSpec, task: str, words: int, relevance: str, intent: str
 ) -> list[int]:
     """Token ids of `command + intent + <|output|>`: what the model continues from."""
+    if spec.format == PLAIN_WORDS:
+        return plain_prompt_ids(tokenizer, spec, task, words, relevance, intent)
     command = special_ids(tokenizer, spec.tokens(task, words, relevance))
     return command + encode_text(tokenizer, intent) + special_ids(tokenizer, [OUTPUT_TOKEN])

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from contract.command import EOS_TOKEN, CommandSpec, TokenizerLike, encode_text, prompt_ids, special_ids
+from contract.command import EOS_TOKEN, SPECIAL_TOKENS, CommandSpec, TokenizerLike, encode_text, prompt_ids, special_ids
 from training.tokenizer import GPT2_BPE_DIR
 
 IGNORE_INDEX = -100  # label of positions that carry no loss (the command and intent, padding)
@@ -64,7 +64,9 @@ class Example:
     n_prompt: int  # how many leading ids are the prompt (no loss on them)
 
 
-def fit_command_spec(train_records: Sequence[dict[str, Any]], max_words: int = 48) -> CommandSpec:
+def fit_command_spec(
+    train_records: Sequence[dict[str, Any]], max_words: int = 48, command_format: str = SPECIAL_TOKENS
+) -> CommandSpec:
     """Tasks (in first-seen order) and per-task relevance tertiles from the train split."""
     by_task: dict[str, list[float]] = {}
     for record in train_records:
@@ -72,7 +74,7 @@ def fit_command_spec(train_records: Sequence[dict[str, Any]], max_words: int = 4
     if not by_task:
         raise ValueError("no training records to fit the command vocabulary on")
     edges = {task: tuple(float(q) for q in np.quantile(scores, [1 / 3, 2 / 3])) for task, scores in by_task.items()}
-    return CommandSpec(tasks=tuple(by_task), max_words=max_words, relevance_edges=edges)  # type: ignore[arg-type]  # two tertiles each; mypy sees tuple[float, ...]
+    return CommandSpec(tasks=tuple(by_task), max_words=max_words, relevance_edges=edges, format=command_format)  # type: ignore[arg-type]  # two tertiles each; mypy sees tuple[float, ...]
 
 
 def hindsight_command(spec: CommandSpec, record: dict[str, Any]) -> tuple[str, int, str]:
