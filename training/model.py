@@ -61,6 +61,15 @@ def context_length(model: PreTrainedModel) -> int:
     return int(model.config.max_position_embeddings)
 
 
+def kv_shape(config: Any) -> tuple[int, int]:
+    """(n_kv_head, head_dim) of the KV cache: GPT-2 has one key/value head per query head and
+    no head_dim field; Llama-family configs name both (grouped-query attention)."""
+    n_head, width = int(config.num_attention_heads), int(config.hidden_size)
+    return int(getattr(config, "num_key_value_heads", None) or n_head), int(
+        getattr(config, "head_dim", None) or width // n_head
+    )
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -96,6 +105,8 @@ def convert_gguf(path: Path, out_dir: Path) -> Path:
     architecture(model)
     partial = out_dir.with_name(out_dir.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config  # the weights written below are plain fp32
     model.config.save_pretrained(partial)
     tokenizer.save_pretrained(partial)
     save_model(model, str(partial / "model.safetensors"))  # handles tied embeddings
