@@ -65,8 +65,7 @@ def model_info(checkpoint: Checkpoint) -> ModelInfo:
         n_positions=context_length(checkpoint.model),
         n_kv_head=n_kv_head,
         head_dim=head_dim,
-        # GPT-2 configs hold one EOS id; transformers types the field int | list[int] | None
-        eos_token_id=int(eos if eos is not None else config.eos_token_id),  # type: ignore[arg-type]
+        eos_token_id=int(eos if eos is not None else config.eos_token_id),
     )
 
 

@@ -138,6 +138,6 @@ def has_tokenizer(folder: Path) -> bool:
 def fit_vocabulary(model: PreTrainedModel, tokenizer: Tokenizer) -> PreTrainedModel:
     """Grow the embedding for tokens appended to the tokenizer (command tokens, EOS)."""
     vocab = tokenizer.get_vocab_size()
-    if model.get_input_embeddings().weight.shape[0] < vocab:
+    if int(model.config.vocab_size) < vocab:  # Llama configs may carry padding rows beyond the tokenizer
         model.resize_token_embeddings(vocab)
     return model
