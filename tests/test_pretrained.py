@@ -6,6 +6,7 @@ tests/test_teachers_hf.py standing in for SmolLM2's."""
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import httpx
@@ -183,3 +184,18 @@ def test_hub_id_is_refused_offline_with_one_line(tmp_path: Path, capsys: pytest.
         assert run(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "hub is offline" in err and "SmolLM2-135M" in err
+
+
+def test_gguf_is_converted_once_and_reused_on_resume(gguf_student: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from training import model
+    from training.train import LOG_FILE, TrainConfig, train
+
+    def no_second_conversion(*_: object) -> None:
+        raise AssertionError("the GGUF file was converted again")
+
+    monkeypatch.setattr(model, "convert_gguf", no_second_conversion)
+    gguf, scored = gguf_student.parent / "tiny-llama.gguf", gguf_student.parent / "scored.jsonl"
+    config = TrainConfig(init=str(gguf), max_steps=5, max_minutes=0.0, batch_size=8, lr=1e-3, warmup_steps=1)
+    train(config, scored, gguf_student, resume=True)
+    steps = [json.loads(line)["step"] for line in (gguf_student / LOG_FILE).read_text().splitlines()]
+    assert steps == [4, 5]  # the first run ended at step 4; the resumed one went on to 5
