@@ -147,6 +147,7 @@ def test_gguf_init_trains_a_llama_student_with_its_own_tokenizer(gguf_student: P
     assert (gguf_student / GGUF_CACHE / "model.safetensors").is_file()  # converted once, reused on resume
 
 
+@pytest.mark.slow
 def test_llama_bundle_is_served_over_http(gguf_student: Path, tmp_path: Path) -> None:
     from contract.manifest import load_manifest
     from export.bundle import build_bundle
