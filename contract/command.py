@@ -8,8 +8,10 @@ The command tokens are special tokens added to the GPT-2 tokenizer. With copy sl
 default since command format 2), each intent word is preceded by its `<|copy:i|>` marker and
 the output may write intent words as copy tokens (copy.py). Training formats
 examples with these functions and the server formats requests with them, so the two
-can never drift apart. This module is pure Python on purpose: the server imports it
-without torch, training imports it without FastAPI.
+can never drift apart. A pretrained student reads the command as plain words instead
+(`CommandSpec.format == "plain_words"`): `tags, 12 words, high relevance: intent` then a
+newline, the output and EOS; prompt_ids dispatches on the format. This module is pure
+Python on purpose: the server imports it without torch, training imports it without FastAPI.
 """
 
 from __future__ import annotations
@@ -27,6 +29,17 @@ from contract.text import normalize_text as normalize_text
 
 EOS_TOKEN = "<|endoftext|>"
 OUTPUT_TOKEN = "<|output|>"
+# Command formats (CommandSpec.format), saved with the model so training and serving agree:
+# special tokens added to the tokenizer (a student trained from scratch), or plain words a
+# pretrained model already reads (`tags, 12 words, high relevance: intent` + newline).
+SPECIAL_TOKENS = "special_tokens"
+PLAIN_WORDS = "plain_words"
+COMMAND_FORMATS: tuple[str, ...] = (SPECIAL_TOKENS, PLAIN_WORDS)
+# Ends a plain-words prompt: normalize_text turns every newline in user text into a space,
+# so the only newline before the output is this one and user text cannot close the command.
+PLAIN_SEPARATOR = "\n"
+SPECIAL_LAYOUT = "task words relevance intent <|output|> output <|endoftext|>"
+PLAIN_LAYOUT = "task, N words, level relevance: intent \\n output <|endoftext|>"
 RELEVANCE_LEVELS: tuple[str, ...] = ("low", "medium", "high")
 COPY_SLOTS = 16  # intent words a copy token can point at: realistic intents have 2-8
 OUTPUT_POSITION = 32  # where new models' outputs start: past the prompt of nearly every intent of 8 words
@@ -74,13 +87,23 @@ class CommandSpec:
     task_words: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     copy_slots: int = 0
     output_position: int = 0
+    format: str = SPECIAL_TOKENS  # one of COMMAND_FORMATS
+
+    def __post_init__(self) -> None:
+        if self.format not in COMMAND_FORMATS:
+            raise CommandError(f"unknown command format {self.format!r}; this code knows {list(COMMAND_FORMATS)}")
+        if self.format == PLAIN_WORDS and self.copy_slots:
+            raise CommandError("copy tokens are special tokens: a plain-words command has none")
 
     def special_tokens(self) -> list[str]:
         """Every token the tokenizer must add, in a fixed order (ids depend on it)."""
         return self.input_tokens() + copy_tokens(self.copy_slots)
 
     def input_tokens(self) -> list[str]:
-        """The command's own tokens: they are read, never written (the sampler bans them)."""
+        """The command's own tokens: they are read, never written (the sampler bans them).
+        None for plain words: a pretrained model reads the command as words it knows."""
+        if self.format == PLAIN_WORDS:
+            return []
         return (
             [OUTPUT_TOKEN]
             + [task_token(t) for t in self.tasks]
@@ -139,7 +162,8 @@ class CommandSpec:
             "copy_slots": self.copy_slots,
             "output_position": self.output_position,
             "special_tokens": self.special_tokens(),
-            "layout": "task words relevance intent <|output|> output <|endoftext|>",
+            "format": self.format,
+            "layout": PLAIN_LAYOUT if self.format == PLAIN_WORDS else SPECIAL_LAYOUT,
         }
 
     @classmethod
@@ -154,6 +178,7 @@ class CommandSpec:
             task_words={t: (int(r[0]), int(r[1])) for t, r in data.get("task_words", {}).items()},
             copy_slots=int(data.get("copy_slots", 0)),
             output_position=int(data.get("output_position", 0)),
+            format=str(data.get("format", SPECIAL_TOKENS)),  # absent: saved before plain words existed
         )
         if list(data.get("relevance_levels", RELEVANCE_LEVELS)) != list(RELEVANCE_LEVELS):
             raise CommandError(f"relevance levels {data['relevance_levels']} are not {list(RELEVANCE_LEVELS)}")
@@ -172,6 +197,35 @@ def special_ids(tokenizer: TokenizerLike, tokens: Sequence[str]) -> list[int]:
     return ids
 
 
+def plain_command(task: str, words: int, relevance: str) -> str:
+    """The command as words: `t2i prompt, 12 words, high relevance:`."""
+    return f"{task.replace('_', ' ')}, {words} words, {relevance} relevance:"
+
+
+def plain_prompt_ids(
+    tokenizer: TokenizerLike,
+    spec: CommandSpec,
+    task: str,
+    words: int,
+    relevance: str,
+    intent: str,
+    task_range: bool = True,
+) -> list[int]:
+    """`command: intent` + newline. The command comes first and the newline is encoded by
+    us alone (user text is normalised, so it has none): a command typed into the intent is
+    only words inside the intent, never the command the model was trained to obey."""
+    spec.check(task, words, relevance, task_range)
+    command = encode_text(tokenizer, plain_command(task, words, relevance))
+    return command + encode_text(tokenizer, intent) + plain_separator_ids(tokenizer)
+
+
+def plain_separator_ids(tokenizer: TokenizerLike) -> list[int]:
+    ids = list(tokenizer.encode(PLAIN_SEPARATOR, add_special_tokens=False).ids)
+    if not ids:
+        raise CommandError("the tokenizer cannot encode the plain-words separator (a newline)")
+    return ids
+
+
 def prompt_ids(
     tokenizer: TokenizerLike,
     spec: CommandSpec,
@@ -182,7 +236,9 @@ def prompt_ids(
     task_range: bool = True,
 ) -> list[int]:
     """Token ids of `command + intent + <|output|>`: what the model continues from
-    (`task_range`: see CommandSpec.check)."""
+    (`task_range`: see CommandSpec.check); for a plain-words spec, `plain_prompt_ids`."""
+    if spec.format == PLAIN_WORDS:
+        return plain_prompt_ids(tokenizer, spec, task, words, relevance, intent, task_range)
     command = special_ids(tokenizer, spec.tokens(task, words, relevance, task_range))
     return command + encode_intent(tokenizer, intent, spec.copy_slots) + special_ids(tokenizer, [OUTPUT_TOKEN])
 

@@ -32,6 +32,7 @@ from export.onnx_graph import OPSET, export_decoder, io_shapes
 from export.variants import DERIVE, VARIANTS, to_int8
 from export.verify import MIN_INT8_AGREEMENT, verify_variants
 from training.checkpoint import Checkpoint, load_checkpoint
+from training.model import architecture, context_length, kv_shape
 from training.tokenizer import TOKENIZER_FILE
 from training.torch_runner import TorchRunner
 
@@ -50,17 +51,21 @@ class BundleResult:
 
 
 def model_info(checkpoint: Checkpoint) -> ModelInfo:
+    """The manifest's model block, for a GPT-2 or a Llama-family student (config field names
+    as both families answer them; GPT2Config maps them to n_layer, n_head...)."""
     config = checkpoint.model.config
     eos = checkpoint.tokenizer.token_to_id(EOS_TOKEN)
+    n_kv_head, head_dim = kv_shape(config)
     return ModelInfo(
-        architecture="gpt2",
-        n_layer=config.n_layer,
-        n_head=config.n_head,
-        n_embd=config.n_embd,
+        architecture=architecture(checkpoint.model),
+        n_layer=config.num_hidden_layers,
+        n_head=config.num_attention_heads,
+        n_embd=config.hidden_size,
         vocab_size=config.vocab_size,
-        n_positions=config.n_positions,
-        # GPT-2 configs hold one EOS id; transformers types the field int | list[int] | None
-        eos_token_id=int(eos if eos is not None else config.eos_token_id),  # type: ignore[arg-type]
+        n_positions=context_length(checkpoint.model),
+        n_kv_head=n_kv_head,
+        head_dim=head_dim,
+        eos_token_id=int(eos if eos is not None else config.eos_token_id),
     )
 
 

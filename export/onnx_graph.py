@@ -1,10 +1,11 @@
-"""PyTorch GPT-2 -> one ONNX decoder graph with a KV cache (the decoder contract in docs/architecture.md).
+"""PyTorch GPT-2 or Llama-family decoder -> one ONNX decoder graph with a KV cache
+(the decoder contract in docs/architecture.md).
 
 The graph serves both prefill (past length 0) and decode (one new token per row):
 
     inputs   input_ids [B,S], attention_mask [B,P+S], position_ids [B,S],
-             past_key_values.{i}.key/value [B,n_head,P,head_dim]
-    outputs  logits [B,vocab] (last position only), present.{i}.key/value [B,n_head,P+S,head_dim]
+             past_key_values.{i}.key/value [B,n_kv_head,P,head_dim]
+    outputs  logits [B,vocab] (last position only), present.{i}.key/value [B,n_kv_head,P+S,head_dim]
 
 Batches are left-padded, so the last position is every row's newest token, and the LM head
 runs on one position per row instead of the whole prompt.
@@ -12,6 +13,12 @@ runs on one position per row instead of the whole prompt.
 A plain `torch.onnx.export(dynamo=False)` of a wrapper with flat past tensors matches torch
 to ~1e-7 (docs/architecture.md). transformers 5 wants a Cache object, so the wrapper builds a
 DynamicCache from the flat tensors; the tracer only ever sees plain tensors at the boundary.
+
+One wrapper per decoder family (WRAPPERS, keyed by the manifest's architecture): GPT-2 (learned
+positions, LayerNorm, GELU MLP) and Llama (RoPE, RMSNorm, SwiGLU, grouped-query attention:
+n_kv_head < n_head key/value heads in the cache). Both take position_ids from the caller, so a
+left-padded row's first real token is position 0 (runtime/padding.py) for the learned table and
+RoPE alike; the KV cache's shape comes from the manifest's n_kv_head and head_dim, nothing else.
 """
 
 from __future__ import annotations
@@ -22,20 +29,22 @@ from pathlib import Path
 import onnx
 import torch
 from onnx import helper
-from transformers import DynamicCache, GPT2LMHeadModel
+from transformers import DynamicCache, PreTrainedModel
 
 from contract.manifest import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, past_names, present_names
+from training.model import architecture, kv_shape
 
 OPSET = 17  # the first opset with LayerNormalization as one op
 
 
 class DecoderWithPast(torch.nn.Module):
-    """GPT-2 with flat past/present tensors and last-position logits: the graph's signature."""
+    """A decoder with flat past/present tensors and last-position logits: the graph's signature.
+    `body` is the family's stack of blocks (GPT-2's `transformer`, Llama's `model`)."""
 
-    def __init__(self, model: GPT2LMHeadModel) -> None:
+    def __init__(self, model: PreTrainedModel, body: torch.nn.Module) -> None:
         super().__init__()
-        self.model = model
-        self.n_layer = model.config.n_layer
+        self.model, self.body = model, body
+        self.n_layer = model.config.num_hidden_layers
 
     def forward(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
@@ -43,7 +52,7 @@ class DecoderWithPast(torch.nn.Module):
         cache = DynamicCache(
             ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(self.n_layer)], config=self.model.config
         )
-        out = self.model.transformer(
+        out = self.body(
             input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True
         )
         logits = self.model.lm_head(out.last_hidden_state[:, -1, :])
@@ -51,7 +60,22 @@ class DecoderWithPast(torch.nn.Module):
         return (logits, *present)
 
 
-def sample_inputs(model: GPT2LMHeadModel, batch: int = 2, past: int = 3, seq: int = 4) -> tuple[torch.Tensor, ...]:
+class GPT2DecoderWithPast(DecoderWithPast):
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__(model, model.transformer)
+
+
+class LlamaDecoderWithPast(DecoderWithPast):
+    """RoPE from position_ids, grouped-query attention (the cache holds n_kv_head heads), SwiGLU."""
+
+    def __init__(self, model: PreTrainedModel) -> None:
+        super().__init__(model, model.model)
+
+
+WRAPPERS: dict[str, type[DecoderWithPast]] = {"gpt2": GPT2DecoderWithPast, "llama": LlamaDecoderWithPast}
+
+
+def sample_inputs(model: PreTrainedModel, batch: int = 2, past: int = 3, seq: int = 4) -> tuple[torch.Tensor, ...]:
     """Tracing inputs with a past and a left-padded row, so no shape- or padding-specific
     shortcut (empty cache, all-ones mask) can be baked into the traced graph."""
     config = model.config
@@ -60,8 +84,9 @@ def sample_inputs(model: GPT2LMHeadModel, batch: int = 2, past: int = 3, seq: in
     attention_mask = torch.ones(batch, past + seq, dtype=torch.long)
     attention_mask[0, :2] = 0
     position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
-    head_dim = config.n_embd // config.n_head
-    kv = [torch.randn(batch, config.n_head, past, head_dim, generator=generator) for _ in range(2 * config.n_layer)]
+    n_kv_head, head_dim = kv_shape(config)
+    n_layer = config.num_hidden_layers
+    kv = [torch.randn(batch, n_kv_head, past, head_dim, generator=generator) for _ in range(2 * n_layer)]
     return (input_ids, attention_mask, position_ids, *kv)
 
 
@@ -87,10 +112,10 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def export_decoder(model: GPT2LMHeadModel, path: Path | str, opset: int = OPSET) -> Path:
+def export_decoder(model: PreTrainedModel, path: Path | str, opset: int = OPSET) -> Path:
     """Export the FP32 decoder graph to `path` and check it with the ONNX checker."""
     path = Path(path)
-    n_layer = model.config.n_layer
+    n_layer = model.config.num_hidden_layers
     inputs = [INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *past_names(n_layer)]
     outputs = [LOGITS, *present_names(n_layer)]
     dynamic_axes: dict[str, dict[int, str]] = {
@@ -108,7 +133,7 @@ def export_decoder(model: GPT2LMHeadModel, path: Path | str, opset: int = OPSET)
     model.config._attn_implementation = "eager"
     # eval() matters twice: no dropout, and torch.onnx.export restores the wrapper's own
     # training flag on the way out, so a training-mode wrapper would leave the model training.
-    decoder = DecoderWithPast(model).eval()
+    decoder = WRAPPERS[architecture(model)](model).eval()
     # The tracer warns about every Python branch on a shape; tracing with a past and a padded
     # row picks the general branch, and verification runs other shapes against PyTorch.
     with torch.no_grad(), warnings.catch_warnings():

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
-from transformers import GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, PreTrainedModel
 
 from contract.command import CommandSpec
 from contract.manifest import GenerationDefaults
@@ -26,7 +26,7 @@ DEFAULT_GENERATION = GenerationDefaults().to_dict()  # the one source: contract.
 
 @dataclass
 class Checkpoint:
-    model: GPT2LMHeadModel
+    model: PreTrainedModel  # GPT-2 or Llama family (training/model.py)
     tokenizer: Tokenizer
     command: CommandSpec
     generation: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_GENERATION))
@@ -52,8 +52,11 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
     if not (path / UDRL_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint: it has no {UDRL_FILE}")
     udrl = json.loads((path / UDRL_FILE).read_text())
+    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True).eval()
+    # Every reader asks config.n_positions, GPT-2's name for the context; Llama calls it otherwise.
+    model.config.n_positions = model.config.max_position_embeddings
     return Checkpoint(
-        model=GPT2LMHeadModel.from_pretrained(str(path)).eval(),
+        model=model,
         tokenizer=Tokenizer.from_file(str(path / TOKENIZER_FILE)),
         command=CommandSpec.from_dict(udrl["command"]),
         generation=udrl.get("generation", dict(DEFAULT_GENERATION)),

@@ -31,6 +31,8 @@ from contract.command import (
     COPY_SLOTS,
     EOS_TOKEN,
     OUTPUT_POSITION,
+    PLAIN_WORDS,
+    SPECIAL_TOKENS,
     CommandSpec,
     TokenizerLike,
     position_offset,
@@ -86,12 +88,15 @@ def fit_command_spec(
     max_words: int = 48,
     copy_slots: int = COPY_SLOTS,
     output_position: int = OUTPUT_POSITION,
+    command_format: str = SPECIAL_TOKENS,
 ) -> CommandSpec:
     """Tasks (in first-seen order), per-task relevance tertiles and per-task trained length
     ranges from the train split.
 
     A task's range drops the rarest lengths at either end (LENGTH_TAIL of its examples each):
-    a length seen a handful of times is not one the model can be asked for."""
+    a length seen a handful of times is not one the model can be asked for. A plain-words
+    spec (a pretrained student) has no copy tokens and no output position: the model copies
+    and counts with what pretraining taught it."""
     scores: dict[str, list[float]] = {}
     lengths: dict[str, list[int]] = {}
     for record in train_records:
@@ -104,13 +109,15 @@ def fit_command_spec(
     for task, counts in lengths.items():
         low, high = np.quantile(counts, [LENGTH_TAIL, 1 - LENGTH_TAIL], method="nearest")
         ranges[task] = (max(1, int(low)), min(max_words, int(high)))
+    plain = command_format == PLAIN_WORDS
     return CommandSpec(
         tasks=tuple(scores),
         max_words=max_words,
         relevance_edges=edges,
         task_words=ranges,
-        copy_slots=copy_slots,
-        output_position=output_position,
+        copy_slots=0 if plain else copy_slots,
+        output_position=0 if plain else output_position,
+        format=command_format,
     )
 
 

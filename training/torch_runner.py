@@ -11,18 +11,18 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from transformers import DynamicCache, GPT2LMHeadModel
+from transformers import DynamicCache, PreTrainedModel
+
+from training.model import kv_shape
 
 
 class TorchRunner:
-    def __init__(self, model: GPT2LMHeadModel, device: str = "cpu") -> None:
+    def __init__(self, model: PreTrainedModel, device: str = "cpu") -> None:
         self.model = model.eval().to(device)
         self.device = torch.device(device)
         config = model.config
-        self.n_layer, self.vocab_size = config.n_layer, config.vocab_size
-        # the KV cache's shape: GPT-2 has one key/value head per attention head
-        self.n_kv_head = getattr(config, "num_key_value_heads", None) or config.n_head
-        self.head_dim = getattr(config, "head_dim", None) or config.n_embd // config.n_head
+        self.n_layer, self.vocab_size = config.num_hidden_layers, config.vocab_size
+        self.n_kv_head, self.head_dim = kv_shape(config)  # GPT-2 or Llama family
 
     def empty_past(self, batch: int) -> list[np.ndarray]:
         shape = (batch, self.n_kv_head, 0, self.head_dim)

@@ -1,7 +1,8 @@
 """`python -m training train`: fit the UDRL student on the scored teacher samples.
 
 One run: fit the command vocabulary (relevance tertiles on the train split), build the
-tokenizer (compact GPT-2 for a preset, full GPT-2 for `--init`), then AdamW with
+tokenizer (compact GPT-2 for a preset; the pretrained model's own for `--init`, see
+training/model.py), then AdamW with
 warmup and cosine decay, gradient clipping, length-bucketed batches, loss on the
 output only, until the step or wall-clock budget is spent. The schedule decays on
 whichever budget is further along, so a time-boxed run still completes its decay.
@@ -31,19 +32,21 @@ import numpy as np
 import torch
 from tokenizers import Tokenizer
 from tqdm import tqdm
-from transformers import GPT2LMHeadModel
+from transformers import PreTrainedModel
 
-from contract.command import COPY_SLOTS, EOS_TOKEN, OUTPUT_POSITION, CommandSpec
-from training.checkpoint import DEFAULT_GENERATION, Checkpoint, save_checkpoint
-from training.examples import (
-    collate,
-    encode_example,
-    epoch_examples,
-    fit_command_spec,
-    length_bucketed_batches,
+from contract.command import (
+    COMMAND_FORMATS,
+    COPY_SLOTS,
+    EOS_TOKEN,
+    OUTPUT_POSITION,
+    PLAIN_WORDS,
+    SPECIAL_TOKENS,
+    CommandSpec,
 )
-from training.model import PRESETS, build_model, load_pretrained
-from training.tokenizer import add_command_tokens, compact_gpt2_tokenizer, gpt2_tokenizer
+from training.checkpoint import DEFAULT_GENERATION, Checkpoint, save_checkpoint
+from training.examples import collate, encode_example, epoch_examples, fit_command_spec, length_bucketed_batches
+from training.model import GGUF_CACHE, PRESETS, build_model, context_length, fit_vocabulary, load_pretrained
+from training.tokenizer import add_command_tokens, compact_gpt2_tokenizer
 
 STATE_FILE = "train_state.pt"
 LOG_FILE = "train_log.jsonl"
@@ -53,7 +56,11 @@ STUDENT_TEMPERATURE = 0.3  # the sampling temperature the checkpoint recommends 
 @dataclass
 class TrainConfig:
     preset: str = "tiny"
-    init: str | None = None  # hub id or local folder of pretrained GPT-2 weights
+    init: str | None = None  # pretrained GPT-2 or Llama-family model: GGUF file, local folder or hub id
+    # How the model reads its command (contract.command): None picks plain words for a
+    # pretrained model (it already reads words; new special tokens taught it nothing in
+    # 10 minutes) and special tokens for a model trained from scratch.
+    command_format: str | None = None
     batch_size: int = 32
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
@@ -115,22 +122,25 @@ def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def build_tokenizer(config: TrainConfig, spec: CommandSpec, train: list[dict[str, Any]]) -> Tokenizer:
-    # Pretrained weights need GPT-2's own ids; a model from scratch gets the compact vocabulary.
+def command_format(config: TrainConfig) -> str:
+    return config.command_format or (PLAIN_WORDS if config.init else SPECIAL_TOKENS)
+
+
+def build_student(
+    config: TrainConfig, spec: CommandSpec, train: list[dict[str, Any]], out: Path, tokenizer: Tokenizer | None
+) -> tuple[PreTrainedModel, Tokenizer]:
+    """The model and its tokenizer with the command tokens (`tokenizer`: a snapshot's, on resume).
+    Pretrained weights keep their own tokenizer; a model from scratch gets the compact vocabulary."""
     if config.init:
-        base = gpt2_tokenizer()
-    else:
+        model, base = load_pretrained(config.init, out / GGUF_CACHE)
+        tokenizer = tokenizer or add_command_tokens(base, spec.special_tokens())
+        return fit_vocabulary(model, tokenizer), tokenizer
+    if tokenizer is None:
         base = compact_gpt2_tokenizer(r[k] for r in train for k in ("intent", "output"))
-    return add_command_tokens(base, spec.special_tokens())
-
-
-def build_student(config: TrainConfig, tokenizer: Tokenizer) -> GPT2LMHeadModel:
-    vocab = tokenizer.get_vocab_size()
-    if config.init:
-        return load_pretrained(config.init, vocab)
+        tokenizer = add_command_tokens(base, spec.special_tokens())
     eos = tokenizer.token_to_id(EOS_TOKEN)
     drop = {"resid_pdrop": config.dropout, "embd_pdrop": config.dropout, "attn_pdrop": config.dropout}
-    return build_model(config.preset, vocab, eos, **drop)
+    return build_model(config.preset, tokenizer.get_vocab_size(), eos, **drop), tokenizer
 
 
 def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
@@ -197,14 +207,14 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def mean_loss(
-    model: GPT2LMHeadModel, tokenizer: Tokenizer, spec: CommandSpec, records: list[dict[str, Any]], device: torch.device
+    model: PreTrainedModel, tokenizer: Tokenizer, spec: CommandSpec, records: list[dict[str, Any]], device: torch.device
 ) -> float:
     """Loss on output tokens of held-out records (no augmentation), up to 1,024 of them."""
     if not records:
         return float("nan")
     model.eval()
     pad = tokenizer.token_to_id(EOS_TOKEN)
-    max_len = model.config.n_positions
+    max_len = context_length(model)
     examples = [e for e in (encode_example(tokenizer, spec, r) for r in records[:1024]) if e.span <= max_len]
     total, count = 0.0, 0
     for start in range(0, len(examples), 64):
@@ -240,11 +250,14 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
     if state:
         # The vocabulary and bucket edges are part of what the snapshot's weights mean.
         spec = CommandSpec.from_dict(state["command"])
-        tokenizer = Tokenizer.from_str(state["tokenizer"])
+        saved: Tokenizer | None = Tokenizer.from_str(state["tokenizer"])
     else:
-        spec = fit_command_spec(train_records, config.max_words, config.copy_slots, config.output_position)
-        tokenizer = build_tokenizer(config, spec, train_records)
-    model = build_student(config, tokenizer).to(device)
+        spec = fit_command_spec(
+            train_records, config.max_words, config.copy_slots, config.output_position, command_format(config)
+        )
+        saved = None
+    model, tokenizer = build_student(config, spec, train_records, out, saved)
+    model = model.to(device)
     optimizer = make_optimizer(model, config)
     step, epoch, batch_in_epoch, elapsed, tokens_seen = 0, 0, 0, 0.0, 0
     if state:
@@ -257,7 +270,7 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
     ddp_model = torch.nn.parallel.DistributedDataParallel(model) if dist.world > 1 else model
     autocast, scaler = autocast_for(device)
     pad = tokenizer.token_to_id(EOS_TOKEN)
-    max_len = model.config.n_positions
+    max_len = context_length(model)
 
     def snapshot() -> None:
         if dist.main:
@@ -404,7 +417,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", default="artifacts/data/scored.jsonl", help="scored records (training.score)")
     parser.add_argument("--out", default="artifacts/checkpoint", help="checkpoint directory")
     parser.add_argument("--preset", default=defaults.preset, help=f"model size from config: {sorted(PRESETS)}")
-    parser.add_argument("--init", default=None, help="pretrained GPT-2: hub id (e.g. gpt2) or local folder")
+    parser.add_argument(
+        "--init", default=None, help="pretrained GPT-2 or Llama-family LM: a .gguf file, a local folder or a hub id"
+    )
+    parser.add_argument(
+        "--command-format",
+        choices=COMMAND_FORMATS,
+        default=None,
+        help="how the command is written (default: plain_words with --init, special_tokens otherwise)",
+    )
     parser.add_argument("--max-minutes", type=float, default=defaults.max_minutes, help="wall-clock budget")
     parser.add_argument("--max-steps", type=int, default=defaults.max_steps, help="step budget (0: none)")
     parser.add_argument("--resume", action="store_true", help=f"continue from {STATE_FILE} in --out")
