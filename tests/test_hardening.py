@@ -369,6 +369,39 @@ def post_quietly(url: str) -> None:
         httpx.post(f"{url}{NATIVE}", json={**GOOD, "timeout": 2}, timeout=30)
 
 
+def test_a_failed_forward_spares_requests_that_wait(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Batch size 1: a long streamed request runs; a second one queues behind it; the
+    running one's 100th forward raises. The stream ends with an `error` event, the queued
+    request was not in that batch and gets its 200."""
+    process = ServerProcess(
+        tiny_bundle, tmp_path / "server.log", variant="fp32", max_batch_size=1, fault_inject="raise@100"
+    )
+    long = {**GOOD, "max_new_tokens": 110, "controls": {"length": 32, "enforce_length": True}, "stream": True}
+
+    async def run() -> tuple[str, httpx.Response]:
+        import asyncio
+
+        async with httpx.AsyncClient(base_url=process.url, timeout=30) as c:
+            queued: asyncio.Task[httpx.Response] | None = None
+            text = ""
+            async with c.stream("POST", NATIVE, json=long) as stream:
+                async for line in stream.aiter_lines():
+                    text += line + "\n"
+                    if queued is None and line == "event: delta":
+                        queued = asyncio.create_task(c.post(NATIVE, json=GOOD))
+            assert queued is not None
+            return text, await queued
+
+    try:
+        import asyncio
+
+        text, queued = asyncio.run(run())
+        assert "event: error" in text and "internal_error" in text, text[-500:]
+        assert queued.status_code == 200, queued.text
+    finally:
+        process.stop()
+
+
 @pytest.mark.parametrize("mode", ["hang", "exit"])
 def test_a_hung_or_dead_engine_fails_readyz(tiny_bundle: Path, tmp_path: Path, mode: str) -> None:
     process = ServerProcess(
