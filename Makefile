@@ -51,7 +51,7 @@ endif
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: serve test install bundle data eval lint clean
+.PHONY: serve test install bundle data eval lint audit clean
 
 # torch first, pinned: the CPU wheel that lies on disk here. An unpinned torch pulled
 # in by another package would fetch a multi-GB CUDA build.
@@ -94,6 +94,10 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy
+
+# known vulnerabilities with a fix available fail; an unreachable database is reported, not failed
+audit: $(VENV)/.installed
+	$(PY) .ci/audit.py
 
 clean:
 	rm -rf $(ART)

@@ -96,6 +96,19 @@ def variant_entry(variant: str, path: Path, info: ModelInfo) -> Variant:
     )
 
 
+def replace_dir(new: Path, target: Path) -> None:
+    """Put `new` in `target`'s place by renames only, so that a kill -9 at any moment
+    leaves either the old bundle or the new one, never a half-deleted directory (which
+    prepare_out_dir would refuse on the re-run). The old one is renamed aside, the new one
+    renamed in, then the old one removed; a leftover from a killed run goes first."""
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def prepare_out_dir(out_dir: Path) -> Path:
     """The staging directory; refuse to later replace anything that is not a bundle."""
     if out_dir.exists() and any(out_dir.iterdir()) and not (out_dir / MANIFEST_FILE).is_file():
@@ -169,7 +182,6 @@ def build_bundle(
         return BundleResult(None, None, failures)
 
     manifest.write(staging)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    staging.rename(out_dir)
+    replace_dir(staging, out_dir)
     print(f"bundle written to {out_dir}: {[v.name for v in manifest.variants]}", flush=True)
     return BundleResult(out_dir, manifest, failures)

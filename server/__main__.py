@@ -85,6 +85,10 @@ def serve(args: argparse.Namespace) -> int:
     except BundleError as e:
         print(f"server: cannot load the bundle: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # e.g. an ONNX file that ORT cannot load, an unreadable keys file: one line, exit 2
+        reason = " ".join(f"{type(e).__name__}: {e}".split())[:500]
+        print(f"server: cannot start: {reason}", file=sys.stderr)
+        return 2
     config = uvicorn.Config(
         app,
         host=settings.host,

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -42,3 +42,25 @@ class Settings(BaseSettings):
     log_request_text: bool = Field(False, description="include request input and output text in logs")
     log_level: str = Field("info", description="python logging level")
     model_name: str = Field("", description="model label in metrics and /v1/models (default: the bundle's name)")
+    # --- security (server/api/auth.py, server/api/guard.py; server/README.md) ---
+    api_keys: SecretStr = Field(
+        SecretStr(""), description="comma-separated Bearer keys; set: every route but /healthz, /readyz needs one"
+    )
+    api_keys_file: Path | None = Field(None, description="file of Bearer keys, one a line, added to api_keys")
+    metrics_api_keys: SecretStr = Field(
+        SecretStr(""), description="comma-separated Bearer keys for /metrics (empty: /metrics is open)"
+    )
+    cors_origins: str = Field("", description="comma-separated origins allowed by CORS (empty: CORS off)")
+    max_body_bytes: int = Field(65536, ge=1024, description="largest request body; beyond it: 413")
+    max_json_depth: int = Field(8, ge=2, description="deepest nesting of objects and arrays in a request body")
+    # --- test hook (server/engine/faults.py): never set in production ---
+    fault_inject: str = Field(
+        "", description="TEST HOOK: raise@N, hang@N or exit@N makes the Nth model forward fail, hang or end the engine"
+    )
+
+    def keys(self, which: str = "api") -> list[str]:
+        """The configured keys: `api` (api_keys + api_keys_file) or `metrics`."""
+        raw = (self.api_keys if which == "api" else self.metrics_api_keys).get_secret_value().split(",")
+        if which == "api" and self.api_keys_file is not None:
+            raw += [line.split("#", 1)[0] for line in self.api_keys_file.read_text().splitlines()]
+        return [k.strip() for k in raw if k.strip()]

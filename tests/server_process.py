@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
@@ -19,7 +20,7 @@ def free_port() -> int:
 
 
 class ServerProcess:
-    def __init__(self, bundle: Path, log_path: Path, **settings: object) -> None:
+    def __init__(self, bundle: Path, log_path: Path, env: dict[str, str] | None = None, **settings: object) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         args = [sys.executable, "-m", "server", "serve", "--bundle", str(bundle), "--port", str(self.port)]
@@ -28,7 +29,8 @@ class ServerProcess:
             args += ([flag] if value else [f"--no-{flag[2:]}"]) if isinstance(value, bool) else [flag, str(value)]
         self.log_path = log_path
         self.log = open(log_path, "w")  # noqa: SIM115 (closed in stop)
-        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT)
+        environment = {**os.environ, **(env or {})}  # settings that are better not on a command line (keys)
+        self.process = subprocess.Popen(args, stdout=self.log, stderr=subprocess.STDOUT, env=environment)
         self.wait_ready()
 
     def wait_ready(self, timeout: float = 90.0) -> None:

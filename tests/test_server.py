@@ -129,7 +129,7 @@ def test_concurrent_requests_may_share_a_request_id(server: ServerProcess) -> No
         ({"task": TASK, "input": "x", "controls": {"length": 33}}, 400, "length_out_of_range"),
         ({"task": "search_queries", "input": "x", "controls": {"length": 25}}, 400, "length_out_of_range"),
         ({"task": "search_queries", "input": "x", "controls": {"length": 2}}, 400, "length_out_of_range"),
-        ({"task": TASK, "input": "x", "n": 16, "stop": ["a", "b", "c", "d", "e"]}, 400, "invalid_request"),
+        ({"task": TASK, "input": "x", "n": 16, "stop": ["a", "b", "c", "d", "e"]}, 422, "invalid_request"),
         ({"task": TASK, "input": "word " * 150}, 400, "input_too_long"),
     ],
 )

@@ -240,7 +240,8 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
         raise ValueError(f"{data} has no records with split 'train'")
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / STATE_FILE
-    state = torch.load(state_path, map_location="cpu", weights_only=False) if resume and state_path.is_file() else None
+    # weights_only: tensors and plain containers only, never pickled code (issue 12)
+    state = torch.load(state_path, map_location="cpu", weights_only=True) if resume and state_path.is_file() else None
     if resume and state is None and dist.main:
         print(f"no {STATE_FILE} in {out}: starting afresh", file=sys.stderr)
 

@@ -14,16 +14,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokenizers import Tokenizer
 
 from contract.manifest import load_manifest
 from runtime.onnx_runner import OnnxRunner
 from server.api import native, openai_compat, ops
+from server.api.auth import ApiKeyAuth
 from server.api.errors import install_error_handlers
+from server.api.guard import RequestGuard
+from server.api.schemas import ErrorResponse
 from server.api.state import ServerState
 from server.config import Settings
 from server.engine.engine import Engine
+from server.engine.faults import FaultInjector
 from server.engine.scheduler import Scheduler
 from server.metrics import Metrics
 
@@ -78,6 +83,7 @@ def build_state(settings: Settings) -> ServerState:
         metrics,
         max_batch_size=settings.max_batch_size,
         batch_window_s=settings.batch_window_ms / 1000,
+        faults=FaultInjector.parse(settings.fault_inject),
     )
     engine = Engine(
         scheduler,
@@ -116,11 +122,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Reward-conditioned prompt generation by a small GPT-2 (upside-down RL), served from ONNX.",
         version="0.1.0",
         lifespan=lifespan,
+        # any route can answer these (auth.py, errors.py); schemathesis holds every answer to the schema
+        responses={code: {"model": ErrorResponse} for code in (401, 500)},
     )
     app.state.server = state
     install_error_handlers(app)
     app.include_router(native.router)
     app.include_router(openai_compat.router)
     app.include_router(ops.router)
+    # Starlette runs the last added outermost: request id, CORS, keys, then the body guard.
+    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth)
+    app.add_middleware(ApiKeyAuth, api_keys=settings.keys("api"), metrics_keys=settings.keys("metrics"))
+    if settings.cors_origins.strip():  # off by default: a browser page elsewhere cannot call us
+        origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(RequestIdMiddleware)
     return app

@@ -1,10 +1,17 @@
-"""Errors as JSON: `{"error": {"type": ..., "message": ...}}` with the right status.
+"""Errors as JSON: `{"error": {"type": ..., "message": ..., "param": ...}}` with the right status.
 
-`type` is machine-readable (clients branch on it); the message is for people. The
-shape matches OpenAI's, so the openai client raises its usual exceptions.
+`type` is machine-readable (clients branch on it); the message is for people; `param`
+names the request field at fault (dotted, e.g. `controls.length`), or is null. The
+shape matches OpenAI's, so the openai client raises its usual exceptions. Every error,
+from validation to an unexpected exception, leaves the server in this shape: an
+unexpected one is a 500 `internal_error` whose `id` is also in the log line.
 """
 
 from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
@@ -12,37 +19,78 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+log = logging.getLogger(__name__)
+
 
 class ApiError(Exception):
-    def __init__(self, status: int, type: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        type: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        param: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.type = type
         self.message = message
         self.headers = headers or {}
+        self.param = param
 
 
-def error_body(type: str, message: str, **extra: object) -> dict[str, object]:
-    return {"error": {"type": type, "message": message, **extra}}
+def error_body(type: str, message: str, param: str | None = None, **extra: object) -> dict[str, object]:
+    return {"error": {"type": type, "message": message, "param": param, **extra}}
+
+
+def error_response(
+    status: int, type: str, message: str, param: str | None = None, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(type, message, param), status_code=status, headers=headers)
+
+
+def new_error_id() -> str:
+    """A short id that ties a 500's body to its log line."""
+    return uuid.uuid4().hex[:16]
+
+
+def _param(loc: tuple[object, ...] | list[object]) -> str | None:
+    """`("body", "controls", "length")` -> `"controls.length"`; pydantic's union branch
+    names (`str`, `list[str]`) are not fields and are left out."""
+    parts = [str(p) for p in loc if p != "body" and not (isinstance(p, str) and ("[" in p or p in ("str", "int")))]
+    return ".".join(parts) or None
 
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse(error_body(exc.type, exc.message), status_code=exc.status, headers=exc.headers)
+        return error_response(exc.status, exc.type, exc.message, exc.param, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         state = getattr(request.app.state, "server", None)
         if state is not None:
             state.metrics.requests.labels(state.model_name, request.url.path, "422", "invalid_request").inc()
-        details = jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
-        first = details[0] if details else {}
-        where = ".".join(str(p) for p in first.get("loc", ()))
-        message = f"{where}: {first.get('msg', 'invalid request')}"
-        return JSONResponse(error_body("invalid_request", message, details=details), status_code=422)
+        # the offending input is left out: it may be huge, non-finite (not JSON) or private
+        details = [
+            {k: v for k, v in e.items() if k not in ("input", "ctx", "url")}
+            for e in jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
+        ]
+        # in a union (`prompt: str | list[str]`) each branch reports: the one that got furthest says most
+        first = max(details, key=lambda e: (len(e.get("loc", ())), not e.get("type", "").endswith("_type")), default={})
+        param = _param(first.get("loc", ()))
+        message = f"{param or 'body'}: {first.get('msg', 'invalid request')}"
+        body = error_body("invalid_request", message, param, details=details)
+        return JSONResponse(body, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(error_body(kind, str(exc.detail)), status_code=exc.status_code)
+        return error_response(exc.status_code, kind, str(exc.detail), headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        error_id = new_error_id()
+        log.error("unhandled error", exc_info=exc, extra={"error_id": error_id, "route": request.url.path})
+        body = error_body("internal_error", f"internal error (error id {error_id})", id=error_id)
+        return JSONResponse(body, status_code=500)

@@ -127,11 +127,16 @@ class GenerationCall:
         defaults = state.manifest.defaults
         length = controls.length if controls.length is not None else spec.clamp_words(defaults.length, task)
         if n > state.settings.max_batch_size:
-            raise ApiError(400, "n_too_large", f"n={n} exceeds the batch size {state.settings.max_batch_size}")
+            raise ApiError(
+                400, "n_too_large", f"n={n} exceeds the batch size {state.settings.max_batch_size}", param="n"
+            )
+        if sampling.timeout is not None and sampling.timeout > state.settings.max_request_timeout_s:
+            limit = state.settings.max_request_timeout_s
+            raise ApiError(400, "invalid_request", f"timeout is over this server's {limit} s", param="timeout")
         stop = [sampling.stop] if isinstance(sampling.stop, str) else list(sampling.stop or [])
         stop = [s for s in stop if s]
         if len(stop) > MAX_STOP_STRINGS:
-            raise ApiError(400, "invalid_request", f"at most {MAX_STOP_STRINGS} stop strings")
+            raise ApiError(400, "invalid_request", f"at most {MAX_STOP_STRINGS} stop strings", param="stop")
 
         try:  # the command is checked once, where it is turned into tokens
             ids = prompt_ids(state.tokenizer, spec, task, length, controls.relevance, intent)
@@ -141,7 +146,9 @@ class GenerationCall:
         offset = position_offset(spec, len(ids))
         room = state.manifest.model.n_positions - offset - len(ids)
         if room < 1:
-            raise ApiError(400, "input_too_long", f"the input takes {len(ids)} tokens; the model's context is full")
+            raise ApiError(
+                400, "input_too_long", f"the input takes {len(ids)} tokens; the model's context is full", param="input"
+            )
         asked_tokens = max_new_tokens if max_new_tokens is not None else defaults.max_new_tokens
         params = SamplingParams(
             temperature=sampling.temperature if sampling.temperature is not None else defaults.temperature,

@@ -10,14 +10,24 @@ from fastapi.responses import StreamingResponse
 
 from contract.command import RELEVANCE_LEVELS
 from server.api.generation import FAILURES, GenerationCall
-from server.api.schemas import Controls, ErrorResponse, GenerateRequest, GenerateResponse, Output, Usage
+from server.api.schemas import (
+    STREAM_RESPONSE,
+    Controls,
+    ErrorResponse,
+    GenerateRequest,
+    GenerateResponse,
+    Output,
+    Usage,
+)
 from server.api.sse import sse_event
 from server.api.state import ServerState, get_state
 from server.engine.request import Delta, RequestDone, RequestFailed, SampleDone
 
 router = APIRouter(tags=["native"])
 ROUTE = "/v1/generate"
-ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 422, 429, 499, 503, 504)}
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 413, 415, 422, 429, 499, 503, 504)
+}
 
 
 def output(sample: SampleDone) -> Output:
@@ -45,7 +55,7 @@ def response(call: GenerationCall, task: str, controls: Controls, done: RequestD
     )
 
 
-@router.post("/v1/generate", response_model=GenerateResponse, responses=ERRORS)
+@router.post("/v1/generate", response_model=GenerateResponse, responses={**ERRORS, **STREAM_RESPONSE})
 async def generate(body: GenerateRequest, http_request: Request) -> GenerateResponse | StreamingResponse:
     """Generate `n` outputs for `input` under the command in `controls`.
 

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from pydantic import ConfigDict, Field
 
 from server.api.errors import ApiError
 from server.api.generation import FAILURES, GenerationCall
-from server.api.schemas import Controls, ErrorResponse, SamplingFields
+from server.api.schemas import (
+    MAX_INPUT_CHARS,
+    STREAM_RESPONSE,
+    Controls,
+    ErrorResponse,
+    InputText,
+    Name,
+    SamplingFields,
+)
 from server.api.sse import sse_event
 from server.api.state import ServerState, get_state
 from server.engine.request import Delta, RequestDone, RequestFailed, SampleDone
@@ -24,22 +32,35 @@ from server.engine.request import Delta, RequestDone, RequestFailed, SampleDone
 router = APIRouter(tags=["openai"])
 ROUTE = "/v1/completions"
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 404, 422, 429, 499, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 404, 413, 415, 422, 429, 499, 503, 504)
 }
 
 
 class CompletionRequest(SamplingFields):
-    # OpenAI parameters we do not implement (logprobs, echo, penalties...) are ignored
-    # rather than rejected, as OpenAI-compatible servers commonly do.
-    model_config = ConfigDict(extra="ignore")
+    # The unknown-field rule is the native route's: an unknown field is a 422
+    # (server/README.md). OpenAI's own parameters that we do not implement are known:
+    # declared below, accepted and ignored, so the openai client works unchanged.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
-    model: str | None = None
-    prompt: str | list[str] = Field(..., description="the intent (one string, or a list of exactly one)")
+    model: Name | None = None
+    prompt: InputText | Annotated[list[InputText], Field(min_length=1, max_length=1)] = Field(
+        ..., description="the intent (one string, or a list of exactly one)"
+    )
     max_tokens: int | None = Field(None, ge=1, le=4096)
     n: int = Field(1, ge=1, le=16)
     stream: bool = False
-    task: str | None = Field(None, description="extra field: the task (default: the bundle's first)")
+    task: Name | None = Field(None, description="extra field: the task (default: the bundle's first)")
     controls: Controls = Field(default_factory=Controls, description="extra field: the command")
+    # accepted and ignored (OpenAI parameters this server does not implement)
+    best_of: int | None = Field(None, ge=1, le=16, description="ignored")
+    echo: bool | None = Field(None, description="ignored")
+    frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="ignored")
+    presence_penalty: float | None = Field(None, ge=-2.0, le=2.0, description="ignored")
+    logit_bias: dict[str, float] | None = Field(None, max_length=300, description="ignored")
+    logprobs: int | None = Field(None, ge=0, le=5, description="ignored")
+    suffix: str | None = Field(None, max_length=MAX_INPUT_CHARS, description="ignored")
+    user: str | None = Field(None, max_length=256, description="ignored")
+    stream_options: dict[str, bool] | None = Field(None, max_length=4, description="ignored")
 
 
 def finish_reason(reason: str) -> str:
@@ -59,7 +80,7 @@ def intent_of(prompt: str | list[str]) -> str:
     return prompt[0]
 
 
-@router.post("/v1/completions", responses=ERRORS)
+@router.post("/v1/completions", responses={**ERRORS, **STREAM_RESPONSE})
 async def completions(body: CompletionRequest, http_request: Request) -> Any:
     state = get_state(http_request)
     check_model(state, body.model)

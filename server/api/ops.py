@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from server.api.state import get_state
@@ -17,7 +17,9 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz")
+@router.get(
+    "/readyz", responses={503: {"description": "not ready: warming_up, draining, engine_stalled, engine_failed"}}
+)
 async def readyz(http_request: Request) -> JSONResponse:
     """Readiness: 200 only after warm-up, while the engine loop's heartbeat is recent,
     and not while draining for shutdown. A hung engine fails this, not /healthz."""
@@ -35,7 +37,7 @@ async def readyz(http_request: Request) -> JSONResponse:
     return JSONResponse({"status": status, **body}, status_code=200 if status == "ready" else 503)
 
 
-@router.get("/metrics")
+@router.get("/metrics", response_class=PlainTextResponse)  # Prometheus text, documented as such
 async def metrics(http_request: Request) -> Response:
     state = get_state(http_request)
     state.metrics.heartbeat_age.labels(state.model_name).set(state.engine.heartbeat_age())

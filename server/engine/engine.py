@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 
 from runtime.decode import generate
@@ -146,5 +147,6 @@ class Engine:
             try:
                 scheduler.step()
             except Exception as e:
-                log.exception("engine step failed; failing the requests in flight")
-                scheduler.fail_all(f"engine error: {type(e).__name__}")
+                error_id = uuid.uuid4().hex[:16]  # in the log line and in each failed request's 500 body
+                log.exception("engine step failed; failing its batch", extra={"error_id": error_id})
+                scheduler.fail_all(f"engine error: {type(e).__name__} (error id {error_id})")

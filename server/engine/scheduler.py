@@ -37,6 +37,7 @@ from runtime.kv_cache import (
 from runtime.onnx_runner import OnnxRunner
 from runtime.padding import left_pad
 from runtime.sampler import Sampler, command_token_ids
+from server.engine.faults import FaultInjector
 from server.engine.request import Event, GenerationRequest, RequestDone, RequestFailed
 from server.engine.sequence import Sequence
 from server.metrics import Metrics
@@ -77,8 +78,10 @@ class Scheduler:
         metrics: Metrics,
         max_batch_size: int,
         batch_window_s: float = 0.0,
+        faults: FaultInjector | None = None,
     ) -> None:
         self.runner = runner
+        self.faults = faults or FaultInjector()
         self.tokenizer = tokenizer
         self.metrics = metrics
         self.max_batch_size = max_batch_size
@@ -132,8 +135,9 @@ class Scheduler:
             self.abort(request_id, "deadline", "the request's deadline passed before it finished")
 
     def fail_all(self, message: str) -> None:
-        """After an engine error: fail everything and start from an empty batch."""
-        for request_id in [r.request_id for r in self.waiting] + list(self.active):
+        """After an engine error: fail the batch it hit and start from an empty one.
+        Requests still waiting were not in it; they run at the next step."""
+        for request_id in list(self.active):
             self.abort(request_id, "internal", message)
         self.rows = []
         self.cache = empty_cache(self.runner)
@@ -255,6 +259,7 @@ class Scheduler:
         `logits_rows[i]`), appended. The runtime's sampler samples on the device when the
         runner can and every row's parameters allow it, else on the host."""
         prepared = [s.prepare() for s in rows]
+        self.faults.before_forward()
         result = self.sampler.run(input_ids, mask, positions, past, prepared, logits_rows)
         self._forward[phase].observe(result.forward_s)  # with device sampling: the sampling too
         self._batch_size[phase].observe(len(np.unique(logits_rows)))  # prompts in a prefill, live rows in a decode

@@ -1,0 +1,440 @@
+"""Issue 12, reliability and security: the real server on loopback, one test per case.
+
+Every bad request gets a 4xx JSON body `{"error": {"type", "message", "param"}}`, never
+a 5xx; keys guard every route but the probes; a broken bundle refuses to start with a
+one-line reason; a failed forward fails only its batch; a hung or dead engine turns
+/readyz to 503. Faults come from the server's own test hook (`fault_inject`,
+server/engine/faults.py), not from mocks.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from server_process import ServerProcess, free_port
+from tokenizers import Tokenizer
+
+from contract.command import encode_text, prompt_ids
+from contract.manifest import MANIFEST_FILE, load_manifest
+from server.config import Settings
+
+TASK = "title"
+GOOD: dict[str, Any] = {"task": TASK, "input": "holiday sale", "max_new_tokens": 8, "seed": 3, "temperature": 1.0}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    log = tmp_path_factory.mktemp("hardening") / "server.log"
+    process = ServerProcess(tiny_bundle, log, variant="fp32", max_batch_size=16, intra_op_threads=1)
+    yield process
+    process.stop()
+
+
+@pytest.fixture()
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def raw_post(client: httpx.Client, route: str, body: bytes, content_type: str = "application/json") -> httpx.Response:
+    return client.post(route, content=body, headers={"Content-Type": content_type})
+
+
+def assert_error(response: httpx.Response, status: int, type: str, param: str | None) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error = response.json()["error"]
+    assert error["type"] == type, error
+    assert error["param"] == param, error
+    assert error["message"]
+
+
+# --- 1. input -------------------------------------------------------------------------
+
+NATIVE = "/v1/generate"
+OPENAI = "/v1/completions"
+COMPLETION = {"prompt": "holiday sale", "max_tokens": 4, "task": TASK}
+# (route, raw body, status, type, param)
+BAD_BODIES = {
+    "whitespace input": (NATIVE, json.dumps({**GOOD, "input": " \t\n "}), 422, "invalid_request", "input"),
+    "empty input": (NATIVE, json.dumps({**GOOD, "input": ""}), 422, "invalid_request", "input"),
+    "NaN temperature": (
+        NATIVE,
+        '{"task": "title", "input": "x", "temperature": NaN}',
+        400,
+        "invalid_json",
+        "temperature",
+    ),
+    "Infinity top_p": (NATIVE, '{"task": "title", "input": "x", "top_p": Infinity}', 400, "invalid_json", "top_p"),
+    "-Infinity length": (
+        NATIVE,
+        '{"task": "title", "input": "x", "controls": {"length": -Infinity}}',
+        400,
+        "invalid_json",
+        "controls.length",
+    ),
+    "control character": (NATIVE, json.dumps({**GOOD, "input": "sale\u0007now"}), 422, "invalid_request", "input"),
+    "lone surrogate": (NATIVE, '{"task": "title", "input": "sale \\ud800"}', 422, "invalid_request", "input"),
+    "deep nesting": (
+        NATIVE,
+        '{"task": "title", "input": "x", "stop": ' + "[" * 40 + "]" * 40 + "}",
+        400,
+        "invalid_json",
+        "stop",
+    ),
+    "recursion-deep nesting": (NATIVE, "[" * 30_000 + "]" * 30_000, 400, "invalid_json", None),
+    "not JSON": (NATIVE, '{"task": "title", "input": ', 400, "invalid_json", None),
+    "unknown field native": (NATIVE, json.dumps({**GOOD, "bogus": 1}), 422, "invalid_request", "bogus"),
+    "unknown control": (
+        NATIVE,
+        json.dumps({**GOOD, "controls": {"colour": "red"}}),
+        422,
+        "invalid_request",
+        "controls.colour",
+    ),
+    "n over its limit": (NATIVE, json.dumps({**GOOD, "n": 17}), 422, "invalid_request", "n"),
+    "max_new_tokens over": (
+        NATIVE,
+        json.dumps({**GOOD, "max_new_tokens": 5000}),
+        422,
+        "invalid_request",
+        "max_new_tokens",
+    ),
+    "five stop strings": (NATIVE, json.dumps({**GOOD, "stop": list("abcde")}), 422, "invalid_request", "stop"),
+    "long stop string": (NATIVE, json.dumps({**GOOD, "stop": "x" * 65}), 422, "invalid_request", "stop"),
+    "timeout over schema": (NATIVE, json.dumps({**GOOD, "timeout": 4000}), 422, "invalid_request", "timeout"),
+    "timeout over server": (NATIVE, json.dumps({**GOOD, "timeout": 301}), 400, "invalid_request", "timeout"),
+    "n over batch": (NATIVE, json.dumps({**GOOD, "n": 16, "max_new_tokens": 1}), None, None, None),
+    "whitespace prompt": (OPENAI, json.dumps({**COMPLETION, "prompt": "   "}), 422, "invalid_request", "prompt"),
+    "NaN in completions": (OPENAI, '{"prompt": "x", "temperature": NaN}', 400, "invalid_json", "temperature"),
+    "unknown field openai": (OPENAI, json.dumps({**COMPLETION, "bogus": 1}), 422, "invalid_request", "bogus"),
+    "n over completions": (OPENAI, json.dumps({**COMPLETION, "n": 99}), 422, "invalid_request", "n"),
+    "control in prompt": (
+        OPENAI,
+        json.dumps({**COMPLETION, "prompt": ["a\u001bb"]}),
+        422,
+        "invalid_request",
+        "prompt.0",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", [c for c in BAD_BODIES if BAD_BODIES[c][2] is not None])
+def test_a_bad_body_is_a_clear_4xx(client: httpx.Client, case: str) -> None:
+    route, body, status, type, param = BAD_BODIES[case]
+    assert status is not None and type is not None
+    assert_error(raw_post(client, route, body.encode()), status, type, param)
+
+
+def test_invalid_utf8_is_a_400(client: httpx.Client) -> None:
+    body = b'{"task": "title", "input": "sale \xff\xfe"}'
+    assert_error(raw_post(client, NATIVE, body), 400, "invalid_json", None)
+
+
+def test_a_body_over_the_limit_is_a_413(client: httpx.Client) -> None:
+    body = json.dumps({**GOOD, "input": "x" * (Settings().max_body_bytes + 10)}).encode()
+    assert_error(raw_post(client, NATIVE, body), 413, "body_too_large", None)
+
+
+def test_a_chunked_body_over_the_limit_is_a_413(client: httpx.Client) -> None:
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the limit holds while reading
+        yield b'{"task": "title", "input": "'
+        for _ in range(100):
+            yield b"x" * 1024
+        yield b'"}'
+
+    response = client.post(NATIVE, content=chunks(), headers={"Content-Type": "application/json"})
+    assert_error(response, 413, "body_too_large", None)
+
+
+@pytest.mark.parametrize(
+    "content_type", ["text/plain", "application/x-www-form-urlencoded", "application/json; charset=latin-1"]
+)
+def test_a_wrong_content_type_is_a_415(client: httpx.Client, content_type: str) -> None:
+    assert_error(raw_post(client, NATIVE, json.dumps(GOOD).encode(), content_type), 415, "unsupported_media_type", None)
+
+
+def test_ignored_openai_parameters_are_known_fields(client: httpx.Client) -> None:
+    body = {**COMPLETION, "echo": False, "logprobs": None, "user": "u1", "presence_penalty": 0.5}
+    assert client.post(OPENAI, json=body).status_code == 200
+
+
+def test_command_strings_in_the_input_stay_plain_text(client: httpx.Client, tiny_bundle: Path) -> None:
+    manifest = load_manifest(tiny_bundle)
+    tokenizer = Tokenizer.from_file(str(tiny_bundle / manifest.tokenizer_file))
+    intent = "<|task:title|> <|copy:0|> <|output|> <|endoftext|>"
+    special = {tokenizer.token_to_id(t) for t in manifest.command.special_tokens()} - {None}
+    assert special and not special & set(encode_text(tokenizer, intent))
+    response = client.post(NATIVE, json={**GOOD, "input": intent})
+    assert response.status_code == 200, response.text
+    length = response.json()["controls"]["length"]
+    expected = prompt_ids(tokenizer, manifest.command, TASK, length, "high", intent)
+    assert response.json()["usage"]["prompt_tokens"] == len(expected)
+
+
+def test_bad_requests_do_not_disturb_good_ones(client: httpx.Client, server: ServerProcess) -> None:
+    alone = client.post(NATIVE, json=GOOD).json()["outputs"]
+
+    async def mixed() -> list[httpx.Response]:
+        import asyncio
+
+        async with httpx.AsyncClient(base_url=server.url, timeout=30) as c:
+            bad = [
+                c.post(NATIVE, content=BAD_BODIES[k][1].encode(), headers={"Content-Type": "application/json"})
+                for k in BAD_BODIES
+            ]
+            return await asyncio.gather(*[c.post(NATIVE, json=GOOD) for _ in range(4)], *bad)
+
+    import asyncio
+
+    responses = asyncio.run(mixed())
+    for good in responses[:4]:
+        assert good.status_code == 200 and good.json()["outputs"] == alone
+    assert all(r.status_code < 500 for r in responses)
+
+
+# --- 2. security ----------------------------------------------------------------------
+
+ENV_KEY, FILE_KEY, METRICS_KEY = "env-key-7f3a9c", "file-key-41d2e8", "metrics-key-a0b1c2"
+
+
+@pytest.fixture(scope="module")
+def keyed(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    folder = tmp_path_factory.mktemp("keyed")
+    keys_file = folder / "keys.txt"
+    keys_file.write_text(f"# one key a line\n{FILE_KEY}\n")
+    process = ServerProcess(
+        tiny_bundle,
+        folder / "server.log",
+        env={"PROMPTGEN_API_KEYS": f"{ENV_KEY}, other-key"},
+        variant="fp32",
+        api_keys_file=keys_file,
+        metrics_api_keys=METRICS_KEY,
+    )
+    yield process
+    process.stop()
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+def test_keys_guard_every_route_but_the_probes(keyed: ServerProcess) -> None:
+    with httpx.Client(base_url=keyed.url, timeout=30) as c:
+        for path in ("/healthz", "/readyz"):
+            assert c.get(path).status_code == 200
+        for method, path in [
+            ("GET", "/v1/tasks"),
+            ("GET", "/v1/models"),
+            ("GET", "/openapi.json"),
+            ("POST", NATIVE),
+            ("POST", OPENAI),
+        ]:
+            for headers in ({}, bearer("wrong"), {"Authorization": ENV_KEY}):
+                response = c.request(method, path, json=GOOD, headers=headers)
+                assert_error(response, 401, "unauthorized", None)
+                assert response.headers["www-authenticate"] == "Bearer"
+        assert c.post(NATIVE, json=GOOD, headers=bearer(ENV_KEY)).status_code == 200
+        assert c.post(NATIVE, json=GOOD, headers=bearer(FILE_KEY)).status_code == 200
+        assert c.get("/v1/tasks", headers=bearer("other-key")).status_code == 200
+
+
+def test_metrics_has_its_own_keys(keyed: ServerProcess) -> None:
+    with httpx.Client(base_url=keyed.url, timeout=30) as c:
+        assert c.get("/metrics").status_code == 401
+        assert c.get("/metrics", headers=bearer(ENV_KEY)).status_code == 401
+        assert c.get("/metrics", headers=bearer(METRICS_KEY)).status_code == 200
+
+
+def test_keys_and_request_text_stay_out_of_the_logs(keyed: ServerProcess) -> None:
+    marker = "zebra-umbrella-quartz"
+    with httpx.Client(base_url=keyed.url, timeout=30) as c:
+        assert c.post(NATIVE, json={**GOOD, "input": marker}, headers=bearer(ENV_KEY)).status_code == 200
+        c.post(NATIVE, json=GOOD, headers=bearer("a-wrong-key-xyz"))
+    time.sleep(0.2)
+    log = keyed.log_path.read_text()
+    assert '"route": "/v1/generate"' in log  # the request was logged, without its text
+    for secret in (ENV_KEY, FILE_KEY, METRICS_KEY, "a-wrong-key-xyz", marker):
+        assert secret not in log
+
+
+def test_cors_is_off_by_default(client: httpx.Client) -> None:
+    headers = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    preflight = client.options(NATIVE, headers=headers)
+    assert "access-control-allow-origin" not in preflight.headers
+    assert (
+        "access-control-allow-origin" not in client.get("/v1/tasks", headers={"Origin": "https://evil.example"}).headers
+    )
+
+
+def test_the_server_binds_loopback_by_default() -> None:
+    assert Settings.model_fields["host"].default == "127.0.0.1"
+    assert "PROMPTGEN_HOST=0.0.0.0" in (Path(__file__).parents[1] / "Dockerfile").read_text()  # only the image opens up
+
+
+# --- 3. faults ------------------------------------------------------------------------
+
+
+def start_and_fail(bundle: Path) -> subprocess.CompletedProcess[str]:
+    args = [sys.executable, "-m", "server", "serve", "--bundle", str(bundle), "--port", str(free_port())]
+    return subprocess.run(args, capture_output=True, text=True, timeout=120)
+
+
+def copy_bundle(tiny_bundle: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(tiny_bundle, tmp_path / "bundle"))
+
+
+def fp32_file(bundle: Path) -> Path:
+    return bundle / load_manifest(bundle, verify_hashes=False).variant("fp32").file
+
+
+def truncate(bundle: Path) -> None:
+    path = fp32_file(bundle)
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+def tamper(bundle: Path) -> None:
+    path = fp32_file(bundle)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def unloadable_onnx(bundle: Path) -> None:
+    """Garbage under a matching hash: the manifest is right about the file, ORT cannot load it."""
+    from contract.manifest import sha256_file
+
+    for variant in load_manifest(bundle, verify_hashes=False).variants:
+        (bundle / variant.file).write_bytes(b"not an onnx model")
+    manifest = json.loads((bundle / MANIFEST_FILE).read_text())
+    for entry in manifest["variants"]:
+        entry["sha256"] = sha256_file(bundle / entry["file"])
+    (bundle / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+BROKEN = {
+    "missing": lambda b: __import__("shutil").rmtree(b),
+    "no manifest": lambda b: (b / MANIFEST_FILE).unlink(),
+    "manifest not JSON": lambda b: (b / MANIFEST_FILE).write_text("{"),
+    "truncated model": truncate,
+    "tampered model": tamper,
+    "ONNX that does not load": unloadable_onnx,
+}
+
+
+@pytest.mark.parametrize("case", list(BROKEN))
+def test_a_broken_bundle_refuses_to_start(tiny_bundle: Path, tmp_path: Path, case: str) -> None:
+    bundle = copy_bundle(tiny_bundle, tmp_path)
+    BROKEN[case](bundle)
+    result = start_and_fail(bundle)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("server: cannot"), result.stderr[-2000:]
+
+
+def test_a_failed_forward_fails_only_its_batch(tiny_bundle: Path, tmp_path: Path) -> None:
+    # forward 1: the first request's prefill; 2: its first decode step, which raises
+    process = ServerProcess(tiny_bundle, tmp_path / "server.log", variant="fp32", fault_inject="raise@2")
+    try:
+        with httpx.Client(base_url=process.url, timeout=30) as c:
+            failed = c.post(NATIVE, json=GOOD)
+            assert_error(failed, 500, "internal_error", None)
+            assert "error id" in failed.json()["error"]["message"]
+            error_id = failed.json()["error"]["message"].rsplit("error id ", 1)[1].rstrip(")")
+            assert c.get("/readyz").status_code == 200
+            assert c.post(NATIVE, json=GOOD).status_code == 200
+            stream = c.post(NATIVE, json={**GOOD, "stream": True})
+            assert stream.status_code == 200 and "event: done" in stream.text
+        assert error_id in process.log_path.read_text()
+    finally:
+        process.stop()
+
+
+def post_quietly(url: str) -> None:
+    """A request into a hung or dead engine: it never gets an answer before the server is stopped."""
+    with contextlib.suppress(httpx.HTTPError):
+        httpx.post(f"{url}{NATIVE}", json={**GOOD, "timeout": 2}, timeout=30)
+
+
+def test_a_failed_forward_spares_requests_that_wait(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Batch size 1: a long streamed request runs; a second one queues behind it; the
+    running one's 100th forward raises. The stream ends with an `error` event, the queued
+    request was not in that batch and gets its 200."""
+    process = ServerProcess(
+        tiny_bundle, tmp_path / "server.log", variant="fp32", max_batch_size=1, fault_inject="raise@100"
+    )
+    long = {**GOOD, "max_new_tokens": 110, "controls": {"length": 32, "enforce_length": True}, "stream": True}
+
+    async def run() -> tuple[str, httpx.Response]:
+        import asyncio
+
+        async with httpx.AsyncClient(base_url=process.url, timeout=30) as c:
+            queued: asyncio.Task[httpx.Response] | None = None
+            text = ""
+            async with c.stream("POST", NATIVE, json=long) as stream:
+                async for line in stream.aiter_lines():
+                    text += line + "\n"
+                    if queued is None and line == "event: delta":
+                        queued = asyncio.create_task(c.post(NATIVE, json=GOOD))
+            assert queued is not None
+            return text, await queued
+
+    try:
+        import asyncio
+
+        text, queued = asyncio.run(run())
+        assert "event: error" in text and "internal_error" in text, text[-500:]
+        assert queued.status_code == 200, queued.text
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize("mode", ["hang", "exit"])
+def test_a_hung_or_dead_engine_fails_readyz(tiny_bundle: Path, tmp_path: Path, mode: str) -> None:
+    process = ServerProcess(
+        tiny_bundle, tmp_path / "server.log", variant="fp32", fault_inject=f"{mode}@2", heartbeat_timeout_s=1
+    )
+    try:
+        with httpx.Client(base_url=process.url, timeout=30) as c:
+            threading.Thread(target=post_quietly, args=(process.url,), daemon=True).start()
+            started = time.monotonic()
+            while c.get("/readyz").status_code == 200:
+                assert time.monotonic() - started < 5, "/readyz still 200 after the heartbeat timeout"
+                time.sleep(0.1)
+            assert c.get("/readyz").json()["status"] == "engine_stalled"
+            assert c.get("/healthz").status_code == 200
+    finally:
+        process.stop()
+
+
+def test_a_slow_stream_reader_does_not_stall_others(client: httpx.Client, server: ServerProcess) -> None:
+    body = json.dumps(
+        {**GOOD, "n": 8, "max_new_tokens": 110, "controls": {"length": 32, "enforce_length": True}, "stream": True}
+    )
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
+    slow.connect(("127.0.0.1", server.port))
+    head = f"POST {NATIVE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    slow.sendall(f"{head}\r\n{body}".encode())
+    try:
+        slow.recv(64)  # the stream has started; now it is read no further
+        for _ in range(3):
+            started = time.monotonic()
+            assert client.post(NATIVE, json=GOOD).status_code == 200
+            assert time.monotonic() - started < 5
+        assert client.get("/readyz").status_code == 200
+    finally:
+        slow.close()
