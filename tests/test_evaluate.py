@@ -59,6 +59,7 @@ def test_eval_command_writes_every_report_field(
     args = Namespace(
         checkpoint=str(checkpoint), onnx=None, variant="int8", data=str(scored), out=str(out), intents=1,
         lengths="4,8", n=2, batch_size=64, seed=0, no_record=False, temperature=None, top_p=None, realistic=2,
+        realistic_file=None,
     )  # fmt: skip
     assert run(args) == 0
     report = json.loads((out / "report.json").read_text())
