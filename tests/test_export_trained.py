@@ -19,8 +19,8 @@ from contract.manifest import load_manifest
 from export.__main__ import main as export_main
 from export.verify import FIXED_INTENTS, MIN_INT8_AGREEMENT
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
-from training.model import load_pretrained
-from training.tokenizer import add_command_tokens, gpt2_tokenizer
+from training.model import fit_vocabulary, load_pretrained
+from training.tokenizer import add_command_tokens
 
 OUTPUTS = {
     "t2i_prompt": "a festive storefront with warm string lights and red ribbons, soft focus, golden hour",
@@ -100,8 +100,9 @@ def test_export_of_a_checkpoint_initialised_from_a_pretrained_folder(tmp_path: P
     config = GPT2Config(vocab_size=50257, n_layer=1, n_head=2, n_embd=32, n_positions=64)
     GPT2LMHeadModel(config).save_pretrained(pretrained)
     spec = CommandSpec(tasks=tuple(OUTPUTS), max_words=16, relevance_edges={t: (0.3, 0.5) for t in OUTPUTS})
-    tokenizer = add_command_tokens(gpt2_tokenizer(), spec.special_tokens())
-    model = load_pretrained(pretrained, tokenizer.get_vocab_size())
+    model, base = load_pretrained(str(pretrained), tmp_path / "init_cache")
+    tokenizer = add_command_tokens(base, spec.special_tokens())
+    model = fit_vocabulary(model, tokenizer)
     assert model.config.vocab_size == 50257 + len(spec.special_tokens())
     # A few steps through the training checkpoint path; INT8 agreement is the other test's job
     # (a 50k-row LM head would need minutes of training to give peaked logits).
