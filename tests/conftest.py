@@ -7,7 +7,9 @@ and models are initialised from config.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -62,3 +64,12 @@ def tiny_bundle(tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory)
     result = build_bundle(tiny_checkpoint, out, ("fp32", "int8", "fp16"), int8_min_agreement=0.0)
     assert result.bundle_dir is not None and not result.failures, result.failures
     return result.bundle_dir
+
+
+@pytest.fixture()
+def client(server: Any) -> Iterator[Any]:
+    """An httpx client on the module's own `server` fixture (a ServerProcess)."""
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c

@@ -41,12 +41,6 @@ def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     process.stop()
 
 
-@pytest.fixture()
-def client(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as c:
-        yield c
-
-
 def raw_post(client: httpx.Client, route: str, body: bytes, content_type: str = "application/json") -> httpx.Response:
     return client.post(route, content=body, headers={"Content-Type": content_type})
 

@@ -53,12 +53,6 @@ def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     process.stop()
 
 
-@pytest.fixture()
-def client(server: ServerProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=30) as c:
-        yield c
-
-
 def parse_sse(text: str) -> list[tuple[str | None, str]]:
     """(event, data) per SSE event; asserts the framing on the way."""
     assert text.endswith("\n\n"), "the stream must end with a complete event"
