@@ -114,9 +114,8 @@ def copy_table(tokenizer: TokenizerLike, intent: str, slots: int) -> CopyTable:
             spelled = write(word)
             expansions[token_id] = encode_text(tokenizer, spelled)
             spellings.setdefault(spelled, token_id)
-    banned = [
-        _special_id(tokenizer, token) for token in copy_tokens(slots) if _special_id(tokenizer, token) not in expansions
-    ]
+    every = [_special_id(tokenizer, token) for token in copy_tokens(slots)]
+    banned = [token_id for token_id in every if token_id not in expansions]
     return CopyTable(expansions, spellings, banned)
 
 
