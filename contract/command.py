@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contract.copy import copy_tokens, encode_intent
+from contract.positions import ALIGNED, POSITION_SCHEMES
 from contract.text import Encoding as Encoding
 from contract.text import TokenizerLike as TokenizerLike
 from contract.text import count_words as count_words
@@ -76,8 +77,9 @@ class CommandSpec:
     it is refused, since the model never learnt it (a 32-word title). Both are fitted once,
     by training, and the server only reads them. `copy_slots`: how many intent words copy
     tokens can point at (copy.py); 0 in models from before copy tokens. `output_position`:
-    the position the output starts at, whatever the prompt's length (`position_offset`); 0:
-    positions start at 0 (models from before).
+    the position the output starts at, whatever the prompt's length (positions.py); 0:
+    positions start at 0 (models from before). `positions`: how output tokens are numbered
+    from there, counting up (aligned) or down the words still to write (countdown).
     """
 
     tasks: tuple[str, ...]
@@ -88,12 +90,17 @@ class CommandSpec:
     copy_slots: int = 0
     output_position: int = 0
     format: str = SPECIAL_TOKENS  # one of COMMAND_FORMATS
+    positions: str = ALIGNED  # one of contract.positions.POSITION_SCHEMES
 
     def __post_init__(self) -> None:
         if self.format not in COMMAND_FORMATS:
             raise CommandError(f"unknown command format {self.format!r}; this code knows {list(COMMAND_FORMATS)}")
         if self.format == PLAIN_WORDS and self.copy_slots:
             raise CommandError("copy tokens are special tokens: a plain-words command has none")
+        if self.positions not in POSITION_SCHEMES:
+            raise CommandError(f"unknown position scheme {self.positions!r}; this code knows {list(POSITION_SCHEMES)}")
+        if self.positions != ALIGNED and not self.output_position:
+            raise CommandError(f"{self.positions} positions need an output position (a pretrained model has none)")
 
     def special_tokens(self) -> list[str]:
         """Every token the tokenizer must add, in a fixed order (ids depend on it)."""
@@ -161,6 +168,7 @@ class CommandSpec:
             "relevance_edges": {t: list(e) for t, e in self.relevance_edges.items()},
             "copy_slots": self.copy_slots,
             "output_position": self.output_position,
+            "positions": self.positions,
             "special_tokens": self.special_tokens(),
             "format": self.format,
             "layout": PLAIN_LAYOUT if self.format == PLAIN_WORDS else SPECIAL_LAYOUT,
@@ -179,6 +187,7 @@ class CommandSpec:
             copy_slots=int(data.get("copy_slots", 0)),
             output_position=int(data.get("output_position", 0)),
             format=str(data.get("format", SPECIAL_TOKENS)),  # absent: saved before plain words existed
+            positions=str(data.get("positions", ALIGNED)),  # absent: saved before countdown positions
         )
         if list(data.get("relevance_levels", RELEVANCE_LEVELS)) != list(RELEVANCE_LEVELS):
             raise CommandError(f"relevance levels {data['relevance_levels']} are not {list(RELEVANCE_LEVELS)}")
@@ -241,14 +250,3 @@ def prompt_ids(
         return plain_prompt_ids(tokenizer, spec, task, words, relevance, intent, task_range)
     command = special_ids(tokenizer, spec.tokens(task, words, relevance, task_range))
     return command + encode_intent(tokenizer, intent, spec.copy_slots) + special_ids(tokenizer, [OUTPUT_TOKEN])
-
-
-def position_offset(spec: CommandSpec, prompt_length: int) -> int:
-    """The position a prompt's first token takes, so that its output starts at
-    `spec.output_position` (a longer prompt starts at 0, and its output later).
-
-    Why: a small model counts the words it has written partly by absolute position; with
-    positions from 0, its outputs came out short whenever the prompt was longer than usual,
-    as unseen words split into byte pieces make it (docs/architecture.md, "Aligned output").
-    Training (training/examples.py) and every decode loop (runtime) shift positions by this."""
-    return max(0, spec.output_position - prompt_length)

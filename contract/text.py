@@ -39,6 +39,8 @@ class TokenizerLike(Protocol):
 
     def token_to_id(self, token: str) -> int | None: ...
 
+    def get_vocab(self, with_added_tokens: bool = True) -> dict[str, int]: ...
+
 
 def encode_text(tokenizer: TokenizerLike, text: str) -> list[int]:
     """BPE ids of user or teacher text, never of command tokens.

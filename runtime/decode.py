@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from contract.positions import Countdown
 from runtime.padding import left_pad
 from runtime.runner import Runner
 from runtime.sampler import GREEDY, Row, Sampler, SamplingParams, make_generator
@@ -45,6 +46,8 @@ def generate(
     keep_logits: bool = False,
     row_never: Sequence[Sequence[int]] | None = None,
     offsets: Sequence[int] | None = None,
+    countdown: Countdown | None = None,
+    words: Sequence[int] | None = None,
 ) -> Decoded:
     """Decode up to `max_new_tokens` tokens for each prompt, all prompts in one batch.
 
@@ -52,7 +55,9 @@ def generate(
     sample i of a request seeded s `make_generator(s, i)`, so the same seed and prompt give the
     same tokens here and there. `never`: token ids no row may produce; `row_never[i]`: ids
     row i may not produce (the copy tokens its intent has no word for, contract/copy.py).
-    `offsets[i]`: row i's first position (contract.command.position_offset; default 0). `eos_id` None: no
+    `offsets[i]`: row i's first position (contract.positions.position_offset; default 0). A countdown
+    model (`countdown`, contract/positions.py) numbers row i's output tokens down from `words[i]`,
+    the words its command asks for, instead of counting them up. `eos_id` None: no
     stopping, every row runs all steps (parity checks, timing). `forced` [batch, steps]:
     teacher forcing, the token fed after step t is `forced[:, t]` instead of the sampled one
     (to compare two runners position by position).
@@ -61,6 +66,11 @@ def generate(
     pad_id = eos_id if eos_id is not None else 0
     input_ids, mask, positions = left_pad(prompts, pad_id, offsets)
     shift = np.asarray(offsets if offsets is not None else [0] * batch, np.int64)[:, None]
+    if countdown is not None:
+        if words is None:
+            raise ValueError("a countdown model needs each row's length in words")
+        word_starts = np.fromiter(countdown.word_starts, np.int64)
+        words_left = np.asarray(words, np.int64)[:, None]
     if generators is None:
         generators = [make_generator(0, i) for i in range(batch)]
     rows = [
@@ -89,7 +99,11 @@ def generate(
             break
         # Finished rows keep decoding EOS (cheaper than reshaping the batch); their tokens are ignored.
         tokens = np.where(finished, pad_id, tokens)
-        positions = mask.sum(axis=1, keepdims=True) + shift
+        if countdown is not None:
+            words_left -= np.isin(tokens, word_starts)[:, None]
+            positions = countdown.base + np.maximum(words_left, 0)
+        else:
+            positions = mask.sum(axis=1, keepdims=True) + shift
         input_ids = tokens[:, None].astype(np.int64)
         mask = np.concatenate([mask, np.ones((batch, 1), dtype=np.int64)], axis=1)
     generations = [Generation(row.generated, bool(done)) for row, done in zip(rows, finished, strict=True)]

@@ -33,6 +33,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import torch
 
     from contract.command import COPY_SLOTS, CommandSpec
+    from contract.positions import COUNTDOWN
     from training.checkpoint import Checkpoint, save_checkpoint
     from training.model import build_model
     from training.tokenizer import add_command_tokens, compact_gpt2_tokenizer
@@ -45,6 +46,7 @@ def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
         task_words={"search_queries": TINY_QUERY_WORDS},  # the other tasks: the whole 1..32
         copy_slots=COPY_SLOTS,
         output_position=24,  # every prompt's positions shifted so outputs start at 24, as trained models do
+        positions=COUNTDOWN,  # and output positions count down the words left, as trained models' do
     )
     tokenizer = add_command_tokens(compact_gpt2_tokenizer(TINY_CORPUS), spec.special_tokens())
     eos = tokenizer.token_to_id("<|endoftext|>")

@@ -127,7 +127,7 @@ def test_served_copies_carry_unseen_words_intact(copying_bundle, tmp_path, inten
 
 
 def test_position_offset_aligns_every_output_at_one_position() -> None:
-    from contract.command import position_offset
+    from contract.positions import position_offset
     from runtime.padding import left_pad
 
     spec = CommandSpec(tasks=("title",), relevance_edges={}, output_position=12)

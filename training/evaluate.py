@@ -43,11 +43,11 @@ from contract.command import (
     CommandSpec,
     count_words,
     normalize_text,
-    position_offset,
     prompt_ids,
 )
 from contract.copy import copy_table, intent_words
 from contract.manifest import GenerationDefaults
+from contract.positions import countdown, position_offset
 from runtime.decode import generate
 from runtime.runner import Runner
 from runtime.sampler import SamplingParams, command_token_ids, make_generator
@@ -179,6 +179,7 @@ def run_samples(model: Model, samples: list[Sample], n: int, batch_size: int, se
     defaults = model.generation
     params = SamplingParams(defaults.temperature, defaults.top_p, defaults.top_k)
     never = command_token_ids(model.tokenizer, model.spec)  # as the server bans them
+    counter = countdown(model.spec, model.tokenizer)
     for start in tqdm(range(0, len(order), batch_size), desc="generate", unit="batch"):
         chunk = order[start : start + batch_size]
         batch_prompts = [prompts[i // n] for i in chunk]
@@ -192,7 +193,17 @@ def run_samples(model: Model, samples: list[Sample], n: int, batch_size: int, se
         row_never = [copies[i // n].banned for i in chunk]
         offsets = [position_offset(model.spec, len(p)) for p in batch_prompts]
         decoded = generate(
-            model.runner, batch_prompts, budget, eos, params, generators, never, row_never=row_never, offsets=offsets
+            model.runner,
+            batch_prompts,
+            budget,
+            eos,
+            params,
+            generators,
+            never,
+            row_never=row_never,
+            offsets=offsets,
+            countdown=counter,
+            words=[samples[i].length for i in chunk],
         )
         for i, out in zip(chunk, decoded.generations, strict=True):
             ids = copies[i // n].expand(out.ids)

@@ -35,11 +35,11 @@ from contract.command import (
     SPECIAL_TOKENS,
     CommandSpec,
     TokenizerLike,
-    position_offset,
     prompt_ids,
     special_ids,
 )
 from contract.copy import encode_output
+from contract.positions import ALIGNED, Countdown, countdown, sequence_positions
 from training.tokenizer import GPT2_BPE_DIR
 
 IGNORE_INDEX = -100  # label of positions that carry no loss (the command and intent, padding)
@@ -75,12 +75,13 @@ _WORD = re.compile(r"[A-Za-z]+")
 class Example:
     ids: list[int]  # command + intent + <|output|> + output + <|endoftext|>
     n_prompt: int  # how many leading ids are the prompt (no loss on them)
-    offset: int = 0  # the first token's position (contract.command.position_offset)
+    positions: list[int]  # each id's position (contract/positions.py)
 
     @property
     def span(self) -> int:
-        """Positions it takes up: it fits the model's context if this is at most n_positions."""
-        return self.offset + len(self.ids)
+        """The context it needs, as serving counts it (the output counted up from the prompt's
+        last position): it fits the model if this is at most n_positions."""
+        return self.positions[self.n_prompt - 1] + 1 + len(self.ids) - self.n_prompt
 
 
 def fit_command_spec(
@@ -89,6 +90,7 @@ def fit_command_spec(
     copy_slots: int = COPY_SLOTS,
     output_position: int = OUTPUT_POSITION,
     command_format: str = SPECIAL_TOKENS,
+    positions: str = ALIGNED,
 ) -> CommandSpec:
     """Tasks (in first-seen order), per-task relevance tertiles and per-task trained length
     ranges from the train split.
@@ -118,6 +120,7 @@ def fit_command_spec(
         copy_slots=0 if plain else copy_slots,
         output_position=0 if plain else output_position,
         format=command_format,
+        positions=ALIGNED if plain else positions,
     )
 
 
@@ -127,12 +130,19 @@ def hindsight_command(spec: CommandSpec, record: dict[str, Any]) -> tuple[str, i
     return task, spec.clamp_words(int(record["words"])), spec.relevance_level(task, float(record["relevance"]))
 
 
-def encode_example(tokenizer: TokenizerLike, spec: CommandSpec, record: dict[str, Any]) -> Example:
+def encode_example(
+    tokenizer: TokenizerLike, spec: CommandSpec, record: dict[str, Any], counter: Countdown | None = None
+) -> Example:
+    """`counter`: the spec's countdown (contract.positions.countdown), passed in by callers
+    that encode many examples; built here when a countdown spec comes without it."""
     task, words, level = hindsight_command(spec, record)
     prompt = prompt_ids(tokenizer, spec, task, words, level, record["intent"], task_range=False)
     output = encode_output(tokenizer, record["intent"], record["output"], spec.copy_slots)
     output += special_ids(tokenizer, [EOS_TOKEN])
-    return Example(ids=prompt + output, n_prompt=len(prompt), offset=position_offset(spec, len(prompt)))
+    if counter is None:
+        counter = countdown(spec, tokenizer)
+    positions = sequence_positions(spec, counter, len(prompt), words, output)
+    return Example(ids=prompt + output, n_prompt=len(prompt), positions=positions)
 
 
 @lru_cache(maxsize=1)
@@ -188,11 +198,12 @@ def epoch_examples(
     example would teach the model to stop without EOS.
     """
     rng = random.Random(seed)
+    counter = countdown(spec, tokenizer)
     examples = []
     for record in records:
         if copy_share > 0 and rng.random() < copy_share:
             record = swap_intent_words(record, rng)
-        example = encode_example(tokenizer, spec, record)
+        example = encode_example(tokenizer, spec, record, counter)
         if example.span <= max_len:
             examples.append(example)
     return examples
@@ -219,17 +230,17 @@ def length_bucketed_batches(lengths: Sequence[int], batch_size: int, seed: int, 
 def collate(examples: Iterable[Example], pad_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Right-padded (input_ids, attention_mask, labels, position_ids); labels are IGNORE_INDEX
     on the prompt and on padding, so the loss is on the output and its EOS only. Each row's
-    positions start at its example's offset, as serving's will (contract.command.position_offset)."""
+    positions are its example's, as serving's will be (contract/positions.py); padding takes 0."""
     examples = list(examples)
     width = max(len(e.ids) for e in examples)
     input_ids = np.full((len(examples), width), pad_id, dtype=np.int64)
     attention_mask = np.zeros((len(examples), width), dtype=np.int64)
     labels = np.full((len(examples), width), IGNORE_INDEX, dtype=np.int64)
-    position_ids = np.tile(np.arange(width, dtype=np.int64), (len(examples), 1))
+    position_ids = np.zeros((len(examples), width), dtype=np.int64)
     for row, example in enumerate(examples):
         n = len(example.ids)
         input_ids[row, :n] = example.ids
         attention_mask[row, :n] = 1
         labels[row, example.n_prompt : n] = example.ids[example.n_prompt :]
-        position_ids[row] += example.offset
+        position_ids[row, :n] = example.positions
     return input_ids, attention_mask, labels, position_ids

@@ -43,6 +43,7 @@ from contract.command import (
     SPECIAL_TOKENS,
     CommandSpec,
 )
+from contract.positions import ALIGNED, COUNTDOWN, POSITION_SCHEMES, check_fits
 from training.checkpoint import DEFAULT_GENERATION, Checkpoint, save_checkpoint
 from training.examples import collate, encode_example, epoch_examples, fit_command_spec, length_bucketed_batches
 from training.model import GGUF_CACHE, PRESETS, build_model, context_length, fit_vocabulary, load_pretrained
@@ -75,6 +76,10 @@ class TrainConfig:
     copy_slots: int = COPY_SLOTS
     # Where outputs start, whatever the prompt's length (contract.command.position_offset); 0: from the prompt's end.
     output_position: int = OUTPUT_POSITION
+    # How output tokens are numbered from there (contract/positions.py): "" picks countdown for a
+    # model from scratch (it stops at the asked length on long outputs) and aligned for a
+    # pretrained one (its positions are rotary: nothing to count down in).
+    positions: str = ""
     max_words: int = 48
     max_minutes: float = 8.0
     max_steps: int = 0  # 0: no step limit, the wall-clock budget decides
@@ -124,6 +129,10 @@ def sha256_of(path: Path) -> str:
 
 def command_format(config: TrainConfig) -> str:
     return config.command_format or (PLAIN_WORDS if config.init else SPECIAL_TOKENS)
+
+
+def position_scheme(config: TrainConfig) -> str:
+    return config.positions or (ALIGNED if command_format(config) == PLAIN_WORDS else COUNTDOWN)
 
 
 def build_student(
@@ -254,10 +263,16 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
         saved: Tokenizer | None = Tokenizer.from_str(state["tokenizer"])
     else:
         spec = fit_command_spec(
-            train_records, config.max_words, config.copy_slots, config.output_position, command_format(config)
+            train_records,
+            config.max_words,
+            config.copy_slots,
+            config.output_position,
+            command_format(config),
+            position_scheme(config),
         )
         saved = None
     model, tokenizer = build_student(config, spec, train_records, out, saved)
+    check_fits(spec, context_length(model))
     model = model.to(device)
     optimizer = make_optimizer(model, config)
     step, epoch, batch_in_epoch, elapsed, tokens_seen = 0, 0, 0, 0.0, 0
@@ -444,6 +459,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         default=defaults.output_position,
         help="the position outputs start at, whatever the prompt's length (0: right after the prompt)",
+    )
+    parser.add_argument(
+        "--positions",
+        choices=POSITION_SCHEMES,
+        default=defaults.positions,
+        help="output positions: count down the words left (default from scratch) or up (default pretrained)",
     )
     parser.add_argument("--max-words", type=int, default=defaults.max_words, help="longest length command")
     parser.add_argument("--seed", type=int, default=defaults.seed)

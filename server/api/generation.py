@@ -20,8 +20,9 @@ from fastapi import Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from contract.command import CommandError, position_offset, prompt_ids
+from contract.command import CommandError, prompt_ids
 from contract.copy import copy_table
+from contract.positions import position_offset
 from runtime.sampler import SamplingParams
 from server.api.errors import ApiError
 from server.api.schemas import Controls, SamplingFields
@@ -179,6 +180,7 @@ class GenerationCall:
             copies=copies.expansions,
             never=copies.banned,
             position_offset=offset,
+            words=length,
             stream=stream,
             deadline=self.started + timeout,
             arrival=self.started,

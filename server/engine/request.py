@@ -76,7 +76,8 @@ class GenerationRequest:
     # copy tokens (contract/copy.py): what each of this intent's expands to, and those it has no word for
     copies: dict[int, list[int]] = field(default_factory=dict)
     never: list[int] = field(default_factory=list)
-    position_offset: int = 0  # the prompt's first position (contract.command.position_offset)
+    position_offset: int = 0  # the prompt's first position (contract.positions.position_offset)
+    words: int = 0  # the command's length: a countdown model's output positions count down from it
     stream: bool = False
     deadline: float = float("inf")  # time.monotonic() by which it must be done
     arrival: float = field(default_factory=time.monotonic)

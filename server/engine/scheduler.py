@@ -26,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from contract.positions import countdown
 from runtime.kv_cache import (
     BatchCache,
     can_write_in_place,
@@ -91,6 +92,7 @@ class Scheduler:
         self.rows: list[Sequence | None] = []  # row i of the cache is rows[i]; None: a free slot
         self.cache: BatchCache = empty_cache(runner)
         self.sampler = Sampler(runner, command_token_ids(tokenizer, runner.manifest.command))
+        self.countdown = countdown(runner.manifest.command, tokenizer)  # None: outputs count up
         # the per-step series, bound to this model once rather than looked up every step
         self._ttft = metrics.time_to_first_token.labels(metrics.model)
         self._inter_token = metrics.inter_token_latency.labels(metrics.model)
@@ -235,8 +237,7 @@ class Scheduler:
         eos = self.runner.eos_token_id
         input_ids = np.array([[s.generated[-1] if s is not None else eos] for s in self.rows], np.int64)
         live = np.array([s is not None for s in self.rows])
-        offsets = np.array([[s.request.position_offset if s is not None else 0] for s in self.rows], np.int64)
-        positions = self.cache.positions() + offsets
+        positions = self._positions()
         positions[~live] = 0  # a free slot's dummy token must stay a valid position
         mask = np.concatenate([self.cache.mask, np.ones((len(self.rows), 1), np.int64)], axis=1)
         rows = [s for s in self.rows if s is not None]
@@ -244,6 +245,16 @@ class Scheduler:
             "decode", input_ids, mask, positions, self.cache.past, rows, np.flatnonzero(live)
         )
         self.cache.advance(present)
+
+    def _positions(self) -> np.ndarray:
+        """The position of each row's next token (contract/positions.py): the words it has left
+        to write for a countdown model, else its count of tokens shifted by its offset."""
+        if self.countdown is not None:
+            left = [s.words_left if s is not None else 0 for s in self.rows]
+            return np.array([[self.countdown.position(w)] for w in left], np.int64)
+        offsets = np.array([[s.request.position_offset if s is not None else 0] for s in self.rows], np.int64)
+        positions: np.ndarray = self.cache.positions() + offsets
+        return positions
 
     def _forward_and_sample(
         self,
@@ -278,6 +289,8 @@ class Scheduler:
                 self._inter_token.observe(now - sequence.last_token_time)
             before = len(sequence.generated)
             sequence.append(int(token))
+            if self.countdown is not None:
+                sequence.words_left = self.countdown.after(sequence.words_left, int(token))
             generated += len(sequence.generated) - before
             if sequence.request.stream and (delta := sequence.delta()) is not None:
                 emit(sequence.request, delta)

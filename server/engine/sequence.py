@@ -30,6 +30,7 @@ class Sequence:
         self.finish_reason: str | None = None
         self.reported = False  # its SampleDone has been sent
         self.last_token_time = 0.0
+        self.words_left = request.words  # a countdown model's next position (contract/positions.py)
 
     @property
     def generated(self) -> list[int]:
