@@ -117,6 +117,20 @@ def test_generated_records_keep_every_intent_in_one_split(tmp_path: Path) -> Non
     assert {s for splits in splits_by_key.values() for s in splits} == {"train", "val", "test"}
 
 
+def test_tasks_per_intent_keeps_every_intent_and_balances_the_tasks(tmp_path: Path) -> None:
+    assert generate.main(["--out", str(tmp_path), "--limit-intents", "400", "--tasks-per-intent", "2"]) == 0
+    tasks_of: dict[str, set[str]] = {}
+    for record in iter_records(tmp_path):
+        tasks_of.setdefault(record["intent"], set()).add(record["task"])
+    assert len(tasks_of) == 400 and all(len(t) == 2 for t in tasks_of.values())
+    per_task = Counter(t for tasks in tasks_of.values() for t in tasks)
+    assert len(per_task) == 4 and min(per_task.values()) > 0.8 * 200  # about 400 x 2 / 4 each
+    # asking for more tasks later keeps what was drawn: a larger count only adds requests
+    names = sorted(per_task)
+    for intent, tasks in tasks_of.items():
+        assert tasks <= generate.intent_tasks(names, intent, 3, generate.DEFAULT_SEED)
+
+
 def test_default_dataset_size_suits_the_first_run() -> None:
     """All tasks x all intents x --per-intent default: 60k-100k samples, scored in about 4 min."""
     size = len(load_intents()) * len(load_tasks()) * DEFAULT_PER_INTENT

@@ -65,6 +65,7 @@ def test_broken_task_files_are_refused_with_a_reason(tmp_path: Path, content: st
     [
         (["--tasks", "poem"], 2, "unknown task(s) ['poem']"),
         (["--per-intent", "0"], 2, "must be at least 1"),
+        (["--tasks-per-intent", "-1"], 2, "must be 0 (every task) or more"),
         (["--intents", "/no/such/file.txt"], 2, "does not exist"),
         (["--teacher", "openai"], 2, "needs --model"),
         (["--teacher", "openai", "--model", "m", "--concurrency", "0"], 2, "must be positive"),

@@ -18,6 +18,7 @@ import random
 import sys
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +33,7 @@ from training.tasks import STYLES, TASKS_DIR, TaskError, TaskSpec, load_tasks
 from training.teachers import Completion, Request, Target, Teacher, TeacherError, add_teacher_arguments, build_teacher
 from training.teachers.parsing import reject_reason
 
-DEFAULT_PER_INTENT = 1  # one output per (task, intent): ~21,000 intents x 4 tasks = ~85k samples, scored in ~4 min
+DEFAULT_PER_INTENT = 1  # one output per (task, intent): ~21,000 intents x 4 tasks = ~85k samples
 DEFAULT_SEED = 0
 
 
@@ -52,13 +53,32 @@ def plan_targets(task: TaskSpec, n: int, rng: random.Random) -> tuple[Target, ..
     return tuple(Target(words, style) for words, style in zip(lengths, styles, strict=True))
 
 
+def intent_tasks(tasks: Sequence[str], intent: str, count: int, seed: int) -> set[str]:
+    """The `count` tasks (all when 0) an intent is asked for: drawn per intent from a seeded RNG,
+    so every intent stays in the data, each task gets about its share, and asking for more
+    tasks later keeps the ones already drawn (a run with a larger count only adds requests)."""
+    if not count or count >= len(tasks):
+        return set(tasks)
+    order = sorted(tasks)
+    random.Random(request_seed(seed, "\x1etasks", intent)).shuffle(order)
+    return set(order[:count])
+
+
 def build_requests(
-    tasks: dict[str, TaskSpec], intents: list[Intent], teacher: Teacher, per_intent: int, seed: int
+    tasks: dict[str, TaskSpec],
+    intents: list[Intent],
+    teacher: Teacher,
+    per_intent: int,
+    seed: int,
+    tasks_per_intent: int = 0,
 ) -> list[Request]:
     requests = []
+    asked = {i.text: intent_tasks(list(tasks), i.text, tasks_per_intent, seed) for i in intents}
     for task in tasks.values():
         prompt_hash = teacher.prompt_hash(task)
         for intent in intents:
+            if task.name not in asked[intent.text]:
+                continue
             request_rng_seed = request_seed(seed, task.name, intent.text)
             targets = plan_targets(task, per_intent, random.Random(request_rng_seed))
             identity = [teacher.kind, teacher.model, prompt_hash, task.name, intent.text, request_rng_seed]
@@ -197,13 +217,15 @@ def generate(args: argparse.Namespace) -> int:
     try:
         if args.per_intent < 1 or (args.limit_intents is not None and args.limit_intents < 1):
             raise TaskError("--per-intent and --limit-intents must be at least 1")
+        if args.tasks_per_intent < 0:
+            raise TaskError("--tasks-per-intent must be 0 (every task) or more")
         tasks = load_tasks(args.tasks, args.tasks_dir)
         intents = select_intents(load_intents(args.intents), args.limit_intents)
         teacher = build_teacher(args)
     except (TaskError, CorpusError, TeacherError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    requests = build_requests(tasks, intents, teacher, args.per_intent, args.seed)
+    requests = build_requests(tasks, intents, teacher, args.per_intent, args.seed, args.tasks_per_intent)
     splits = {i.text: i.split for i in intents}
     stats = RunStats()
     interrupted = False
@@ -250,6 +272,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--intents", type=Path, default=None, help="intent file (default: the shipped corpus)")
     parser.add_argument("--limit-intents", type=int, default=None, help="use N intents spread over the corpus")
     parser.add_argument("--per-intent", type=int, default=DEFAULT_PER_INTENT, help="outputs asked per (task, intent)")
+    parser.add_argument(
+        "--tasks-per-intent",
+        type=int,
+        default=0,
+        help="ask each intent for this many of the tasks, drawn per intent (0: every task)",
+    )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="base seed of targets and procedural outputs")
     add_teacher_arguments(parser)
     parser.set_defaults(func=generate)
