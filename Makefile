@@ -18,6 +18,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ART ?= artifacts
 TRAIN_MINUTES ?= 8
+# Tasks each intent is asked for (0: all four); 2 keeps the first run near 12 minutes (bench/realistic.md, part 5).
+TASKS_PER_INTENT ?= 2
 STUDENT ?= tiny
 # A pretrained student fine-tunes at a tenth of the from-scratch learning rate.
 PRETRAINED_LR ?= 1e-4
@@ -70,7 +72,7 @@ $(VENV)/.smollm2: | $(VENV)/.installed
 	touch $@
 
 $(SCORED): | $(VENV)/.installed
-	$(PY) -m training generate --out $(SAMPLES)
+	$(PY) -m training generate --out $(SAMPLES) --tasks-per-intent $(TASKS_PER_INTENT)
 	$(PY) -m training score --samples $(SAMPLES) --out $@
 
 $(CHECKPOINT)/udrl.json: $(SCORED) $(STUDENT_DEPS)

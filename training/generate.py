@@ -33,7 +33,12 @@ from training.tasks import STYLES, TASKS_DIR, TaskError, TaskSpec, load_tasks
 from training.teachers import Completion, Request, Target, Teacher, TeacherError, add_teacher_arguments, build_teacher
 from training.teachers.parsing import reject_reason
 
-DEFAULT_PER_INTENT = 1  # one output per (task, intent): ~21,000 intents x 4 tasks = ~85k samples
+DEFAULT_PER_INTENT = 1  # one output per (task, intent) asked
+# Each intent is asked for 2 of the 4 tasks by default: ~21,000 intents x 2 = ~42k samples, scored in
+# about 2 minutes, all the first run's 8 minutes of training get through (~1,500 steps of 32 are
+# ~48k examples) and every intent is still in the data. All 4 (85k samples) cost 2 more minutes of
+# scoring for -0.02..+0.09 of relevance at `high` per task (bench/realistic.md, part 5).
+DEFAULT_TASKS_PER_INTENT = 2
 DEFAULT_SEED = 0
 
 
@@ -275,7 +280,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--tasks-per-intent",
         type=int,
-        default=0,
+        default=DEFAULT_TASKS_PER_INTENT,
         help="ask each intent for this many of the tasks, drawn per intent (0: every task)",
     )
     parser.add_argument("--seed", type=int, default=DEFAULT_SEED, help="base seed of targets and procedural outputs")
