@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -339,6 +340,19 @@ def test_a_broken_bundle_refuses_to_start(tiny_bundle: Path, tmp_path: Path, cas
     assert len(lines) == 1 and lines[0].startswith("server: cannot"), result.stderr[-2000:]
 
 
+def log_entries(path: Path) -> list[dict[str, Any]]:
+    """The server's JSON log lines (server/log.py)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def assert_logged_with(log_path: Path, error_id: str) -> None:
+    """The engine's line (with the traceback) and the request's line both carry the id."""
+    logged = {e["msg"]: e for e in log_entries(log_path) if e.get("error_id") == error_id}
+    assert set(logged) == {"engine step failed; failing its batch", "request"}, logged
+    assert "InjectedFault" in logged["engine step failed; failing its batch"]["exc"]
+    assert logged["request"]["status"] == 500
+
+
 def test_a_failed_forward_fails_only_its_batch(tiny_bundle: Path, tmp_path: Path) -> None:
     # forward 1: the first request's prefill; 2: its first decode step, which raises
     process = ServerProcess(tiny_bundle, tmp_path / "server.log", variant="fp32", fault_inject="raise@2")
@@ -346,13 +360,14 @@ def test_a_failed_forward_fails_only_its_batch(tiny_bundle: Path, tmp_path: Path
         with httpx.Client(base_url=process.url, timeout=30) as c:
             failed = c.post(NATIVE, json=GOOD)
             assert_error(failed, 500, "internal_error", None)
-            assert "error id" in failed.json()["error"]["message"]
-            error_id = failed.json()["error"]["message"].rsplit("error id ", 1)[1].rstrip(")")
+            error_id = failed.json()["error"]["id"]  # a field of its own, not only inside the message
+            assert re.fullmatch(r"[0-9a-f]{16}", error_id) and error_id in failed.json()["error"]["message"]
             assert c.get("/readyz").status_code == 200
             assert c.post(NATIVE, json=GOOD).status_code == 200
             stream = c.post(NATIVE, json={**GOOD, "stream": True})
             assert stream.status_code == 200 and "event: done" in stream.text
-        assert error_id in process.log_path.read_text()
+        time.sleep(0.2)  # the log lines are written by the server process
+        assert_logged_with(process.log_path, error_id)
     finally:
         process.stop()
 
@@ -390,8 +405,13 @@ def test_a_failed_forward_spares_requests_that_wait(tiny_bundle: Path, tmp_path:
         import asyncio
 
         text, queued = asyncio.run(run())
-        assert "event: error" in text and "internal_error" in text, text[-500:]
+        events = text.split("\n\n")
+        error = next(json.loads(e.split("data: ", 1)[1]) for e in events if e.startswith("event: error"))["error"]
+        assert error["type"] == "internal_error" and error["status"] == 500, error
+        assert re.fullmatch(r"[0-9a-f]{16}", error["id"]), error  # the stream's error event carries the id too
         assert queued.status_code == 200, queued.text
+        time.sleep(0.2)
+        assert_logged_with(process.log_path, error["id"])
     finally:
         process.stop()
 

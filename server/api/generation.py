@@ -23,7 +23,7 @@ from starlette.types import Receive, Scope, Send
 from contract.command import CommandError, position_offset, prompt_ids
 from contract.copy import copy_table
 from runtime.sampler import SamplingParams
-from server.api.errors import ApiError
+from server.api.errors import ApiError, error_object
 from server.api.schemas import Controls, SamplingFields
 from server.api.sse import HEADERS, MEDIA_TYPE
 from server.api.state import ServerState
@@ -41,6 +41,13 @@ FAILURES = {
     "aborted": (499, "client_closed"),
     "internal": (500, "internal_error"),
 }
+
+
+def failure_error(failure: RequestFailed) -> tuple[int, dict[str, object]]:
+    """The HTTP status and the `error` object of an engine failure, for a JSON answer and
+    an SSE `error` event alike (with `id` when the engine logged one)."""
+    status, kind = FAILURES.get(failure.reason, (500, "internal_error"))
+    return status, error_object(kind, failure.message, error_id=failure.error_id)
 
 
 async def wait_for_disconnect(request: Request) -> None:
@@ -204,8 +211,8 @@ class GenerationCall:
 
     def _fail(self, failure: RequestFailed) -> ApiError:
         status, kind = FAILURES.get(failure.reason, (500, "internal_error"))
-        self.close(status, kind)
-        return ApiError(status, kind, failure.message)
+        self.close(status, kind, failure.error_id)
+        return ApiError(status, kind, failure.message, error_id=failure.error_id)
 
     async def collect(self) -> tuple[list[SampleDone], RequestDone]:
         """Wait for the whole result, watching for the client going away meanwhile."""
@@ -247,7 +254,7 @@ class GenerationCall:
                 elif isinstance(event, RequestFailed):
                     finished = True
                     status, kind = FAILURES.get(event.reason, (500, "internal_error"))
-                    self.close(status, kind)
+                    self.close(status, kind, event.error_id)
                 yield event
                 if isinstance(event, RequestDone | RequestFailed):
                     finished = True
@@ -272,7 +279,7 @@ class GenerationCall:
 
     # --- the end --------------------------------------------------------------------
 
-    def _record(self, status: int, reason: str) -> None:
+    def _record(self, status: int, reason: str, error_id: str | None = None) -> None:
         seconds = time.monotonic() - self.started
         self.state.metrics.observe_request(self.route, status, reason, seconds)
         fields = {
@@ -283,19 +290,21 @@ class GenerationCall:
             "latency_ms": round(seconds * 1000, 2),
             **self.log_fields,
         }
+        if error_id is not None:  # the engine's line with the traceback has the same error_id
+            fields["error_id"] = error_id
         if self.done is not None:
             fields.update(prompt_tokens=self.done.prompt_tokens, completion_tokens=self.done.completion_tokens)
         if self.state.settings.log_request_text and self.samples:
             fields["outputs"] = [s.text for s in self.samples]
         log.info("request", extra=fields)
 
-    def close(self, status: int, reason: str) -> None:
+    def close(self, status: int, reason: str, error_id: str | None = None) -> None:
         """Once per admitted call: give the ticket back, count it, log it."""
         if self._closed:
             return
         self._closed = True
         self.state.engine.release()
-        self._record(status, reason)
+        self._record(status, reason, error_id)
 
 
 class _EventStream(StreamingResponse):

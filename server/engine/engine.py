@@ -16,11 +16,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import deque
 
 from runtime.decode import generate
-from server.engine.request import GenerationRequest
+from server.engine.request import GenerationRequest, new_error_id
 from server.engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -147,6 +146,6 @@ class Engine:
             try:
                 scheduler.step()
             except Exception as e:
-                error_id = uuid.uuid4().hex[:16]  # in the log line and in each failed request's 500 body
+                error_id = new_error_id()  # in the log line and in each failed request's 500 body
                 log.exception("engine step failed; failing its batch", extra={"error_id": error_id})
-                scheduler.fail_all(f"engine error: {type(e).__name__} (error id {error_id})")
+                scheduler.fail_all(f"engine error: {type(e).__name__} (error id {error_id})", error_id)
