@@ -278,6 +278,62 @@ def test_the_server_binds_loopback_by_default() -> None:
     assert "PROMPTGEN_HOST=0.0.0.0" in (Path(__file__).parents[1] / "Dockerfile").read_text()  # only the image opens up
 
 
+REJECTED = "promptgen_rejected_requests_total"
+
+
+def rejections(process: ServerProcess) -> dict[tuple[str, str], float]:
+    """(status, reason) -> count, from /metrics as prometheus_client parses it."""
+    return {
+        (dict(labels)["status"], dict(labels)["reason"]): value
+        for (name, labels), value in process.metrics().items()
+        if name == REJECTED
+    }
+
+
+def test_every_kind_of_rejection_is_counted(tiny_bundle: Path, tmp_path: Path) -> None:
+    """One refusal of each kind against a server with keys and room for one request; the
+    guard's and the key check's refusals happen in middleware, before any route."""
+    process = ServerProcess(
+        tiny_bundle,
+        tmp_path / "server.log",
+        env={"PROMPTGEN_API_KEYS": ENV_KEY},
+        variant="fp32",
+        max_batch_size=1,
+        max_queue=0,
+        fault_inject="hang@2",  # the first request holds the only slot for good: the next one is a 429
+    )
+    try:
+        assert rejections(process) == {}
+        with httpx.Client(base_url=process.url, timeout=30, headers=bearer(ENV_KEY)) as c:
+            assert c.post(NATIVE, json=GOOD, headers={"Authorization": ""}).status_code == 401
+            too_large = json.dumps({**GOOD, "input": "x" * (Settings().max_body_bytes + 10)})
+            assert raw_post(c, NATIVE, too_large.encode()).status_code == 413
+            assert raw_post(c, NATIVE, json.dumps(GOOD).encode(), "text/plain").status_code == 415
+            assert raw_post(c, NATIVE, BAD_BODIES["NaN temperature"][1].encode()).status_code == 400
+            assert c.post(NATIVE, json={**GOOD, "bogus": 1}).status_code == 422
+            assert c.post(NATIVE, json={**GOOD, "task": "no_such_task"}).status_code == 400
+            assert c.get("/no/such/route").status_code == 404
+            # admitted, then the engine hangs at its first decode step
+            threading.Thread(target=post_quietly, args=(process.url, bearer(ENV_KEY)), daemon=True).start()
+            deadline = time.monotonic() + 10
+            while sum(v for (name, _), v in process.metrics().items() if name == "promptgen_requests_running") < 1:
+                assert time.monotonic() < deadline, "the first request was never admitted"
+                time.sleep(0.05)
+            assert c.post(NATIVE, json=GOOD).status_code == 429
+        assert rejections(process) == {
+            ("401", "unauthorized"): 1,
+            ("413", "body_too_large"): 1,
+            ("415", "unsupported_media_type"): 1,
+            ("400", "invalid_json"): 1,
+            ("422", "invalid_request"): 1,
+            ("400", "unknown_task"): 1,
+            ("404", "not_found"): 1,
+            ("429", "overloaded"): 1,
+        }
+    finally:
+        process.stop()
+
+
 # --- 3. faults ------------------------------------------------------------------------
 
 
@@ -372,10 +428,10 @@ def test_a_failed_forward_fails_only_its_batch(tiny_bundle: Path, tmp_path: Path
         process.stop()
 
 
-def post_quietly(url: str) -> None:
+def post_quietly(url: str, headers: dict[str, str] | None = None) -> None:
     """A request into a hung or dead engine: it never gets an answer before the server is stopped."""
     with contextlib.suppress(httpx.HTTPError):
-        httpx.post(f"{url}{NATIVE}", json={**GOOD, "timeout": 2}, timeout=30)
+        httpx.post(f"{url}{NATIVE}", json={**GOOD, "timeout": 2}, headers=headers, timeout=30)
 
 
 def test_a_failed_forward_spares_requests_that_wait(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -77,13 +77,24 @@ def _param(loc: tuple[object, ...] | list[object]) -> str | None:
     return ".".join(parts) or None
 
 
+def count_rejection(request: Request, status: int, type: str) -> None:
+    """Count a refusal in `promptgen_rejected_requests_total`: a 4xx, or a 503 (draining).
+    Not 499 (the client left during generation), 500 or 504: those were failures, not
+    refusals."""
+    state = getattr(request.app.state, "server", None)
+    if state is not None and ((400 <= status < 500 and status != 499) or status == 503):
+        state.metrics.observe_rejection(status, type)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        count_rejection(request, exc.status, exc.type)
         return error_response(exc.status, exc.type, exc.message, exc.param, exc.headers, exc.error_id)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        count_rejection(request, 422, "invalid_request")
         state = getattr(request.app.state, "server", None)
         if state is not None:
             state.metrics.requests.labels(state.model_name, request.url.path, "422", "invalid_request").inc()
@@ -102,6 +113,7 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        count_rejection(request, exc.status_code, kind)
         return error_response(exc.status_code, kind, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
