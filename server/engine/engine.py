@@ -6,7 +6,8 @@ busy processes on a small machine slow each other badly (docs/architecture.md). 
 - `try_admit()` / `release()`: the admission bound (in flight + queued), checked before
   a request is even tokenised, so an overloaded server refuses cheaply;
 - `submit()` / `abort()`: hand a request over, or take it back (client disconnected);
-- events come back through each request's sink (`loop.call_soon_threadsafe`).
+- events come back through each request's sink (its `api/event_buffer.py` EventBuffer),
+  which never blocks the engine thread.
 The loop beats a heartbeat every iteration, also when idle, so `/readyz` can tell a
 live engine from a hung one.
 """
