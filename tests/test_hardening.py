@@ -115,6 +115,29 @@ BAD_BODIES = {
     "NaN in completions": (OPENAI, '{"prompt": "x", "temperature": NaN}', 400, "invalid_json", "temperature"),
     "unknown field openai": (OPENAI, json.dumps({**COMPLETION, "bogus": 1}), 422, "invalid_request", "bogus"),
     "n over completions": (OPENAI, json.dumps({**COMPLETION, "n": 99}), 422, "invalid_request", "n"),
+    # the limits above hold on /v1/completions too (the same SamplingFields)
+    "max_tokens over": (OPENAI, json.dumps({**COMPLETION, "max_tokens": 5000}), 422, "invalid_request", "max_tokens"),
+    "five stop strings completions": (
+        OPENAI,
+        json.dumps({**COMPLETION, "stop": list("abcde")}),
+        422,
+        "invalid_request",
+        "stop",
+    ),
+    "timeout over server completions": (
+        OPENAI,
+        json.dumps({**COMPLETION, "timeout": 301}),
+        400,
+        "invalid_request",
+        "timeout",
+    ),
+    "unknown control completions": (
+        OPENAI,
+        json.dumps({**COMPLETION, "controls": {"colour": "red"}}),
+        422,
+        "invalid_request",
+        "controls.colour",
+    ),
     "control in prompt": (
         OPENAI,
         json.dumps({**COMPLETION, "prompt": ["a\u001bb"]}),
