@@ -4,6 +4,11 @@ A directory with the Hugging Face model (`config.json`, `model.safetensors`), th
 tokenizer with its command tokens (`tokenizer.json`), and `udrl.json`: the command
 vocabulary with its fitted bucket edges, generation defaults and provenance. Export
 copies the last two into the bundle manifest unchanged.
+
+`udrl.json` is what makes a directory a checkpoint (`load_checkpoint` and the Makefile look
+for it), so it is removed before the other files are rewritten and renamed into place
+after them: a kill -9 while saving leaves no checkpoint, never new weights beside an old
+`udrl.json` or a torn weights file beside a whole one (issue 12).
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ class Checkpoint:
 def save_checkpoint(checkpoint: Checkpoint, out_dir: Path | str) -> Path:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / UDRL_FILE).unlink(missing_ok=True)  # from here until the rename below: no checkpoint
     checkpoint.model.save_pretrained(out_dir, safe_serialization=True)
     checkpoint.tokenizer.save(str(out_dir / TOKENIZER_FILE))
     udrl = {
@@ -43,7 +49,9 @@ def save_checkpoint(checkpoint: Checkpoint, out_dir: Path | str) -> Path:
         "generation": checkpoint.generation,
         "provenance": checkpoint.provenance,
     }
-    (out_dir / UDRL_FILE).write_text(json.dumps(udrl, indent=2) + "\n")
+    tmp = out_dir / (UDRL_FILE + ".tmp")
+    tmp.write_text(json.dumps(udrl, indent=2) + "\n")
+    tmp.replace(out_dir / UDRL_FILE)
     return out_dir
 
 
