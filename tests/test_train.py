@@ -5,6 +5,7 @@ uninterrupted run writes (issue 12)."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -129,6 +130,39 @@ def test_train_killed_while_saving_the_checkpoint_resumes_to_the_same_one(
     weights.write_bytes(weights.read_bytes()[:1000])
     run_train(scored, out)
     assert_same_checkpoint(out, uninterrupted)
+
+
+class RunsCode:
+    """Pickled, it names a function that unpickling would call: what a planted file does."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_snapshot_holding_pickled_code_is_refused_unrun(scored: Path, tmp_path: Path) -> None:
+    out, marker = tmp_path / "ck", tmp_path / "it-ran"
+    out.mkdir()
+    torch.save({"step": RunsCode(marker)}, out / STATE_FILE)
+    result = subprocess.run(train_command(scored, out), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert f"error: {out / STATE_FILE} holds objects other than tensors" in result.stderr
+    assert not marker.exists()  # refused before anything in it ran
+
+
+def test_a_pickled_init_model_is_refused(scored: Path, tmp_path: Path) -> None:
+    """Only safetensors weights are loaded: a folder with just a pickled pytorch_model.bin is refused."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    pickled = tmp_path / "pickled"
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_head=2, n_embd=32, n_positions=128))
+    model.config.save_pretrained(pickled)
+    torch.save(model.state_dict(), pickled / "pytorch_model.bin")  # the pickle format save_pretrained no longer writes
+    command = [*train_command(scored, tmp_path / "ck"), "--init", str(pickled)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "error:" in result.stderr, result.stderr[-2000:]
 
 
 def test_bad_input_is_a_clear_cli_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -60,7 +60,8 @@ def load_checkpoint(path: Path | str) -> Checkpoint:
     if not (path / UDRL_FILE).is_file():
         raise FileNotFoundError(f"{path} is not a checkpoint: it has no {UDRL_FILE}")
     udrl = json.loads((path / UDRL_FILE).read_text())
-    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True).eval()
+    # safetensors only: a checkpoint folder with a pickled pytorch_model.bin instead is refused
+    model = AutoModelForCausalLM.from_pretrained(str(path), local_files_only=True, use_safetensors=True).eval()
     # Every reader asks config.n_positions, GPT-2's name for the context; Llama calls it otherwise.
     model.config.n_positions = model.config.max_position_embeddings
     return Checkpoint(

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -240,6 +241,15 @@ def keep_log_until(path: Path, step: int) -> None:
     tmp.replace(path)
 
 
+def load_state(path: Path) -> dict[str, Any]:
+    """The snapshot, unpickled with weights_only: tensors and plain containers only. A file
+    that names any other object (which unpickling would run) is refused (issue 12)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} holds objects other than tensors: refused; delete it to start afresh") from None
+
+
 def save_state(path: Path, state: dict[str, Any]) -> None:
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
@@ -281,8 +291,7 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
         raise ValueError(f"{data} has no records with split 'train'")
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / STATE_FILE
-    # weights_only: tensors and plain containers only, never pickled code (issue 12)
-    state = torch.load(state_path, map_location="cpu", weights_only=True) if resume and state_path.is_file() else None
+    state = load_state(state_path) if resume and state_path.is_file() else None
     if resume and state is None and dist.main:
         print(f"no {STATE_FILE} in {out}: starting afresh", file=sys.stderr)
 
