@@ -3,17 +3,23 @@
 Fails (exit 1) on a known vulnerability that has a fixed version to move to; reports
 the ones without a fix and passes. When pip-audit cannot get its vulnerability
 database (no network, the service down), it says so plainly and passes: CI must not
-go red because a server elsewhere is unreachable.
+go red because a server elsewhere is unreachable. A missing pip-audit is not that: it
+fails, or an environment without the tool would pass every audit unread.
+tests/test_audit.py drives each of these cases.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 
 
 def main() -> int:
+    if importlib.util.find_spec("pip_audit") is None:
+        print("dependency audit FAILED: pip-audit is not installed (it is in the dev extras: make install)")
+        return 2
     command = [sys.executable, "-m", "pip_audit", "--format", "json", "--skip-editable", "--progress-spinner", "off"]
     command += ["--timeout", "20"]
     result = subprocess.run(command, capture_output=True, text=True)

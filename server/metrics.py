@@ -48,6 +48,19 @@ class Metrics:
         self.finish_reasons = Counter(
             f"{PREFIX}_finish_reasons", "Finished samples by reason.", ("model", "reason"), registry=r
         )
+        # Every refusal before generation, wherever it happens: the body guard and the key
+        # check (ASGI middleware, which no route sees), validation, admission (429, 503
+        # draining) and the routes' own 4xx. `reason` is the error body's `type`; no route
+        # label, so paths a scanner makes up cannot grow the series without bound.
+        self.rejected = Counter(
+            f"{PREFIX}_rejected_requests",
+            "Requests refused before generation, by HTTP status and error type.",
+            ("model", "status", "reason"),
+            registry=r,
+        )
+
+    def observe_rejection(self, status: int, reason: str) -> None:
+        self.rejected.labels(self.model, str(status), reason).inc()
 
     def observe_request(self, route: str, status: int, reason: str, seconds: float) -> None:
         self.requests.labels(self.model, route, str(status), reason).inc()

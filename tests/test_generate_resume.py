@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -46,10 +47,11 @@ def comparable(out: Path) -> set[str]:
     return {json.dumps({k: v for k, v in r.items() if k != "created_at"}, sort_keys=True) for r in iter_records(out)}
 
 
-def interrupt_halfway(cmd: list[str], out: Path, sig: signal.Signals) -> subprocess.CompletedProcess[str]:
+def interrupt_after(cmd: list[str], out: Path, sig: signal.Signals, requests: int) -> subprocess.CompletedProcess[str]:
+    """Run generate and send `sig` once `requests` requests are committed (others are in flight)."""
     process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while committed(out) < REQUESTS // 3:
+    while committed(out) < requests:
         assert process.poll() is None and time.monotonic() < deadline, "generate ended before it could be killed"
         time.sleep(0.01)
     os.kill(process.pid, sig)
@@ -74,16 +76,24 @@ def uninterrupted(server: ChatServer, tmp_path_factory: pytest.TempPathFactory) 
     return records
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+# kill -9 after two seeded-random numbers of committed requests (a failure re-runs the same), ctrl-c after a third
+KILL_POINTS = sorted(random.Random(5).sample(range(1, REQUESTS * 2 // 3), 2))
+
+
+@pytest.mark.parametrize(
+    ("sig", "after"),
+    [*((signal.SIGKILL, k) for k in KILL_POINTS), (signal.SIGINT, REQUESTS // 3)],
+    ids=[*(f"kill-9-after-{k}" for k in KILL_POINTS), "ctrl-c"],
+)
 def test_interrupted_run_resumes_to_the_same_records(
-    server: ChatServer, uninterrupted: set[str], tmp_path: Path, sig: signal.Signals
+    server: ChatServer, uninterrupted: set[str], tmp_path: Path, sig: signal.Signals, after: int
 ) -> None:
     intents = tmp_path / "intents.txt"
     intents.write_text("\n".join(INTENTS))
     out = tmp_path / "samples"
     cmd = command(server, intents, out)
 
-    killed = interrupt_halfway(cmd, out, sig)
+    killed = interrupt_after(cmd, out, sig, after)
     if sig == signal.SIGINT:
         assert killed.returncode == 130
         assert "interrupted: re-run the same command to resume" in killed.stdout

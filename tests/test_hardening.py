@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -114,6 +115,29 @@ BAD_BODIES = {
     "NaN in completions": (OPENAI, '{"prompt": "x", "temperature": NaN}', 400, "invalid_json", "temperature"),
     "unknown field openai": (OPENAI, json.dumps({**COMPLETION, "bogus": 1}), 422, "invalid_request", "bogus"),
     "n over completions": (OPENAI, json.dumps({**COMPLETION, "n": 99}), 422, "invalid_request", "n"),
+    # the limits above hold on /v1/completions too (the same SamplingFields)
+    "max_tokens over": (OPENAI, json.dumps({**COMPLETION, "max_tokens": 5000}), 422, "invalid_request", "max_tokens"),
+    "five stop strings completions": (
+        OPENAI,
+        json.dumps({**COMPLETION, "stop": list("abcde")}),
+        422,
+        "invalid_request",
+        "stop",
+    ),
+    "timeout over server completions": (
+        OPENAI,
+        json.dumps({**COMPLETION, "timeout": 301}),
+        400,
+        "invalid_request",
+        "timeout",
+    ),
+    "unknown control completions": (
+        OPENAI,
+        json.dumps({**COMPLETION, "controls": {"colour": "red"}}),
+        422,
+        "invalid_request",
+        "controls.colour",
+    ),
     "control in prompt": (
         OPENAI,
         json.dumps({**COMPLETION, "prompt": ["a\u001bb"]}),
@@ -277,6 +301,62 @@ def test_the_server_binds_loopback_by_default() -> None:
     assert "PROMPTGEN_HOST=0.0.0.0" in (Path(__file__).parents[1] / "Dockerfile").read_text()  # only the image opens up
 
 
+REJECTED = "promptgen_rejected_requests_total"
+
+
+def rejections(process: ServerProcess) -> dict[tuple[str, str], float]:
+    """(status, reason) -> count, from /metrics as prometheus_client parses it."""
+    return {
+        (dict(labels)["status"], dict(labels)["reason"]): value
+        for (name, labels), value in process.metrics().items()
+        if name == REJECTED
+    }
+
+
+def test_every_kind_of_rejection_is_counted(tiny_bundle: Path, tmp_path: Path) -> None:
+    """One refusal of each kind against a server with keys and room for one request; the
+    guard's and the key check's refusals happen in middleware, before any route."""
+    process = ServerProcess(
+        tiny_bundle,
+        tmp_path / "server.log",
+        env={"PROMPTGEN_API_KEYS": ENV_KEY},
+        variant="fp32",
+        max_batch_size=1,
+        max_queue=0,
+        fault_inject="hang@2",  # the first request holds the only slot for good: the next one is a 429
+    )
+    try:
+        assert rejections(process) == {}
+        with httpx.Client(base_url=process.url, timeout=30, headers=bearer(ENV_KEY)) as c:
+            assert c.post(NATIVE, json=GOOD, headers={"Authorization": ""}).status_code == 401
+            too_large = json.dumps({**GOOD, "input": "x" * (Settings().max_body_bytes + 10)})
+            assert raw_post(c, NATIVE, too_large.encode()).status_code == 413
+            assert raw_post(c, NATIVE, json.dumps(GOOD).encode(), "text/plain").status_code == 415
+            assert raw_post(c, NATIVE, BAD_BODIES["NaN temperature"][1].encode()).status_code == 400
+            assert c.post(NATIVE, json={**GOOD, "bogus": 1}).status_code == 422
+            assert c.post(NATIVE, json={**GOOD, "task": "no_such_task"}).status_code == 400
+            assert c.get("/no/such/route").status_code == 404
+            # admitted, then the engine hangs at its first decode step
+            threading.Thread(target=post_quietly, args=(process.url, bearer(ENV_KEY)), daemon=True).start()
+            deadline = time.monotonic() + 10
+            while sum(v for (name, _), v in process.metrics().items() if name == "promptgen_requests_running") < 1:
+                assert time.monotonic() < deadline, "the first request was never admitted"
+                time.sleep(0.05)
+            assert c.post(NATIVE, json=GOOD).status_code == 429
+        assert rejections(process) == {
+            ("401", "unauthorized"): 1,
+            ("413", "body_too_large"): 1,
+            ("415", "unsupported_media_type"): 1,
+            ("400", "invalid_json"): 1,
+            ("422", "invalid_request"): 1,
+            ("400", "unknown_task"): 1,
+            ("404", "not_found"): 1,
+            ("429", "overloaded"): 1,
+        }
+    finally:
+        process.stop()
+
+
 # --- 3. faults ------------------------------------------------------------------------
 
 
@@ -339,6 +419,19 @@ def test_a_broken_bundle_refuses_to_start(tiny_bundle: Path, tmp_path: Path, cas
     assert len(lines) == 1 and lines[0].startswith("server: cannot"), result.stderr[-2000:]
 
 
+def log_entries(path: Path) -> list[dict[str, Any]]:
+    """The server's JSON log lines (server/log.py)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
+
+
+def assert_logged_with(log_path: Path, error_id: str) -> None:
+    """The engine's line (with the traceback) and the request's line both carry the id."""
+    logged = {e["msg"]: e for e in log_entries(log_path) if e.get("error_id") == error_id}
+    assert set(logged) == {"engine step failed; failing its batch", "request"}, logged
+    assert "InjectedFault" in logged["engine step failed; failing its batch"]["exc"]
+    assert logged["request"]["status"] == 500
+
+
 def test_a_failed_forward_fails_only_its_batch(tiny_bundle: Path, tmp_path: Path) -> None:
     # forward 1: the first request's prefill; 2: its first decode step, which raises
     process = ServerProcess(tiny_bundle, tmp_path / "server.log", variant="fp32", fault_inject="raise@2")
@@ -346,21 +439,22 @@ def test_a_failed_forward_fails_only_its_batch(tiny_bundle: Path, tmp_path: Path
         with httpx.Client(base_url=process.url, timeout=30) as c:
             failed = c.post(NATIVE, json=GOOD)
             assert_error(failed, 500, "internal_error", None)
-            assert "error id" in failed.json()["error"]["message"]
-            error_id = failed.json()["error"]["message"].rsplit("error id ", 1)[1].rstrip(")")
+            error_id = failed.json()["error"]["id"]  # a field of its own, not only inside the message
+            assert re.fullmatch(r"[0-9a-f]{16}", error_id) and error_id in failed.json()["error"]["message"]
             assert c.get("/readyz").status_code == 200
             assert c.post(NATIVE, json=GOOD).status_code == 200
             stream = c.post(NATIVE, json={**GOOD, "stream": True})
             assert stream.status_code == 200 and "event: done" in stream.text
-        assert error_id in process.log_path.read_text()
+        time.sleep(0.2)  # the log lines are written by the server process
+        assert_logged_with(process.log_path, error_id)
     finally:
         process.stop()
 
 
-def post_quietly(url: str) -> None:
+def post_quietly(url: str, headers: dict[str, str] | None = None) -> None:
     """A request into a hung or dead engine: it never gets an answer before the server is stopped."""
     with contextlib.suppress(httpx.HTTPError):
-        httpx.post(f"{url}{NATIVE}", json={**GOOD, "timeout": 2}, timeout=30)
+        httpx.post(f"{url}{NATIVE}", json={**GOOD, "timeout": 2}, headers=headers, timeout=30)
 
 
 def test_a_failed_forward_spares_requests_that_wait(tiny_bundle: Path, tmp_path: Path) -> None:
@@ -390,8 +484,13 @@ def test_a_failed_forward_spares_requests_that_wait(tiny_bundle: Path, tmp_path:
         import asyncio
 
         text, queued = asyncio.run(run())
-        assert "event: error" in text and "internal_error" in text, text[-500:]
+        events = text.split("\n\n")
+        error = next(json.loads(e.split("data: ", 1)[1]) for e in events if e.startswith("event: error"))["error"]
+        assert error["type"] == "internal_error" and error["status"] == 500, error
+        assert re.fullmatch(r"[0-9a-f]{16}", error["id"]), error  # the stream's error event carries the id too
         assert queued.status_code == 200, queued.text
+        time.sleep(0.2)
+        assert_logged_with(process.log_path, error["id"])
     finally:
         process.stop()
 
@@ -414,21 +513,50 @@ def test_a_hung_or_dead_engine_fails_readyz(tiny_bundle: Path, tmp_path: Path, m
         process.stop()
 
 
-def test_a_slow_stream_reader_does_not_stall_others(client: httpx.Client, server: ServerProcess) -> None:
-    body = json.dumps(
-        {**GOOD, "n": 8, "max_new_tokens": 110, "controls": {"length": 32, "enforce_length": True}, "stream": True}
-    )
+def running(process: ServerProcess) -> float:
+    return sum(v for (name, _), v in process.metrics().items() if name == "promptgen_requests_running")
+
+
+def test_a_slow_stream_reader_stalls_no_one_and_gets_all_its_text(client: httpx.Client, server: ServerProcess) -> None:
+    """A stream of 16 long samples whose client stops reading after its first bytes: the
+    engine serves others meanwhile and finishes the stream's samples; the waiting deltas
+    are merged (server/api/event_buffer.py), so the request never holds more than 2n+1
+    events; then the client reads everything, and it is the same text as unstreamed.
+    On /v1/completions, whose chunks (~170 bytes a token) overflow the socket and
+    uvicorn's write buffer long before the samples end, so the reader surely falls behind."""
+    n = 16
+    request = {**COMPLETION, "n": n, "max_tokens": 100, "seed": 3, "temperature": 1.0}
+    body = json.dumps({**request, "stream": True})
     slow = socket.socket()
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)
     slow.connect(("127.0.0.1", server.port))
-    head = f"POST {NATIVE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-    slow.sendall(f"{head}\r\n{body}".encode())
+    # HTTP/1.0: the stream ends when the server closes, so the test needs no chunked decoding
+    head = f"POST {OPENAI} HTTP/1.0\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    slow.sendall(f"{head}X-Request-ID: slow-reader\r\n\r\n{body}".encode())
     try:
-        slow.recv(64)  # the stream has started; now it is read no further
+        received = slow.recv(64)  # the stream has started; now it is read no further for a while
         for _ in range(3):
             started = time.monotonic()
             assert client.post(NATIVE, json=GOOD).status_code == 200
             assert time.monotonic() - started < 5
         assert client.get("/readyz").status_code == 200
+        deadline = time.monotonic() + 30
+        while running(server) > 0:  # the engine finishes the slow stream's samples without its reader
+            assert time.monotonic() < deadline, "the engine did not finish the slow stream"
+            time.sleep(0.1)
+        while chunk := slow.recv(65536):
+            received += chunk
     finally:
         slow.close()
+
+    events = [e.removeprefix("data: ") for e in received.decode().split("\r\n\r\n", 1)[1].split("\n\n") if e]
+    assert events[-1] == "[DONE]"
+    choices = [json.loads(e)["choices"][0] for e in events[:-1]]
+    streamed = {i: "".join(c["text"] for c in choices if c["index"] == i) for i in range(n)}
+    assert sorted(c["index"] for c in choices if c["finish_reason"]) == list(range(n))  # every sample ended
+    unstreamed = {c["index"]: c["text"] for c in client.post(OPENAI, json=request).json()["choices"]}
+    assert {i: text.strip() for i, text in streamed.items()} == unstreamed  # same seed, same text: nothing lost
+    time.sleep(0.2)
+    logged = next(e for e in log_entries(server.log_path) if e.get("request_id") == "slow-reader")
+    assert logged["deltas_merged"] > 0, logged  # the reader did fall behind
+    assert logged["events_buffered_max"] <= 2 * n + 1, logged

@@ -120,7 +120,8 @@ def load_pretrained(init: str, cache_dir: Path) -> tuple[PreTrainedModel, Tokeni
     without it gets it added and the embedding grows by one row."""
     source = resolve_init(init, cache_dir)
     local = {"local_files_only": True} if hub_offline() or isinstance(source, Path) else {}
-    model = AutoModelForCausalLM.from_pretrained(str(source), **local)
+    # use_safetensors: weights from safetensors only, never a pickled pytorch_model.bin (issue 12)
+    model = AutoModelForCausalLM.from_pretrained(str(source), use_safetensors=True, **local)
     family = architecture(model)
     if family == "gpt2" and isinstance(source, Path) and not has_tokenizer(source):
         tokenizer = gpt2_tokenizer()  # a GPT-2 saved without its tokenizer: GPT-2's own BPE (training/gpt2_bpe)

@@ -4,6 +4,13 @@ Reads the teacher's samples (training.records), adds `words` (the length reward)
 `relevance` (all-MiniLM-L6-v2 cosine of intent and output) to each, and writes one
 JSON line per sample. Scores are cached by record id in the output file itself: a
 re-run scores only the records that are new (or whose text changed).
+
+Kill-safe (issue 12): while a run is in progress each scored batch is appended to a
+journal (`<out>.partial`); the output is written to a temporary file and renamed into
+place, and only then is the journal removed. A run killed at any moment leaves the old
+output whole and at worst a torn last journal line, which the next run cuts off; that
+run re-scores only what the journal lacks and ends with the same file an uninterrupted
+run writes (tests/test_hardening_pipeline.py kills the real CLI to check it).
 """
 
 from __future__ import annotations
@@ -53,11 +60,23 @@ def journal_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def cut_torn_tail(path: Path) -> None:
+    """Drop a last line without its newline (a kill mid-append). Left in place, the next
+    append would continue that line, and the torn fragment would spoil a good record."""
+    if not path.is_file():
+        return
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)
+
+
 def score_records(
     records: Iterable[dict[str, Any]],
     embedder: Embedder | None,
     cached: Iterable[dict[str, Any]] = (),
     journal: Path | None = None,
+    batch_size: int = SCORE_BATCH,
 ) -> tuple[list[dict[str, Any]], int]:
     """Records with `id`, `words` and `relevance` added; returns (records, how many were newly scored).
 
@@ -76,8 +95,8 @@ def score_records(
     if todo and embedder is None:
         embedder = Embedder()
     with tqdm(total=len(todo), desc="relevance", unit="sample", disable=not todo) as bar:
-        for start in range(0, len(todo), SCORE_BATCH):
-            batch = todo[start : start + SCORE_BATCH]
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
             values = embedder.relevance([r["intent"] for r in batch], [r["output"] for r in batch])  # type: ignore[union-attr]  # set above whenever there is anything to score
             lines = []
             for record, value in zip(batch, values, strict=True):
@@ -107,17 +126,21 @@ def run(args: argparse.Namespace) -> int:
     from training.records import iter_records
 
     samples, out = Path(args.samples), Path(args.out)
+    if args.batch_size < 1:
+        print(f"error: --batch-size must be at least 1, not {args.batch_size}", file=sys.stderr)
+        return 2
     if not samples.exists():
         print(f"error: no samples at {samples} (run `python -m training generate` first)", file=sys.stderr)
         return 2
     journal = journal_path(out)
+    cut_torn_tail(journal)
     cached = [r for path in (out, journal) if path.is_file() for r in read_scored(path)]
     records = list(iter_records(samples))
     if not records:
         print(f"error: {samples} holds no records", file=sys.stderr)
         return 2
     out.parent.mkdir(parents=True, exist_ok=True)
-    scored, new = score_records(records, None, cached, journal)
+    scored, new = score_records(records, None, cached, journal, args.batch_size)
     write_jsonl(scored, out)
     journal.unlink(missing_ok=True)
     print(f"scored {len(scored)} records ({new} new, {len(scored) - new} from cache) -> {out}")
@@ -128,4 +151,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("score", help="add length and relevance rewards to the teacher samples")
     parser.add_argument("--samples", default="artifacts/data/samples", help="the generated samples directory")
     parser.add_argument("--out", default="artifacts/data/scored.jsonl", help="scored records (JSON lines)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=SCORE_BATCH,
+        help="records per embedding call and journal write (a kill loses at most one batch)",
+    )
     parser.set_defaults(func=run)

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import random
 import sys
 import time
@@ -45,7 +46,14 @@ from contract.command import (
 )
 from contract.positions import ALIGNED, COUNTDOWN, POSITION_SCHEMES, check_fits
 from training.checkpoint import DEFAULT_GENERATION, Checkpoint, save_checkpoint
-from training.examples import collate, encode_example, epoch_examples, fit_command_spec, length_bucketed_batches
+from training.examples import (
+    Example,
+    collate,
+    encode_example,
+    epoch_examples,
+    fit_command_spec,
+    length_bucketed_batches,
+)
 from training.model import GGUF_CACHE, PRESETS, build_model, context_length, fit_vocabulary, load_pretrained
 from training.tokenizer import add_command_tokens, compact_gpt2_tokenizer
 
@@ -171,6 +179,23 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
     return config.lr * warmup * (config.min_lr_ratio + (1.0 - config.min_lr_ratio) * cosine)
 
 
+def rank_batches(
+    config: TrainConfig,
+    tokenizer: Tokenizer,
+    spec: CommandSpec,
+    records: list[dict[str, Any]],
+    epoch: int,
+    max_len: int,
+    dist: Dist,
+) -> tuple[list[Example], list[list[int]]]:
+    """An epoch's examples and this rank's share of its length-bucketed batches (indices
+    into the examples). Seeded by the epoch, so a resumed run rebuilds the same ones."""
+    examples = epoch_examples(tokenizer, spec, records, config.copy_share, config.seed + epoch, max_len)
+    batches = length_bucketed_batches([len(e.ids) for e in examples], config.batch_size, config.seed + epoch)
+    per_rank = len(batches) // dist.world  # equal counts, or DDP ranks would wait on each other forever
+    return examples, batches[dist.rank :: dist.world][:per_rank]
+
+
 def budget_progress(config: TrainConfig, step: int, elapsed: float) -> float:
     by_steps = step / config.max_steps if config.max_steps else 0.0
     by_time = elapsed / (config.max_minutes * 60.0) if config.max_minutes > 0 else 0.0
@@ -206,6 +231,32 @@ def optimizer_step(
         scaler.update()
     else:
         optimizer.step()
+
+
+def keep_log_until(path: Path, step: int) -> None:
+    """Drop the log entries after `step` and a line torn by a kill. A killed run logs the
+    steps it trained after its last snapshot; the resumed run trains and logs them again,
+    so without this they would appear twice."""
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
+    kept = []
+    for line in lines:
+        try:
+            if line.endswith("\n") and json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    tmp.replace(path)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """The snapshot, unpickled with weights_only: tensors and plain containers only. A file
+    that names any other object (which unpickling would run) is refused (issue 12)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{path} holds objects other than tensors: refused; delete it to start afresh") from None
 
 
 def save_state(path: Path, state: dict[str, Any]) -> None:
@@ -249,8 +300,7 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
         raise ValueError(f"{data} has no records with split 'train'")
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / STATE_FILE
-    # weights_only: tensors and plain containers only, never pickled code (issue 12)
-    state = torch.load(state_path, map_location="cpu", weights_only=True) if resume and state_path.is_file() else None
+    state = load_state(state_path) if resume and state_path.is_file() else None
     if resume and state is None and dist.main:
         print(f"no {STATE_FILE} in {out}: starting afresh", file=sys.stderr)
 
@@ -314,17 +364,17 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
             f"{n_params / 1e6:.1f}M parameters, device {device}, world {dist.world}"
             + (f", resuming at step {step}" if state else "")
         )
-    if dist.main and not state:
-        (out / LOG_FILE).write_text("")  # a fresh run starts a fresh log; a resumed one appends
+    if dist.main and state:
+        keep_log_until(out / LOG_FILE, step)  # a resumed run appends, after its snapshot's last step
+    elif dist.main:
+        (out / LOG_FILE).write_text("")  # a fresh run starts a fresh log
     bar = tqdm(total=config.max_steps or None, initial=step, desc="train", unit="step", disable=not dist.main)
     run_start, last_save = time.perf_counter() - elapsed, time.perf_counter()
     window_loss, window_steps, window_tokens, window_start = 0.0, 0, 0, time.perf_counter()
     done = budget_progress(config, step, elapsed) >= 1.0
+    batches: list[list[int]] | None = None
     while not done:
-        examples = epoch_examples(tokenizer, spec, train_records, config.copy_share, config.seed + epoch, max_len)
-        batches = length_bucketed_batches([len(e.ids) for e in examples], config.batch_size, config.seed + epoch)
-        per_rank = len(batches) // dist.world  # equal counts, or DDP ranks would wait on each other forever
-        batches = batches[dist.rank :: dist.world][:per_rank]
+        examples, batches = rank_batches(config, tokenizer, spec, train_records, epoch, max_len, dist)
         while batch_in_epoch < len(batches):
             progress = budget_progress(config, step, elapsed)
             if progress >= 1.0:
@@ -376,6 +426,8 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
             epoch, batch_in_epoch = epoch + 1, 0
     bar.close()
     snapshot()
+    if batches is None:  # resumed with the budget already spent (killed while saving): not one step ran
+        _, batches = rank_batches(config, tokenizer, spec, train_records, epoch, max_len, dist)
     if dist.main:
         model.eval()
         val_loss = mean_loss(model, tokenizer, spec, val_records, device)

@@ -131,8 +131,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(openai_compat.router)
     app.include_router(ops.router)
     # Starlette runs the last added outermost: request id, CORS, keys, then the body guard.
-    app.add_middleware(RequestGuard, max_body_bytes=settings.max_body_bytes, max_json_depth=settings.max_json_depth)
-    app.add_middleware(ApiKeyAuth, api_keys=settings.keys("api"), metrics_keys=settings.keys("metrics"))
+    app.add_middleware(
+        RequestGuard,
+        max_body_bytes=settings.max_body_bytes,
+        max_json_depth=settings.max_json_depth,
+        metrics=state.metrics,
+    )
+    app.add_middleware(
+        ApiKeyAuth, api_keys=settings.keys("api"), metrics_keys=settings.keys("metrics"), metrics=state.metrics
+    )
     if settings.cors_origins.strip():  # off by default: a browser page elsewhere cannot call us
         origins = [o.strip() for o in settings.cors_origins.split(",") if o.strip()]
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["GET", "POST"], allow_headers=["*"])

@@ -5,7 +5,8 @@ every route needs `Authorization: Bearer <key>` except `/healthz` and `/readyz` 
 carry no secrets). `/metrics` has its own keys (`metrics_api_keys`), so a scraper
 need not hold a generation key; without them it is open. A key is compared with
 every configured key in constant time (`hmac.compare_digest`, no early exit), and
-keys are never logged: settings hold them as `SecretStr`.
+keys are never logged: settings hold them as `SecretStr`. Each 401 is counted in
+`promptgen_rejected_requests_total`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import hmac
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from server.api.errors import error_response
+from server.metrics import Metrics
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})
 METRICS_PATH = "/metrics"
@@ -28,10 +30,11 @@ def key_matches(given: bytes, keys: list[bytes]) -> bool:
 
 
 class ApiKeyAuth:
-    def __init__(self, app: ASGIApp, api_keys: list[str], metrics_keys: list[str]) -> None:
+    def __init__(self, app: ASGIApp, api_keys: list[str], metrics_keys: list[str], metrics: Metrics) -> None:
         self.app = app
         self.api_keys = [k.encode() for k in api_keys]
         self.metrics_keys = [k.encode() for k in metrics_keys]
+        self.metrics = metrics
 
     def _keys_for(self, path: str) -> list[bytes]:
         if path in OPEN_PATHS:
@@ -48,6 +51,7 @@ class ApiKeyAuth:
         header = dict(scope["headers"]).get(b"authorization", b"")
         scheme, _, given = header.partition(b" ")
         if scheme.lower() != b"bearer" or not key_matches(given.strip(), keys):
+            self.metrics.observe_rejection(401, "unauthorized")
             response = error_response(
                 401,
                 "unauthorized",

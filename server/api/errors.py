@@ -3,14 +3,14 @@
 `type` is machine-readable (clients branch on it); the message is for people; `param`
 names the request field at fault (dotted, e.g. `controls.length`), or is null. The
 shape matches OpenAI's, so the openai client raises its usual exceptions. Every error,
-from validation to an unexpected exception, leaves the server in this shape: an
-unexpected one is a 500 `internal_error` whose `id` is also in the log line.
+from validation to an unexpected exception, leaves the server in this shape. A 500
+`internal_error` (an unexpected exception here, or a failed forward in the engine) also
+carries `id`, the `error_id` of its log line, so an operator can find what went wrong.
 """
 
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
@@ -18,6 +18,8 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from server.engine.request import new_error_id
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +32,7 @@ class ApiError(Exception):
         message: str,
         headers: dict[str, str] | None = None,
         param: str | None = None,
+        error_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -37,21 +40,34 @@ class ApiError(Exception):
         self.message = message
         self.headers = headers or {}
         self.param = param
+        self.error_id = error_id
 
 
-def error_body(type: str, message: str, param: str | None = None, **extra: object) -> dict[str, object]:
-    return {"error": {"type": type, "message": message, "param": param, **extra}}
+def error_object(
+    type: str, message: str, param: str | None = None, error_id: str | None = None, **extra: object
+) -> dict[str, object]:
+    """What goes under `error`; `id` only where there is a log line to find (5xx)."""
+    error: dict[str, object] = {"type": type, "message": message, "param": param, **extra}
+    if error_id is not None:
+        error["id"] = error_id
+    return error
+
+
+def error_body(
+    type: str, message: str, param: str | None = None, error_id: str | None = None, **extra: object
+) -> dict[str, object]:
+    return {"error": error_object(type, message, param, error_id, **extra)}
 
 
 def error_response(
-    status: int, type: str, message: str, param: str | None = None, headers: Mapping[str, str] | None = None
+    status: int,
+    type: str,
+    message: str,
+    param: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    error_id: str | None = None,
 ) -> JSONResponse:
-    return JSONResponse(error_body(type, message, param), status_code=status, headers=headers)
-
-
-def new_error_id() -> str:
-    """A short id that ties a 500's body to its log line."""
-    return uuid.uuid4().hex[:16]
+    return JSONResponse(error_body(type, message, param, error_id), status_code=status, headers=headers)
 
 
 def _param(loc: tuple[object, ...] | list[object]) -> str | None:
@@ -61,13 +77,24 @@ def _param(loc: tuple[object, ...] | list[object]) -> str | None:
     return ".".join(parts) or None
 
 
+def count_rejection(request: Request, status: int, type: str) -> None:
+    """Count a refusal in `promptgen_rejected_requests_total`: a 4xx, or a 503 (draining).
+    Not 499 (the client left during generation), 500 or 504: those were failures, not
+    refusals."""
+    state = getattr(request.app.state, "server", None)
+    if state is not None and ((400 <= status < 500 and status != 499) or status == 503):
+        state.metrics.observe_rejection(status, type)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.type, exc.message, exc.param, exc.headers)
+        count_rejection(request, exc.status, exc.type)
+        return error_response(exc.status, exc.type, exc.message, exc.param, exc.headers, exc.error_id)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        count_rejection(request, 422, "invalid_request")
         state = getattr(request.app.state, "server", None)
         if state is not None:
             state.metrics.requests.labels(state.model_name, request.url.path, "422", "invalid_request").inc()
@@ -86,11 +113,12 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         kind = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        count_rejection(request, exc.status_code, kind)
         return error_response(exc.status_code, kind, str(exc.detail), headers=exc.headers)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         error_id = new_error_id()
         log.error("unhandled error", exc_info=exc, extra={"error_id": error_id, "route": request.url.path})
-        body = error_body("internal_error", f"internal error (error id {error_id})", id=error_id)
+        body = error_body("internal_error", f"internal error (error id {error_id})", error_id=error_id)
         return JSONResponse(body, status_code=500)

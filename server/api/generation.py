@@ -24,7 +24,8 @@ from contract.command import CommandError, prompt_ids
 from contract.copy import copy_table
 from contract.positions import position_offset
 from runtime.sampler import SamplingParams
-from server.api.errors import ApiError
+from server.api.errors import ApiError, error_object
+from server.api.event_buffer import EventBuffer
 from server.api.schemas import Controls, SamplingFields
 from server.api.sse import HEADERS, MEDIA_TYPE
 from server.api.state import ServerState
@@ -42,6 +43,13 @@ FAILURES = {
     "aborted": (499, "client_closed"),
     "internal": (500, "internal_error"),
 }
+
+
+def failure_error(failure: RequestFailed) -> tuple[int, dict[str, object]]:
+    """The HTTP status and the `error` object of an engine failure, for a JSON answer and
+    an SSE `error` event alike (with `id` when the engine logged one)."""
+    status, kind = FAILURES.get(failure.reason, (500, "internal_error"))
+    return status, error_object(kind, failure.message, error_id=failure.error_id)
 
 
 async def wait_for_disconnect(request: Request) -> None:
@@ -82,7 +90,7 @@ class GenerationCall:
         # The engine's key: callers may reuse a request id, the engine must never confuse two calls.
         self.engine_id = uuid.uuid4().hex
         self.started = time.monotonic()
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.events_in: EventBuffer | None = None  # made in prepare(), on the event loop
         self.request: GenerationRequest | None = None
         self.done: RequestDone | None = None
         self.samples: list[SampleDone] = []
@@ -162,18 +170,14 @@ class GenerationCall:
             bounds = LengthBounds(max(1, length - controls.length_tolerance), length + controls.length_tolerance)
         settings = state.settings
         timeout = min(sampling.timeout or settings.request_timeout_s, settings.max_request_timeout_s)
-        loop = asyncio.get_running_loop()
-
-        def sink(event: Event) -> None:  # called on the engine thread
-            loop.call_soon_threadsafe(self.queue.put_nowait, event)
-
+        self.events_in = EventBuffer(asyncio.get_running_loop())
         self.request = GenerationRequest(
             request_id=self.engine_id,
             prompt_ids=ids,
             n=n,
             params=params,
             max_new_tokens=min(asked_tokens, room),
-            sink=sink,
+            sink=self.events_in.put,  # called on the engine thread
             seed=sampling.seed,
             stop=tuple(stop),
             length_bounds=bounds,
@@ -196,18 +200,18 @@ class GenerationCall:
     async def _next_event(self) -> Event:
         """The next event; if the engine stops answering, fail rather than hang (the
         engine enforces the deadline itself; this is the backstop)."""
-        assert self.request is not None
+        assert self.request is not None and self.events_in is not None
         backstop = self.request.deadline - time.monotonic() + 5.0
         try:
-            return await asyncio.wait_for(self.queue.get(), timeout=max(backstop, 0.1))
+            return await asyncio.wait_for(self.events_in.get(), timeout=max(backstop, 0.1))
         except TimeoutError:
             self.state.engine.abort(self.engine_id)
             return RequestFailed("deadline", "the engine did not answer before the deadline")
 
     def _fail(self, failure: RequestFailed) -> ApiError:
         status, kind = FAILURES.get(failure.reason, (500, "internal_error"))
-        self.close(status, kind)
-        return ApiError(status, kind, failure.message)
+        self.close(status, kind, failure.error_id)
+        return ApiError(status, kind, failure.message, error_id=failure.error_id)
 
     async def collect(self) -> tuple[list[SampleDone], RequestDone]:
         """Wait for the whole result, watching for the client going away meanwhile."""
@@ -249,7 +253,7 @@ class GenerationCall:
                 elif isinstance(event, RequestFailed):
                     finished = True
                     status, kind = FAILURES.get(event.reason, (500, "internal_error"))
-                    self.close(status, kind)
+                    self.close(status, kind, event.error_id)
                 yield event
                 if isinstance(event, RequestDone | RequestFailed):
                     finished = True
@@ -274,7 +278,7 @@ class GenerationCall:
 
     # --- the end --------------------------------------------------------------------
 
-    def _record(self, status: int, reason: str) -> None:
+    def _record(self, status: int, reason: str, error_id: str | None = None) -> None:
         seconds = time.monotonic() - self.started
         self.state.metrics.observe_request(self.route, status, reason, seconds)
         fields = {
@@ -285,19 +289,24 @@ class GenerationCall:
             "latency_ms": round(seconds * 1000, 2),
             **self.log_fields,
         }
+        if error_id is not None:  # the engine's line with the traceback has the same error_id
+            fields["error_id"] = error_id
         if self.done is not None:
             fields.update(prompt_tokens=self.done.prompt_tokens, completion_tokens=self.done.completion_tokens)
+        if self.request is not None and self.request.stream and self.events_in is not None:
+            # how far the reader fell behind: merged deltas, and the most events held at once (<= 2n+1)
+            fields.update(events_buffered_max=self.events_in.high_water, deltas_merged=self.events_in.merged)
         if self.state.settings.log_request_text and self.samples:
             fields["outputs"] = [s.text for s in self.samples]
         log.info("request", extra=fields)
 
-    def close(self, status: int, reason: str) -> None:
+    def close(self, status: int, reason: str, error_id: str | None = None) -> None:
         """Once per admitted call: give the ticket back, count it, log it."""
         if self._closed:
             return
         self._closed = True
         self.state.engine.release()
-        self._record(status, reason)
+        self._record(status, reason, error_id)
 
 
 class _EventStream(StreamingResponse):

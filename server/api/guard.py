@@ -9,7 +9,7 @@ refuses what the engine must never see). A body (POST, PUT, PATCH) must be
   JSON does not) and nested at most `max_json_depth` deep, else 400 `invalid_json`
   with `param` naming the field where that can be told.
 The body is then handed on unchanged, so FastAPI's own validation (schemas.py) runs
-as usual.
+as usual. Each refusal is counted in `promptgen_rejected_requests_total`.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.api.errors import error_response
+from server.metrics import Metrics
 
 BODY_METHODS = {"POST", "PUT", "PATCH"}
 
@@ -77,10 +78,11 @@ def check_content_type(headers: dict[bytes, bytes]) -> None:
 
 
 class RequestGuard:
-    def __init__(self, app: ASGIApp, max_body_bytes: int, max_json_depth: int) -> None:
+    def __init__(self, app: ASGIApp, max_body_bytes: int, max_json_depth: int, metrics: Metrics) -> None:
         self.app = app
         self.max_body_bytes = max_body_bytes
         self.max_json_depth = max_json_depth
+        self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] not in BODY_METHODS:
@@ -90,6 +92,7 @@ class RequestGuard:
             body = await self._read(scope, receive)
             check_json(body, self.max_json_depth)
         except BodyError as e:
+            self.metrics.observe_rejection(e.status, e.type)
             await error_response(e.status, e.type, e.message, e.param)(scope, receive, send)
             return
         replayed = False

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from contract.command import RELEVANCE_LEVELS
-from server.api.generation import FAILURES, GenerationCall
+from server.api.generation import GenerationCall, failure_error
 from server.api.schemas import (
     STREAM_RESPONSE,
     Controls,
@@ -81,8 +81,8 @@ async def native_stream(call: GenerationCall, task: str, controls: Controls) -> 
         elif isinstance(event, RequestDone):
             yield sse_event(response(call, task, controls, event).model_dump(), "done")
         elif isinstance(event, RequestFailed):
-            status, kind = FAILURES.get(event.reason, (500, "internal_error"))
-            yield sse_event({"error": {"type": kind, "message": event.message, "status": status}}, "error")
+            status, error = failure_error(event)
+            yield sse_event({"error": {**error, "status": status}}, "error")
 
 
 @router.get("/v1/tasks")

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from pydantic import ConfigDict, Field
 
 from server.api.errors import ApiError
-from server.api.generation import FAILURES, GenerationCall
+from server.api.generation import GenerationCall, failure_error
 from server.api.schemas import (
     MAX_INPUT_CHARS,
     STREAM_RESPONSE,
@@ -129,8 +129,8 @@ async def completion_stream(call: GenerationCall, completion_id: str, created: i
         elif isinstance(event, SampleDone):
             yield chunk(event.index, "", finish_reason(event.finish_reason))
         elif isinstance(event, RequestFailed):
-            status, kind = FAILURES.get(event.reason, (500, "internal_error"))
-            yield sse_event({"error": {"type": kind, "message": event.message, "code": status}})
+            status, error = failure_error(event)
+            yield sse_event({"error": {**error, "code": status}})
     yield sse_event("[DONE]")
 
 

@@ -129,6 +129,7 @@ class ErrorBody(BaseModel):
     type: str = Field(..., description="machine-readable: invalid_request, unknown_task, overloaded, ...")
     message: str
     param: str | None = Field(None, description="the request field at fault, dotted (controls.length), or null")
+    id: str | None = Field(None, description="500 only: the error_id of the server's log line for this error")
 
 
 class ErrorResponse(BaseModel):

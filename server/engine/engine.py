@@ -6,7 +6,8 @@ busy processes on a small machine slow each other badly (docs/architecture.md). 
 - `try_admit()` / `release()`: the admission bound (in flight + queued), checked before
   a request is even tokenised, so an overloaded server refuses cheaply;
 - `submit()` / `abort()`: hand a request over, or take it back (client disconnected);
-- events come back through each request's sink (`loop.call_soon_threadsafe`).
+- events come back through each request's sink (its `api/event_buffer.py` EventBuffer),
+  which never blocks the engine thread.
 The loop beats a heartbeat every iteration, also when idle, so `/readyz` can tell a
 live engine from a hung one.
 """
@@ -16,11 +17,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from collections import deque
 
 from runtime.decode import generate
-from server.engine.request import GenerationRequest
+from server.engine.request import GenerationRequest, new_error_id
 from server.engine.scheduler import Scheduler
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,6 @@ class Engine:
             try:
                 scheduler.step()
             except Exception as e:
-                error_id = uuid.uuid4().hex[:16]  # in the log line and in each failed request's 500 body
+                error_id = new_error_id()  # in the log line and in each failed request's 500 body
                 log.exception("engine step failed; failing its batch", extra={"error_id": error_id})
-                scheduler.fail_all(f"engine error: {type(e).__name__} (error id {error_id})")
+                scheduler.fail_all(f"engine error: {type(e).__name__} (error id {error_id})", error_id)

@@ -8,6 +8,7 @@ engine knows nothing about HTTP; the API knows nothing about batches.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,12 +52,20 @@ class RequestDone:
     queue_s: float
 
 
+def new_error_id() -> str:
+    """A short id that ties a 500's body to its log line."""
+    return uuid.uuid4().hex[:16]
+
+
 @dataclass(frozen=True)
 class RequestFailed:
-    """The engine gave up on the request: `reason` is deadline | aborted | internal."""
+    """The engine gave up on the request: `reason` is deadline | aborted | internal.
+    An internal failure has an `error_id`, also in the engine's log line, so a client's
+    500 can be found in the logs."""
 
     reason: str
     message: str
+    error_id: str | None = None
 
 
 Event = Delta | SampleDone | RequestDone | RequestFailed

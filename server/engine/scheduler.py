@@ -111,12 +111,18 @@ class Scheduler:
     def has_work(self) -> bool:
         return bool(self.waiting or self.active)
 
-    def abort(self, request_id: str, reason: str = "aborted", message: str = "the client went away") -> bool:
+    def abort(
+        self,
+        request_id: str,
+        reason: str = "aborted",
+        message: str = "the client went away",
+        error_id: str | None = None,
+    ) -> bool:
         """Stop a request wherever it is; its rows leave the batch at the next step."""
         for request in self.waiting:
             if request.request_id == request_id:
                 self.waiting.remove(request)
-                emit(request, RequestFailed(reason, message))
+                emit(request, RequestFailed(reason, message, error_id))
                 self._update_gauges()
                 return True
         admitted = self.active.get(request_id)
@@ -126,7 +132,7 @@ class Scheduler:
             if not sequence.finished:
                 sequence.finish_reason = reason
         del self.active[request_id]
-        emit(admitted.request, RequestFailed(reason, message))
+        emit(admitted.request, RequestFailed(reason, message, error_id))
         self._update_gauges()
         return True
 
@@ -136,11 +142,11 @@ class Scheduler:
         for request_id in late:
             self.abort(request_id, "deadline", "the request's deadline passed before it finished")
 
-    def fail_all(self, message: str) -> None:
+    def fail_all(self, message: str, error_id: str) -> None:
         """After an engine error: fail the batch it hit and start from an empty one.
         Requests still waiting were not in it; they run at the next step."""
         for request_id in list(self.active):
-            self.abort(request_id, "internal", message)
+            self.abort(request_id, "internal", message, error_id)
         self.rows = []
         self.cache = empty_cache(self.runner)
 

@@ -52,9 +52,10 @@ class HFTeacher(Teacher):
         options: dict[str, Any] = {"local_files_only": True}
         if gguf:
             options["gguf_file"] = gguf
+        model_options = options if gguf else {**options, "use_safetensors": True}  # never a pickled .bin
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(folder, **options)
-            self.lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **options).eval()
+            self.lm = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, **model_options).eval()
         except (OSError, ValueError, ImportError) as error:
             raise TeacherError(f"cannot load {path} with transformers: {error}") from None
         self.tokenizer.padding_side = "left"  # generation continues every row from its last prompt token
