@@ -77,7 +77,7 @@ $(SCORED): | $(VENV)/.installed
 
 $(CHECKPOINT)/udrl.json: $(SCORED) $(STUDENT_DEPS)
 	$(if $(filter gpt2,$(STUDENT)),HF_HUB_OFFLINE=0) $(PY) -m training train --data $(SCORED) --out $(CHECKPOINT) \
-		--max-minutes $(TRAIN_MINUTES) $(TRAIN_INIT)
+		--max-minutes $(TRAIN_MINUTES) --resume $(TRAIN_INIT)
 
 $(BUNDLE)/manifest.json: $(CHECKPOINT)/udrl.json
 	$(PY) -m export bundle --checkpoint $(CHECKPOINT) --out $(BUNDLE) $(if $(INT8_MIN_AGREEMENT),--int8-min-agreement $(INT8_MIN_AGREEMENT))

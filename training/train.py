@@ -384,7 +384,6 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = [examples[i] for i in batches[batch_in_epoch]]
-            # seeded by the step, so a resumed run draws the same offsets
             ids, mask, labels, positions = (torch.from_numpy(a).to(device) for a in collate(batch, pad))
             with autocast:
                 loss = ddp_model(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels).loss
