@@ -152,13 +152,17 @@ def run(args: argparse.Namespace) -> int:
     return 0 if report["ok"] else 1
 
 
-def add_load_arguments(parser: argparse.ArgumentParser, requests: int, duration: float, concurrency: int) -> None:
-    """Options every load command shares: target, mix, bounds, sampling."""
+def add_load_arguments(
+    parser: argparse.ArgumentParser, requests: int | None, duration: float | None, concurrency: int
+) -> None:
+    """Options every load command shares: target, mix, sampling, and the bounds (count, duration,
+    warm-up) unless the command derives them itself (requests and duration None)."""
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (default: loopback)")
     parser.add_argument("--mix", help="JSONL request mix (loadtest/mixes/sample.jsonl); default: built from the flags")
-    parser.add_argument("--requests", type=int, default=requests, help="most requests to send, warm-up included")
-    parser.add_argument("--duration", type=float, default=duration, help="no request starts after this, seconds")
-    parser.add_argument("--warmup-s", type=float, default=0.0, help="leave requests due in the first S seconds out")
+    if requests is not None and duration is not None:
+        parser.add_argument("--requests", type=int, default=requests, help="most requests to send, warm-up included")
+        parser.add_argument("--duration", type=float, default=duration, help="no request starts after this, seconds")
+        parser.add_argument("--warmup-s", type=float, default=0.0, help="leave requests due in the first S seconds out")
     parser.add_argument("--concurrency", type=int, default=concurrency,
                         help="closed loop: requests in flight")  # fmt: skip
     parser.add_argument("--max-connections", type=int, default=256,
