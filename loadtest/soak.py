@@ -138,7 +138,9 @@ def run(args: argparse.Namespace) -> int:
     result = verdict(rows, args.warmup_windows, args.p99_tolerance, args.max_rss_growth)
     print_soak(rows, result, args.warmup_windows)
     if args.json:
-        write_json(args.json, {**load.meta(), "window_s": args.window_s, "windows": rows, "verdict": result})
+        rss_before = round(rss[0] / 2**20, 1)  # before any load: what warm-up added is visible too
+        write_json(args.json, {**load.meta(), "window_s": args.window_s, "rss_before_mb": rss_before, "windows": rows,
+                               "verdict": result})  # fmt: skip
     return 0 if result["passed"] else 1
 
 
