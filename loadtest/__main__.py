@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from loadtest import compare, run, soak, sweep
+from loadtest import bench, compare, run, soak, sweep
 from loadtest.run import UsageError, fail
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__)
     subparsers = parser.add_subparsers(dest="command", required=True)
-    for module in (run, sweep, soak, compare):
+    for module in (run, sweep, soak, compare, bench):
         module.add_parser(subparsers)
     args = parser.parse_args(argv)
     try:

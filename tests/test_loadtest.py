@@ -3,6 +3,7 @@ streaming, files written, errors), never timing."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -147,6 +148,30 @@ def test_soak_reports_each_window_with_the_servers_memory(server: ServerProcess,
     assert verdict["errors"] == 0 and verdict["no_errors"]
     assert set(verdict) >= {"p99_stable", "rss_flat", "passed", "rss_growth", "worst_window_p99_ratio"}
     assert ("SOAK PASSED" if verdict["passed"] else "SOAK FAILED") in result.stdout
+
+
+def test_bench_quick_mode_wires_every_phase_into_results(tiny_checkpoint: Path, tiny_bundle: Path,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    # the harness's wiring, not its figures: a naive baseline and our server, seconds per phase
+    # (CTranslate2 too where the optional `bench` extra is installed)
+    systems = ["naive", "ours_int8"] + (["ct2"] if importlib.util.find_spec("ctranslate2") else [])
+    out = tmp_path / "RESULTS.md"
+    result = cli("bench", "--quick", "--models", "tiny", "--checkpoint", str(tiny_checkpoint),
+                 "--bundle", str(tiny_bundle), "--work", str(tmp_path / "work"), "--out", str(out),
+                 "--systems", *systems)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    text = out.read_text()
+    assert "QUICK MODE" in text and "fp32 GEMM" in text and "GB/s" in text
+    figures = json.loads(out.with_suffix(".json").read_text())
+    tiny = figures["models"]["tiny"]["systems"]
+    assert set(tiny) == set(systems)
+    for system in tiny.values():
+        assert system["saturation"]["tokens_per_s"] > 0 and system["saturation"]["errors"] == {}
+        assert [r["fraction"] for r in system["open"]] == [0.5]
+        assert system["label"] in text
+    assert tiny["ours_int8"]["unloaded"]["ttft_ms"] is not None  # ours streams: TTFT measured
+    assert "x |" in text  # ratios against the naive baseline
+    assert (tmp_path / "RESULTS_tiny.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_unreachable_server_is_a_one_line_error_with_exit_2() -> None:
