@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import platform
 import shlex
@@ -148,8 +149,6 @@ def ct2_static(model: BenchModel, batches: tuple[int, ...]) -> dict[str, float]:
     """CTranslate2 in-process, no HTTP: generated tokens/s at static batch sizes (its best case)."""
     if model.ct2 is None:
         return {}
-    import json
-
     import ctranslate2
     from tokenizers import Tokenizer
 
@@ -204,6 +203,10 @@ def machine() -> dict[str, Any]:
 def run(args: argparse.Namespace) -> int:
     phases = QUICK if args.quick else FULL
     work, out = Path(args.work), Path(args.out)
+    if args.rewrite:  # the Markdown again from the figures already measured: no server is run
+        write_results(json.loads(out.with_suffix(".json").read_text()), out)
+        print(f"rewrote {out} from {out.with_suffix('.json')}")
+        return 0
     if not (Path(args.checkpoint) / "udrl.json").is_file():
         raise UsageError(f"--checkpoint {args.checkpoint} is not a checkpoint (no udrl.json); `make bundle` makes one")
     started = time.time()
@@ -248,4 +251,5 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="bench/RESULTS.md", help="the Markdown report (JSON and PNGs beside it)")
     parser.add_argument("--systems", nargs="+", choices=SYSTEM_KEYS, help="only these systems (default: all)")
     parser.add_argument("--quick", action="store_true", help="a smoke test: tiny loads, seconds per phase")
+    parser.add_argument("--rewrite", action="store_true", help="only rewrite --out from its JSON (measures nothing)")
     parser.set_defaults(func=run)
