@@ -53,7 +53,7 @@ endif
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: serve test install bundle data eval lint audit clean
+.PHONY: serve test install bundle data eval lint audit clean bench
 
 # torch first, pinned: the CPU wheel that lies on disk here. An unpinned torch pulled
 # in by another package would fetch a multi-GB CUDA build.
@@ -90,6 +90,13 @@ serve: $(BUNDLE)/manifest.json
 
 eval: $(BUNDLE)/manifest.json
 	$(PY) -m training eval --checkpoint $(CHECKPOINT) --data $(SCORED) --out $(ART)/eval
+
+# The serving benchmark, every server side by side, one at a time (about 25 minutes on 2 cores):
+# writes bench/RESULTS.md. QUICK=1 is a smoke test of a few minutes, written under $(ART)/bench.
+# CTranslate2 comes from the optional `bench` extra (pip install -e '.[bench]'); without it its rows are left out.
+bench: $(BUNDLE)/manifest.json
+	$(PY) -m loadtest bench --checkpoint $(CHECKPOINT) --bundle $(BUNDLE) --work $(ART)/bench \
+		$(if $(QUICK),--quick --out $(ART)/bench/RESULTS_quick.md)
 
 test: $(VENV)/.installed
 	$(PY) -m pytest

@@ -1,1 +1,1 @@
-"""Load generator: drives a running server and reports latency percentiles and throughput."""
+"""Load generator: drives a running server and reports latency percentiles and throughput (README.md)."""

@@ -1,206 +1,193 @@
-"""`python -m loadtest run`: N requests at a fixed concurrency against a running server.
+"""`python -m loadtest run`: one bounded load run against a running server.
 
-Closed-loop load: C workers each send their next request as soon as the previous one
-answers, which measures latency at that concurrency and the throughput it sustains.
-Every request is bounded by a timeout and the run by its request count, so it always
-stops by itself. Only the URL the user gives is contacted.
+Closed loop (`--concurrency C`) or open loop (`--rate R`, Poisson arrivals), the requests from
+a mix file (`--mix`, loadtest/mix.py) or built from the server's tasks; the first `--warmup-s`
+seconds are left out of every figure. Only the URL the user gives is contacted, every request
+is bounded by a timeout and the run by `--requests` and `--duration`, so it stops by itself.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import itertools
-import json
-import statistics
 import sys
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from collections.abc import Coroutine
+from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlparse
 
 import httpx
 from tqdm import tqdm
 
-DEFAULT_INTENTS = (
-    "holiday sale",
-    "cozy reading nook",
-    "summer hiking trip",
-    "minimalist home office",
-    "vegan birthday cake",
-    "retro gaming night",
-    "spring wedding flowers",
-    "electric car launch",
-)
+from loadtest.arrivals import closed_loop, open_loop, poisson_arrivals
+from loadtest.client import Result, send
+from loadtest.mix import MixError, RequestSpec, default_mix, load_mix
+from loadtest.report import print_report, summarize, write_json
+
+
+class UsageError(Exception):
+    """A mistake on the command line or an unusable target: one line on stderr, exit code 2."""
 
 
 @dataclass
-class Result:
-    status: int  # HTTP status, or 0 when the request never got an answer
-    latency_s: float
-    tokens: int = 0
-    error: str = ""
-
-
-@dataclass
-class Report:
+class Load:
     url: str
-    requests: int
-    concurrency: int
-    wall_s: float
-    ok: int
-    errors: dict[str, int]
-    latency_ms: dict[str, float]
-    requests_per_s: float
-    tokens_per_s: float
-    generated_tokens: int
-    body: dict[str, Any] = field(default_factory=dict)
+    specs: list[RequestSpec]
+    requests: int  # most requests sent, warm-up included
+    duration_s: float  # no request starts later than this
+    warmup_s: float
+    concurrency: int  # closed loop: clients; open loop: most connections open at once
+    rate: float | None  # open loop arrivals per second; None: closed loop
+    seed: int = 0
+    timeout_s: float = 60.0
+    temperature: float | None = None
+    enforce_length: bool = False
+    quiet: bool = True
+
+    def meta(self) -> dict[str, Any]:
+        return {
+            "url": self.url,
+            "mode": "closed" if self.rate is None else "open",
+            "concurrency": self.concurrency if self.rate is None else None,
+            "rate": self.rate,
+            "warmup_s": self.warmup_s,
+            "mix_size": len(self.specs),
+        }
 
 
-def percentile(sorted_values: list[float], q: float) -> float:
-    """Nearest-rank percentile: the smallest value with at least q% of samples at or below it."""
-    if not sorted_values:
-        return float("nan")
-    rank = max(1, int(-(-q * len(sorted_values) // 100)))  # ceil without float error
-    return sorted_values[min(rank, len(sorted_values)) - 1]
+async def drive(load: Load) -> list[Result]:
+    """Send the load and collect every request's result (errors included)."""
+    limits = httpx.Limits(max_connections=load.concurrency, max_keepalive_connections=load.concurrency)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(load.timeout_s), limits=limits) as client:
+        clock0 = time.perf_counter()
+
+        def fire(i: int, due: float) -> Coroutine[Any, Any, Result]:
+            body = load.specs[i % len(load.specs)].body(load.seed + i, load.temperature, load.enforce_length)
+            return send(client, load.url, body, due, clock0)
+
+        if load.rate is None:
+            progress = tqdm(total=load.requests, desc="requests", unit="req", disable=load.quiet)
+            results = await closed_loop(fire, load.concurrency, load.requests, load.duration_s, progress.update)
+        else:
+            arrivals = poisson_arrivals(load.rate, load.requests, load.duration_s, load.seed)
+            progress = tqdm(total=len(arrivals), desc="requests", unit="req", disable=load.quiet)
+            results = await open_loop(fire, arrivals, progress.update)
+        progress.close()
+    return results
 
 
-def completion_tokens(response: dict[str, Any]) -> int:
-    usage = response.get("usage") or {}
-    return int(usage.get("completion_tokens", 0))
+def run_load(load: Load) -> dict[str, Any]:
+    return summarize(asyncio.run(drive(load)), load.warmup_s, load.meta())
 
 
-async def fetch_tasks(client: httpx.AsyncClient, url: str) -> list[str]:
-    response = await client.get(f"{url}/v1/tasks")
-    response.raise_for_status()
+def check_url(url: str) -> str:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise UsageError(f"--url must be http(s)://host[:port], got {url!r}")
+    return url.rstrip("/")
+
+
+def fetch_tasks(url: str, timeout: float) -> list[str]:
+    """The server's tasks; also the preflight that turns an unreachable server into one line."""
+    try:
+        response = httpx.get(f"{url}/v1/tasks", timeout=timeout)
+        response.raise_for_status()
+    except httpx.HTTPError as e:
+        raise UsageError(f"cannot reach {url}: {e}") from None
     return [t["name"] if isinstance(t, dict) else t for t in response.json()["tasks"]]
 
 
-async def one_request(client: httpx.AsyncClient, url: str, body: dict[str, Any]) -> Result:
-    start = time.perf_counter()
-    try:
-        response = await client.post(f"{url}/v1/generate", json=body)
-    except httpx.HTTPError as e:
-        return Result(status=0, latency_s=time.perf_counter() - start, error=type(e).__name__)
-    latency = time.perf_counter() - start
-    if response.status_code != 200:
+def resolve_mix(args: argparse.Namespace, url: str) -> list[RequestSpec]:
+    tasks = fetch_tasks(url, min(args.timeout, 10.0))
+    if args.mix:
         try:
-            kind = response.json().get("error", {}).get("type", "")
-        except (ValueError, AttributeError):
-            kind = ""
-        return Result(status=response.status_code, latency_s=latency, error=kind)
-    return Result(status=200, latency_s=latency, tokens=completion_tokens(response.json()))
+            return load_mix(args.mix)
+        except MixError as e:
+            raise UsageError(str(e)) from None
+    unknown = sorted(set(args.task or []) - set(tasks))
+    if unknown:
+        raise UsageError(f"--task {unknown[0]}: the server has {', '.join(tasks)}")
+    return default_mix(args.task or tasks, args.length, args.max_new_tokens, args.relevance, args.n, args.stream)
 
 
-async def run_load(args: argparse.Namespace) -> Report:
-    url = args.url.rstrip("/")
-    timeout = httpx.Timeout(args.timeout)
-    limits = httpx.Limits(max_connections=args.concurrency, max_keepalive_connections=args.concurrency)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
-        tasks = args.task or await fetch_tasks(client, url)
-        # Every combination of task, intent, length and token budget, in a fixed order:
-        # several --length / --max-new-tokens values make a mixed load of short and long
-        # requests, the case where continuous batching pays.
-        combos = itertools.product(tasks, DEFAULT_INTENTS, args.length, args.max_new_tokens)
-        bodies = itertools.cycle(
-            [
-                {
-                    "task": task,
-                    "input": intent,
-                    "controls": {"length": length, "relevance": args.relevance, "enforce_length": args.enforce_length},
-                    "n": args.n,
-                    "max_new_tokens": max_new_tokens,
-                    "temperature": args.temperature,
-                    "seed": seed,
-                }
-                for seed, (task, intent, length, max_new_tokens) in enumerate(combos)
-            ]
-        )
-        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
-        for _ in range(args.requests):
-            queue.put_nowait(next(bodies))
-        results: list[Result] = []
-        progress = tqdm(total=args.requests, desc="requests", unit="req", disable=args.quiet)
+def positive(name: str, value: float) -> None:
+    if not value > 0:  # also refuses NaN
+        raise UsageError(f"{name} must be positive, got {value}")
 
-        async def worker() -> None:
-            while not queue.empty():
-                body = queue.get_nowait()
-                results.append(await one_request(client, url, body))
-                progress.update()
 
-        start = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(args.concurrency)))
-        wall = time.perf_counter() - start
-        progress.close()
-
-    ok = [r for r in results if r.status == 200]
-    latencies = sorted(r.latency_s * 1000 for r in ok)
-    tokens = sum(r.tokens for r in ok)
-    errors = Counter(f"{r.status} {r.error}".strip() for r in results if r.status != 200)
-    return Report(
+def load_from_args(args: argparse.Namespace, rate: float | None) -> Load:
+    """The Load the common options describe, at one rate (None: closed loop)."""
+    positive("--requests", args.requests)
+    positive("--duration", args.duration)
+    positive("--concurrency", args.concurrency)
+    positive("--timeout", args.timeout)
+    positive("--max-connections", args.max_connections)
+    if rate is not None:
+        positive("--rate", rate)
+    if args.warmup_s < 0 or args.warmup_s >= args.duration:
+        raise UsageError("--warmup-s must be at least 0 and below --duration")
+    url = check_url(args.url)
+    return Load(
         url=url,
-        requests=len(results),
-        concurrency=args.concurrency,
-        wall_s=round(wall, 3),
-        ok=len(ok),
-        errors=dict(errors),
-        latency_ms={
-            "p50": round(percentile(latencies, 50), 2),
-            "p90": round(percentile(latencies, 90), 2),
-            "p99": round(percentile(latencies, 99), 2),
-            "mean": round(statistics.fmean(latencies), 2) if latencies else float("nan"),
-        },
-        requests_per_s=round(len(ok) / wall, 2),
-        tokens_per_s=round(tokens / wall, 1),
-        generated_tokens=tokens,
-        body={
-            "length": args.length,
-            "relevance": args.relevance,
-            "enforce_length": args.enforce_length,
-            "n": args.n,
-            "max_new_tokens": args.max_new_tokens,
-        },
+        specs=resolve_mix(args, url),
+        requests=args.requests,
+        duration_s=args.duration,
+        warmup_s=args.warmup_s,
+        concurrency=args.concurrency if rate is None else args.max_connections,
+        rate=rate,
+        seed=args.seed,
+        timeout_s=args.timeout,
+        temperature=args.temperature,
+        enforce_length=args.enforce_length,
+        quiet=args.quiet,
     )
 
 
-def print_report(report: Report) -> None:
-    lat = report.latency_ms
-    print(f"requests     {report.requests} at concurrency {report.concurrency} in {report.wall_s:.2f} s")
-    print(f"ok / errors  {report.ok} / {sum(report.errors.values())} {report.errors or ''}")
-    print(f"latency ms   p50 {lat['p50']:.1f}  p90 {lat['p90']:.1f}  p99 {lat['p99']:.1f}  mean {lat['mean']:.1f}")
-    print(f"throughput   {report.requests_per_s:.2f} req/s  {report.tokens_per_s:.1f} generated tokens/s")
-
-
 def run(args: argparse.Namespace) -> int:
-    if args.requests < 1 or args.concurrency < 1:
-        print("loadtest: --requests and --concurrency must be at least 1", file=sys.stderr)
-        return 2
-    try:
-        report = asyncio.run(run_load(args))
-    except httpx.HTTPError as e:
-        print(f"loadtest: cannot reach {args.url}: {e}", file=sys.stderr)
-        return 2
+    report = run_load(load_from_args(args, args.rate))
     print_report(report)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(asdict(report), indent=2) + "\n")
-    return 0 if report.ok else 1
+        write_json(args.json, report)
+    return 0 if report["ok"] else 1
 
 
-def add_parser(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser("run", help="send N requests at a given concurrency and report latency")
-    parser.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL")
-    parser.add_argument("--requests", type=int, default=200, help="total requests to send")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
+def add_load_arguments(
+    parser: argparse.ArgumentParser, requests: int | None, duration: float | None, concurrency: int
+) -> None:
+    """Options every load command shares: target, mix, sampling, and the bounds (count, duration,
+    warm-up) unless the command derives them itself (requests and duration None)."""
+    parser.add_argument("--url", default="http://127.0.0.1:8000", help="server base URL (default: loopback)")
+    parser.add_argument("--mix", help="JSONL request mix (loadtest/mixes/sample.jsonl); default: built from the flags")
+    if requests is not None and duration is not None:
+        parser.add_argument("--requests", type=int, default=requests, help="most requests to send, warm-up included")
+        parser.add_argument("--duration", type=float, default=duration, help="no request starts after this, seconds")
+        parser.add_argument("--warmup-s", type=float, default=0.0, help="leave requests due in the first S seconds out")
+    parser.add_argument("--concurrency", type=int, default=concurrency,
+                        help="closed loop: requests in flight")  # fmt: skip
+    parser.add_argument("--max-connections", type=int, default=256,
+                        help="open loop: most requests in flight (later ones wait, and the wait counts)")  # fmt: skip
     parser.add_argument("--task", action="append", help="task to use (repeatable; default: all from /v1/tasks)")
     parser.add_argument("--length", type=int, nargs="+", default=[20], help="requested length(s) in words, cycled")
     parser.add_argument("--enforce-length", action="store_true", help="ask the server to guarantee the length")
     parser.add_argument("--relevance", default="high", choices=("low", "medium", "high"))
     parser.add_argument("--n", type=int, default=1, help="outputs per request")
+    parser.add_argument("--stream", action="store_true", help="stream every request (measures TTFT)")
     parser.add_argument("--max-new-tokens", type=int, nargs="+", default=[64], help="token budget(s), cycled")
     parser.add_argument("--temperature", type=float, default=0.8)
+    parser.add_argument("--seed", type=int, default=0, help="seeds the arrivals and each request's sampling")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-request timeout, seconds")
-    parser.add_argument("--json", help="also write the report as JSON to this file")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("run", help="one bounded run, closed loop or open loop (--rate)")
+    add_load_arguments(parser, requests=200, duration=300.0, concurrency=8)
+    parser.add_argument("--rate", type=float, help="open loop: Poisson arrivals per second (default: closed loop)")
+    parser.add_argument("--json", help="also write the report as JSON to this file")
     parser.set_defaults(func=run)
+
+
+def fail(message: str) -> int:
+    print(f"loadtest: {message}", file=sys.stderr)
+    return 2

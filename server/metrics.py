@@ -6,7 +6,7 @@ the default buckets (from 5 ms) or the 0.3 s floor of some servers cannot see it
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
 
 LATENCY_BUCKETS = (
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0,
@@ -20,6 +20,9 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.model = model
         r = self.registry
+        # process_resident_memory_bytes, process_cpu_seconds_total...: a soak run watches the
+        # server's memory through /metrics (loadtest/soak.py), as Prometheus would.
+        ProcessCollector(registry=r)
 
         def histogram(name: str, doc: str, labels: tuple[str, ...] = (), buckets: tuple[float, ...] = LATENCY_BUCKETS):
             return Histogram(f"{PREFIX}_{name}", doc, ("model", *labels), registry=r, buckets=buckets)

@@ -1,7 +1,9 @@
-"""The load-test CLI against the real server on a loopback port."""
+"""The load-test CLI against the real server on a loopback port: behaviour (counts, warm-up,
+streaming, files written, errors), never timing."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -11,7 +13,11 @@ from pathlib import Path
 import pytest
 from server_process import ServerProcess, free_port
 
-from loadtest.run import percentile
+from loadtest.arrivals import poisson_arrivals
+from loadtest.mix import MixError, load_mix
+from loadtest.report import percentile
+
+SAMPLE_MIX = Path(__file__).resolve().parents[1] / "loadtest" / "mixes" / "sample.jsonl"
 
 
 @pytest.fixture(scope="module")
@@ -21,15 +27,51 @@ def server(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
     process.stop()
 
 
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "loadtest", *args], capture_output=True, text=True, timeout=300)
+
+
 def loadtest(*args: str) -> subprocess.CompletedProcess[str]:
-    command = [sys.executable, "-m", "loadtest", "run", "--quiet", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=300)
+    return cli("run", "--quiet", *args)
+
+
+def assert_usage_error(result: subprocess.CompletedProcess[str], starts: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().startswith(f"loadtest: {starts}"), result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 def test_percentile_is_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
     assert [percentile(values, q) for q in (50, 90, 99, 100)] == [50.0, 90.0, 99.0, 100.0]
     assert percentile([7.0], 99) == 7.0
+    assert percentile([float(v) for v in range(1, 1001)], 99.9) == 999.0
+
+
+def test_poisson_arrivals_are_seeded_and_bounded() -> None:
+    arrivals = poisson_arrivals(rate=50.0, requests=5000, duration_s=200.0, seed=1)
+    assert arrivals == poisson_arrivals(rate=50.0, requests=5000, duration_s=200.0, seed=1)
+    assert arrivals != poisson_arrivals(rate=50.0, requests=5000, duration_s=200.0, seed=2)
+    assert len(arrivals) == 5000 and arrivals == sorted(arrivals)
+    assert 0.9 / 50 < arrivals[-1] / len(arrivals) < 1.1 / 50  # mean gap 1/rate
+    assert len(poisson_arrivals(rate=50.0, requests=5000, duration_s=2.0)) < 200  # the duration bounds it
+
+
+def test_mix_file_is_validated_line_by_line(tmp_path: Path) -> None:
+    specs = load_mix(SAMPLE_MIX)
+    assert {s.task for s in specs} == {"title", "search_queries", "t2i_prompt"}
+    assert any(s.stream for s in specs) and any(s.n > 1 for s in specs)
+    bad = tmp_path / "bad.jsonl"
+    for line, message in [
+        ('{"task": "title", "intent": "x", "colour": 1}', "unknown field 'colour'"),
+        ('{"task": "title"}', "'intent' must be"),
+        ('{"task": "title", "intent": "x", "n": true}', "'n' must be a positive integer"),
+        ("not json", "not JSON"),
+    ]:
+        bad.write_text('{"task": "title", "intent": "ok"}\n' + line + "\n")
+        with pytest.raises(MixError, match=message) as error:
+            load_mix(bad)
+        assert f"{bad}:2" in str(error.value)
 
 
 def test_report_counts_every_request_and_orders_percentiles(server: ServerProcess, tmp_path: Path) -> None:
@@ -58,8 +100,88 @@ def test_overload_is_reported_as_errors_by_status(server: ServerProcess, tmp_pat
     assert report["errors"].get("429 overloaded", 0) > 0
 
 
+def test_open_loop_with_a_mix_excludes_warmup_and_times_first_tokens(server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "open.json"
+    result = loadtest("--url", server.url, "--mix", str(SAMPLE_MIX), "--rate", "20", "--duration", "2",
+                      "--warmup-s", "0.5", "--seed", "3", "--json", str(out))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    sent = len(poisson_arrivals(20.0, 200, 2.0, seed=3))  # the same seeded schedule the run used
+    assert report["mode"] == "open" and report["rate"] == 20.0
+    assert report["requests"] + report["warmup_requests"] == sent
+    assert report["warmup_requests"] > 0 and report["ok"] == report["requests"]
+    assert report["streamed"] > 0  # the sample mix streams some requests
+    ttft, latency = report["ttft_ms"], report["latency_ms"]
+    assert 0 < ttft["p50"] <= ttft["p90"] <= ttft["p99"] <= ttft["p99.9"]
+    assert ttft["p50"] <= latency["p99.9"]
+    assert "ttft ms" in result.stdout
+
+
+def test_sweep_writes_reports_and_a_png_and_compare_reads_them(server: ServerProcess, tmp_path: Path) -> None:
+    result = cli("sweep", "--quiet", "--url", server.url, "--mix", str(SAMPLE_MIX), "--rates", "4", "8",
+                 "--duration", "1", "--out", str(tmp_path))  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    reports = json.loads((tmp_path / "sweep.json").read_text())
+    assert [r["rate"] for r in reports] == [4.0, 8.0]
+    assert (tmp_path / "sweep.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for i, report in enumerate(reports):
+        (tmp_path / f"{i}.json").write_text(json.dumps(report))
+    compared = cli("compare", str(tmp_path / "0.json"), str(tmp_path / "1.json"))
+    assert compared.returncode == 0, compared.stderr
+    assert "generated tokens/s" in compared.stdout and "latency p99.9 ms" in compared.stdout
+    assert "x" in compared.stdout.splitlines()[-2]  # a b/a ratio
+
+
+def test_server_exposes_its_resident_memory(server: ServerProcess) -> None:
+    assert server.metrics()[("process_resident_memory_bytes", ())] > 0  # what a soak run watches
+
+
+def test_soak_reports_each_window_with_the_servers_memory(server: ServerProcess, tmp_path: Path) -> None:
+    out = tmp_path / "soak.json"
+    result = cli("soak", "--quiet", "--url", server.url, "--mix", str(SAMPLE_MIX), "--rate", "10",
+                 "--minutes", "0.05", "--window-s", "1", "--json", str(out))  # fmt: skip
+    assert result.returncode in (0, 1), result.stderr  # pass/fail is timing: not judged here
+    soak = json.loads(out.read_text())
+    assert [w["window"] for w in soak["windows"]] == [1, 2, 3]
+    assert all(w["rss_mb"] > 0 for w in soak["windows"])
+    verdict = soak["verdict"]
+    assert verdict["errors"] == 0 and verdict["no_errors"]
+    assert set(verdict) >= {"p99_stable", "rss_flat", "passed", "rss_growth", "worst_window_p99_ratio"}
+    assert ("SOAK PASSED" if verdict["passed"] else "SOAK FAILED") in result.stdout
+
+
+def test_bench_quick_mode_wires_every_phase_into_results(tiny_checkpoint: Path, tiny_bundle: Path,
+                                                         tmp_path: Path) -> None:  # fmt: skip
+    # the harness's wiring, not its figures: a naive baseline and our server, seconds per phase
+    # (CTranslate2 too where the optional `bench` extra is installed)
+    systems = ["naive", "ours_int8"] + (["ct2"] if importlib.util.find_spec("ctranslate2") else [])
+    out = tmp_path / "RESULTS.md"
+    result = cli("bench", "--quick", "--models", "tiny", "--checkpoint", str(tiny_checkpoint),
+                 "--bundle", str(tiny_bundle), "--work", str(tmp_path / "work"), "--out", str(out),
+                 "--systems", *systems)  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    text = out.read_text()
+    assert "QUICK MODE" in text and "fp32 GEMM" in text and "GB/s" in text
+    figures = json.loads(out.with_suffix(".json").read_text())
+    tiny = figures["models"]["tiny"]["systems"]
+    assert set(tiny) == set(systems)
+    for system in tiny.values():
+        assert system["saturation"]["tokens_per_s"] > 0 and system["saturation"]["errors"] == {}
+        assert [r["fraction"] for r in system["open"]] == [0.5]
+        assert system["label"] in text
+    assert tiny["ours_int8"]["unloaded"]["ttft_ms"] is not None  # ours streams: TTFT measured
+    assert "x |" in text  # ratios against the naive baseline
+    assert (tmp_path / "RESULTS_tiny.png").read_bytes()[:4] == b"\x89PNG"
+
+
 def test_unreachable_server_is_a_one_line_error_with_exit_2() -> None:
-    result = loadtest("--url", f"http://127.0.0.1:{free_port()}", "--requests", "1")
-    assert result.returncode == 2
-    assert result.stderr.strip().startswith("loadtest: cannot reach")
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert_usage_error(loadtest("--url", f"http://127.0.0.1:{free_port()}", "--requests", "1"), "cannot reach")
+
+
+def test_usage_mistakes_are_one_line_errors_with_exit_2(server: ServerProcess, tmp_path: Path) -> None:
+    assert_usage_error(loadtest("--url", "ftp://127.0.0.1"), "--url must be")
+    assert_usage_error(loadtest("--url", server.url, "--rate", "0"), "--rate must be positive")
+    assert_usage_error(loadtest("--url", server.url, "--mix", str(tmp_path / "none.jsonl")), "cannot read mix file")
+    assert_usage_error(loadtest("--url", server.url, "--task", "nope"), "--task nope")
+    assert_usage_error(cli("compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")), "cannot read")
+    assert_usage_error(cli("soak", "--url", server.url, "--rate", "5", "--minutes", "0.01"), "--warmup-windows")

@@ -1,0 +1,134 @@
+"""bench/RESULTS.md from the bench's figures (loadtest/bench.py): tables, ratios, roofline, PNGs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from loadtest.plot import plot_sweep
+
+# the systems of loadtest/bench.py, in the order the tables list them
+SYSTEM_KEYS = ("naive", "ct2", "ours_off", "ours_int8", "ours_fp32")
+
+
+def ratio(x: float | None, y: float | None) -> str:
+    return f"{x / y:.1f}x" if x and y else "-"
+
+
+def ms(value: float | None) -> str:
+    return f"{value:,.1f}" if value is not None and value == value else "-"  # NaN: no sample
+
+
+def at_half(figures: dict[str, Any]) -> dict[str, Any] | None:
+    return next((r for r in figures["open"] if r["fraction"] == 0.5), None)
+
+
+def floors_ms(parameters: int, batch: int, roof: dict[str, Any]) -> tuple[float, float]:
+    """(bandwidth, compute) floors of one decode step with INT8 weights: every weight read once
+    (1 byte each) at the measured copy bandwidth, and 2 FLOPs per weight and row at the measured
+    fp32 GEMM peak. INT8 GEMM is faster than fp32 and its peak is not measured here, so the true
+    INT8 compute floor lies below the second figure."""
+    memory = parameters / (roof["memory_bandwidth_gbs"] * 1e9)
+    compute = 2 * parameters * batch / (roof["numpy_fp32_gemm_gflops"] * 1e9)
+    return 1000 * memory, 1000 * compute
+
+
+def model_section(name: str, entry: dict[str, Any], roof: dict[str, Any]) -> list[str]:
+    systems = {k: entry["systems"][k] for k in SYSTEM_KEYS if k in entry["systems"]}
+    sat = {k: s["saturation"]["tokens_per_s"] for k, s in systems.items()}
+    lines = [
+        f"## {name} ({entry['parameters'] / 1e6:.1f}M parameters)",
+        "",
+        "| system | saturation tok/s (req/s, clients) | p50 / p99 ms at 50% of saturation | unloaded p50 ms"
+        " | unloaded TTFT p50 ms | vs naive | vs CTranslate2 (HTTP) | load avg before / after |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, system in systems.items():
+        saturation, unloaded, half = system["saturation"], system["unloaded"], at_half(system)
+        ttft = unloaded.get("ttft_ms")
+        lines.append(
+            f"| {system['label']} | {saturation['tokens_per_s']:,.0f} ({saturation['requests_per_s']:.2f},"
+            f" {system['concurrency']}) | {ms(half['latency_ms']['p50']) if half else '-'} /"
+            f" {ms(half['latency_ms']['p99']) if half else '-'} | {ms(unloaded['latency_ms']['p50'])}"
+            f" | {ms(ttft['p50']) if ttft else 'no streaming'} | {ratio(sat[key], sat.get('naive'))}"
+            f" | {ratio(sat[key], sat.get('ct2'))} | {system['load_before'][0]:.2f} / {system['load_after'][0]:.2f} |"
+        )
+    lines += ["", "Open-loop Poisson loads at fractions of each system's saturation (after warm-up):", ""]
+    lines += ["| system | offered req/s | achieved req/s | requests | p50 | p90 | p99 | p99.9 ms | errors |"]
+    lines += ["|---|---|---|---|---|---|---|---|---|"]
+    for system in systems.values():
+        for r in system["open"]:
+            lat = r["latency_ms"]
+            lines.append(
+                f"| {system['label']} | {r['rate']:.2f} ({r['fraction']:.0%}) | {r['requests_per_s']:.2f}"
+                f" | {r['requests']} | {ms(lat['p50'])} | {ms(lat['p90'])} | {ms(lat['p99'])} | {ms(lat['p99.9'])}"
+                f" | {sum(r['errors'].values())} |"
+            )
+    static = entry.get("ct2_static") or {}
+    if static:
+        lines += ["", "CTranslate2 INT8 in-process (no HTTP), static batches, generated tokens/s: "
+                  + ", ".join(f"batch {b}: {v:,.0f}" for b, v in static.items()) + "."]  # fmt: skip
+        same = static.get("32")
+        if same and "ours_int8" in sat:
+            lines.append(f"Ours INT8 over HTTP at 32 clients against it at batch 32: {ratio(sat['ours_int8'], same)}.")
+    if "ours_int8" in systems:
+        unloaded = systems["ours_int8"]["unloaded"]
+        per_token = 1000 / unloaded["tokens_per_s"] if unloaded["tokens_per_s"] else None
+        memory, _ = floors_ms(entry["parameters"], 1, roof)
+        step32 = 32 / sat["ours_int8"] * 1000 if sat["ours_int8"] else None
+        _, compute32 = floors_ms(entry["parameters"], 32, roof)
+        lines += [
+            "",
+            f"Roofline, INT8 weights ({entry['parameters'] / 1e6:.0f} MB): the weight-bandwidth floor of a decode"
+            f" step is {memory:.2f} ms; ours unloaded spends {ms(per_token)} ms per token (prefill and HTTP"
+            f" included), {ratio(per_token, memory)} that floor. At batch 32 the fp32-GEMM compute floor is"
+            f" {compute32:.2f} ms (INT8 GEMM's peak is not measured here: the INT8 compute floor is lower); ours"
+            f" at saturation spends {ms(step32)} ms per 32 tokens, so the bandwidth floor is"
+            f" {100 * memory / step32 if step32 else 0:.0f}% of a step and the fp32 compute floor"
+            f" {100 * compute32 / step32 if step32 else 0:.0f}%.",
+        ]
+    lines += ["", f"![latency against offered load, {name}](RESULTS_{name}.png)", ""]
+    return lines
+
+
+def write_results(results: dict[str, Any], out: Path) -> None:
+    roof = results["roofline"]
+    opens = [r for m in results["models"].values() for s in m["systems"].values() for r in s["open"]]
+    fractions = "/".join(f"{f:.0%}" for f in sorted({r["fraction"] for r in opens}))
+    title = "# Serving benchmark" + (" (QUICK MODE: a smoke test, not a measurement)" if results["quick"] else "")
+    lines = [
+        title,
+        "",
+        f"Regenerated by `{results['command']}` (or `make bench`) on {results['started']}"
+        f" in {results['minutes']} minutes."
+        f" Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, {results['machine']['platform']}."
+        f" Load average (1/5/15 min) at start {'/'.join(f'{x:.2f}' for x in results['load_at_start'])},"
+        f" at end {'/'.join(f'{x:.2f}' for x in results['load_at_end'])}.",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
+        "",
+        f"Roofline measured by the command: fp32 GEMM {roof['numpy_fp32_gemm_gflops']:,.0f} GFLOP/s (numpy,"
+        f" n={roof['gemm_n']}), {roof['torch_fp32_gemm_gflops'] or 0:,.0f} GFLOP/s (torch); memory copy bandwidth"
+        f" {roof['memory_bandwidth_gbs']:.1f} GB/s (read + write, {roof['copy_mb']} MB arrays).",
+        "",
+        "How: one server process at a time owns the cores, the load generator (`loadtest`) runs beside it on"
+        " the same cores (so every HTTP figure pays for its client too). Every request is the same 20-word"
+        " `t2i_prompt` with a 48-token budget and temperature 0.8, the eight default intents in turn. Unloaded:"
+        " one request at a time, streamed where the server streams (TTFT). Saturation: closed loop at the"
+        f" listed number of clients, warm-up excluded. Then open-loop Poisson arrivals at {fractions} of that"
+        " saturation. The baselines serve one request at a time (a lock around one generate() call) and do"
+        " not stream. Tokens/s counts generated tokens, EOS included. A phase's percentiles rest on the"
+        " `requests` column: with few requests (the slow baselines on GPT-2 small) p99 and p99.9 are the"
+        " maximum, so read them as rough.",
+        "",
+    ]
+    for name, entry in results["models"].items():
+        lines += model_section(name, entry, roof)
+        series = {entry["systems"][k]["label"]: entry["systems"][k]["open"] for k in SYSTEM_KEYS
+                  if k in entry["systems"]}  # fmt: skip
+        plot_sweep(series, out.parent / f"RESULTS_{name}.png", f"{name}: latency against offered load", ("p50", "p99"))
+    lines += ["Server command lines (each with `--port P` added):", ""]
+    for name, entry in results["models"].items():
+        lines += [f"- {name} {key}: `{s['command']}`" for key, s in entry["systems"].items()]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")

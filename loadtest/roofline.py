@@ -1,0 +1,56 @@
+"""The machine's ceilings, measured where the bench runs: fp32 GEMM throughput (numpy and
+torch) and memory bandwidth. A decode step reads every weight once, so at small batch its
+floor is weight bytes / bandwidth; at large batch it is FLOPs / GEMM peak. The bench states
+its figures against these, not against a number from another machine."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """The fastest of `repeats` calls after one warm-up: the machine's ability, not its noise."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def gemm_gflops_numpy(n: int = 2048, repeats: int = 5) -> float:
+    a, b = np.random.rand(n, n).astype(np.float32), np.random.rand(n, n).astype(np.float32)
+    return 2 * n**3 / best_seconds(lambda: a @ b, repeats) / 1e9
+
+
+def gemm_gflops_torch(n: int = 2048, repeats: int = 5) -> float | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    return 2 * n**3 / best_seconds(lambda: a @ b, repeats) / 1e9
+
+
+def memory_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
+    """Copy bandwidth (bytes read + bytes written per second) of an array far larger than the
+    caches, the traffic pattern closest to streaming weights through the cores."""
+    src = np.ones(megabytes * 2**20 // 8, dtype=np.float64)
+    dst = np.empty_like(src)
+    return 2 * src.nbytes / best_seconds(lambda: np.copyto(dst, src), repeats) / 1e9
+
+
+def measure(quick: bool = False) -> dict[str, Any]:
+    n, mb = (1024, 128) if quick else (2048, 512)
+    return {
+        "numpy_fp32_gemm_gflops": round(gemm_gflops_numpy(n), 1),
+        "torch_fp32_gemm_gflops": round(g, 1) if (g := gemm_gflops_torch(n)) is not None else None,
+        "memory_bandwidth_gbs": round(memory_bandwidth_gbs(mb), 1),
+        "gemm_n": n,
+        "copy_mb": mb,
+    }
