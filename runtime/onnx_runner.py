@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +87,7 @@ class OnnxRunner:
         device_sampling: str = "auto",
         spinning: bool = False,
         device_cache: bool | None = None,
+        profile_prefix: str | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest if manifest is not None else load_manifest(self.bundle_dir)
@@ -115,11 +117,15 @@ class OnnxRunner:
         # Measured on 2 shared cores, 64 staggered requests: 670-680 tok/s spinning, 900-1600 not.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+        if profile_prefix is not None:  # ORT's per-operator profile (export/engine_bench.py --ort-profile)
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         providers: list[str | tuple[str, dict[str, str]]] = [CPU]
         if provider_name == CUDA:
             providers = [(CUDA, {"device_id": "0"}), CPU]
         path = self.bundle_dir / self.variant.file
         self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.last_run_s = 0.0  # the last decoder run's time inside ORT (the engine bench splits a step with it)
         self._check_interface()
         # ORT falls back to CPU silently when CUDA cannot start; report what it actually uses.
         self.provider = self.session.get_providers()[0]
@@ -231,7 +237,9 @@ class OnnxRunner:
         binding.bind_output(LOGITS, logits_device)
         for name in self.present_names:
             binding.bind_output(name, self.device)
+        start = time.perf_counter()
         self.session.run_with_iobinding(binding)
+        self.last_run_s = time.perf_counter() - start
         outputs = binding.get_outputs()
         return outputs[0], list(outputs[1:])
 
