@@ -31,7 +31,16 @@ import torch
 from onnx import helper
 from transformers import DynamicCache, PreTrainedModel
 
-from contract.manifest import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, past_names, present_names
+from contract.manifest import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    KV_CONCAT,
+    KV_IN_PLACE,
+    LOGITS,
+    POSITION_IDS,
+    past_names,
+    present_names,
+)
 from training.model import architecture, kv_shape
 
 OPSET = 17  # the first opset with LayerNormalization as one op
@@ -39,7 +48,10 @@ OPSET = 17  # the first opset with LayerNormalization as one op
 
 class DecoderWithPast(torch.nn.Module):
     """A decoder with flat past/present tensors and last-position logits: the graph's signature.
-    `body` is the family's stack of blocks (GPT-2's `transformer`, Llama's `model`)."""
+    `body` is the family's stack of blocks (GPT-2's `transformer`, Llama's `model`).
+    Its KV cache is `concat`: present = concat(past, new), a new tensor every step."""
+
+    kv_cache = KV_CONCAT
 
     def __init__(self, model: PreTrainedModel, body: torch.nn.Module) -> None:
         super().__init__()
@@ -60,9 +72,122 @@ class DecoderWithPast(torch.nn.Module):
         return (logits, *present)
 
 
-class GPT2DecoderWithPast(DecoderWithPast):
+class GroupQueryAttention(torch.autograd.Function):
+    """ONNX Runtime's contrib op `com.microsoft::GroupQueryAttention` in the traced graph.
+
+    Why this op: it is the one attention kernel of ONNX Runtime's CPU provider that writes the
+    new key/value columns into a preallocated cache in place (when past and present are bound
+    to the same buffer, which it detects by pointer), and it fuses QK', the mask, softmax and
+    PV into one kernel. The new columns go at column seqlens_k + 1 - S of every row; we keep
+    every row the same length (left padding, kv_cache.py), so that is one column for all, and
+    the padding columns are masked by `bias` (0 or -10000 per key column).
+    The eager forward is only for the tracer (shapes); verification compares the exported
+    graph with PyTorch's own GPT-2, not with this.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: object,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        past_key: torch.Tensor,
+        past_value: torch.Tensor,
+        seqlens_k: torch.Tensor,
+        total_length: torch.Tensor,
+        bias: torch.Tensor,
+        num_heads: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.zeros_like(query), past_key.clone(), past_value.clone()
+
+    @staticmethod
+    def symbolic(
+        g: torch.Graph,
+        query: torch.Value,
+        key: torch.Value,
+        value: torch.Value,
+        past_key: torch.Value,
+        past_value: torch.Value,
+        seqlens_k: torch.Value,
+        total_length: torch.Value,
+        bias: torch.Value,
+        num_heads: int,
+    ) -> tuple[torch.Value, ...]:
+        # cos_cache, sin_cache and position_ids (rotary only) come between total_length and the
+        # bias; the legacy exporter cannot leave an input empty, so fill_optional_inputs does.
+        args = (query, key, value, past_key, past_value, seqlens_k, total_length, bias)
+        op = "com.microsoft::GroupQueryAttention"
+        return tuple(g.op(op, *args, num_heads_i=num_heads, kv_num_heads_i=num_heads, outputs=3))
+
+
+GQA_SKIPPED_INPUTS = 3  # cos_cache, sin_cache, position_ids: unused without rotary embeddings
+MASKED = -10000.0  # added to a padding column's score: exp() of it is 0 in fp32 and fp16 alike
+
+
+class GPT2BlockInPlace(torch.nn.Module):
+    """One GPT-2 block (HF's GPT2Block, eager attention) around GroupQueryAttention. A module of
+    its own so that the exported node names keep the block's path (`/blocks.3/block/mlp/c_proj/`),
+    which export/variants.py picks the INT8-sensitive MatMuls by."""
+
+    def __init__(self, block: torch.nn.Module, n_head: int) -> None:
+        super().__init__()
+        self.block, self.n_head = block, n_head
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        past_key: torch.Tensor,
+        past_value: torch.Tensor,
+        seqlens_k: torch.Tensor,
+        total: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        block = self.block
+        query, key, value = block.attn.c_attn(block.ln_1(hidden)).split(hidden.shape[-1], dim=2)
+        attended, present_key, present_value = GroupQueryAttention.apply(
+            query, key, value, past_key, past_value, seqlens_k, total, bias, self.n_head
+        )
+        hidden = hidden + block.attn.c_proj(attended)
+        hidden = hidden + block.mlp(block.ln_2(hidden))
+        return hidden, present_key, present_value
+
+
+class GPT2DecoderInPlace(torch.nn.Module):
+    """GPT-2 written out block by block with GroupQueryAttention, so that its KV cache is
+    `in_place`: past_key_values.{i}.* are buffers of capacity >= P+S columns, the graph writes
+    the S new columns at P, and present.{i}.* is that same buffer (the runner binds both to it).
+
+    attention_mask [B,P+S] is the only source of P: seqlens_k = P+S-1 for every row (all rows
+    share the columns), total_sequence_length = P+S, and its zeros become the additive bias.
+    The arithmetic is GPT-2's (HF's GPT2Model with eager attention): learned positions from
+    position_ids, pre-LayerNorm blocks, gelu_new MLP, 1/sqrt(head_dim) scale, causal."""
+
+    kv_cache = KV_IN_PLACE
+
     def __init__(self, model: PreTrainedModel) -> None:
-        super().__init__(model, model.transformer)
+        super().__init__()
+        config = model.config
+        if config.scale_attn_by_inverse_layer_idx or config.reorder_and_upcast_attn or not config.scale_attn_weights:
+            raise ValueError("GPT-2 attention variants other than the default scale are not exported in place")
+        gpt2 = model.transformer
+        self.wte, self.wpe, self.ln_f, self.lm_head = gpt2.wte, gpt2.wpe, gpt2.ln_f, model.lm_head
+        self.blocks = torch.nn.ModuleList(GPT2BlockInPlace(b, config.num_attention_heads) for b in gpt2.h)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        hidden = self.wte(input_ids) + self.wpe(position_ids)
+        # Traced from tensors, not Python ints, so they stay dynamic in the graph.
+        total = torch.ones_like(attention_mask[0]).sum()
+        seqlens_k = (torch.zeros_like(attention_mask[:, 0]) + total - 1).to(torch.int32)
+        keep = attention_mask[:, None, None, :].to(hidden.dtype)  # [B,1,1,P+S]
+        bias = (1.0 - keep) * MASKED + torch.zeros_like(hidden[:, None, :, :1])  # [B,1,S,P+S]
+        present = []
+        for i, block in enumerate(self.blocks):
+            hidden, key, value = block(hidden, past[2 * i], past[2 * i + 1], seqlens_k, total.to(torch.int32), bias)
+            present += [key, value]
+        logits = self.lm_head(self.ln_f(hidden[:, -1, :]))
+        return (logits, *present)
 
 
 class LlamaDecoderWithPast(DecoderWithPast):
@@ -72,7 +197,15 @@ class LlamaDecoderWithPast(DecoderWithPast):
         super().__init__(model, model.model)
 
 
-WRAPPERS: dict[str, type[DecoderWithPast]] = {"gpt2": GPT2DecoderWithPast, "llama": LlamaDecoderWithPast}
+WRAPPERS: dict[str, type[DecoderWithPast] | type[GPT2DecoderInPlace]] = {
+    "gpt2": GPT2DecoderInPlace,
+    "llama": LlamaDecoderWithPast,
+}
+
+
+def kv_cache_kind(model: PreTrainedModel) -> str:
+    """How the exported graph treats its KV cache (the manifest's `Variant.kv_cache`)."""
+    return WRAPPERS[architecture(model)].kv_cache
 
 
 def sample_inputs(model: PreTrainedModel, batch: int = 2, past: int = 3, seq: int = 4) -> tuple[torch.Tensor, ...]:
@@ -112,6 +245,16 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def fill_optional_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Put GroupQueryAttention's bias in its place: after the three rotary inputs, left empty."""
+    for node in model.graph.node:
+        if node.op_type == "GroupQueryAttention" and node.domain == "com.microsoft" and len(node.input) == 8:
+            inputs = list(node.input)
+            del node.input[:]
+            node.input.extend(inputs[:7] + [""] * GQA_SKIPPED_INPUTS + inputs[7:])
+    return model
+
+
 def export_decoder(model: PreTrainedModel, path: Path | str, opset: int = OPSET) -> Path:
     """Export the FP32 decoder graph to `path` and check it with the ONNX checker."""
     path = Path(path)
@@ -148,12 +291,13 @@ def export_decoder(model: PreTrainedModel, path: Path | str, opset: int = OPSET)
                 output_names=outputs,
                 dynamic_axes=dynamic_axes,
                 opset_version=opset,
+                custom_opsets={"com.microsoft": 1},
                 do_constant_folding=True,
                 dynamo=False,
             )
         finally:
             model.config._attn_implementation = attention
-    graph = gemm_to_matmul(onnx.load(str(path)))
+    graph = fill_optional_inputs(gemm_to_matmul(onnx.load(str(path))))
     onnx.checker.check_model(graph)
     onnx.save(graph, str(path))
     return path
