@@ -80,7 +80,8 @@ class GroupQueryAttention(torch.autograd.Function):
     to the same buffer, which it detects by pointer), and it fuses QK', the mask, softmax and
     PV into one kernel. The new columns go at column seqlens_k + 1 - S of every row; we keep
     every row the same length (left padding, kv_cache.py), so that is one column for all, and
-    the padding columns are masked by `bias` (0 or -10000 per key column).
+    the padding columns are masked by `bias` (0 or -10000 per key column). Query, key and
+    value come packed in one [B, S, 3 * hidden] tensor (the QKV projection's output as is).
     The eager forward is only for the tracer (shapes); verification compares the exported
     graph with PyTorch's own GPT-2, not with this.
     """
@@ -88,9 +89,7 @@ class GroupQueryAttention(torch.autograd.Function):
     @staticmethod
     def forward(  # type: ignore[override]
         ctx: object,
-        query: torch.Tensor,
-        key: torch.Tensor,
-        value: torch.Tensor,
+        qkv: torch.Tensor,
         past_key: torch.Tensor,
         past_value: torch.Tensor,
         seqlens_k: torch.Tensor,
@@ -98,14 +97,12 @@ class GroupQueryAttention(torch.autograd.Function):
         bias: torch.Tensor,
         num_heads: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return torch.zeros_like(query), past_key.clone(), past_value.clone()
+        return torch.zeros_like(qkv[..., : qkv.shape[-1] // 3]), past_key.clone(), past_value.clone()
 
     @staticmethod
     def symbolic(
         g: torch.Graph,
-        query: torch.Value,
-        key: torch.Value,
-        value: torch.Value,
+        qkv: torch.Value,
         past_key: torch.Value,
         past_value: torch.Value,
         seqlens_k: torch.Value,
@@ -113,25 +110,49 @@ class GroupQueryAttention(torch.autograd.Function):
         bias: torch.Value,
         num_heads: int,
     ) -> tuple[torch.Value, ...]:
-        # cos_cache, sin_cache and position_ids (rotary only) come between total_length and the
-        # bias; the legacy exporter cannot leave an input empty, so fill_optional_inputs does.
-        args = (query, key, value, past_key, past_value, seqlens_k, total_length, bias)
+        # The legacy exporter cannot leave an input empty: fill_optional_inputs does it after.
+        args = (qkv, past_key, past_value, seqlens_k, total_length, bias)
         op = "com.microsoft::GroupQueryAttention"
         return tuple(g.op(op, *args, num_heads_i=num_heads, kv_num_heads_i=num_heads, outputs=3))
 
 
-GQA_SKIPPED_INPUTS = 3  # cos_cache, sin_cache, position_ids: unused without rotary embeddings
 MASKED = -10000.0  # added to a padding column's score: exp() of it is 0 in fp32 and fp16 alike
 
 
+class Projection(torch.nn.Module):
+    """GPT-2's Conv1D, x @ weight + bias, as one MatMul and one Add on the 3-D activations.
+    HF's Conv1D flattens to 2-D and back, which traces to a Shape/Gather/Unsqueeze/Concat/
+    Reshape chain per projection: 48 chains in GPT-2 small, each a few small ops that cost
+    ORT a dispatch every step (bench/engine.md)."""
+
+    def __init__(self, conv1d: torch.nn.Module) -> None:
+        super().__init__()
+        self.weight, self.bias = conv1d.weight, conv1d.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias
+
+
+class GPT2MLP(torch.nn.Module):
+    """HF's GPT2MLP with Projections; named `mlp` in its block, so the down projection's nodes
+    are `/blocks.{i}/mlp/c_proj/...`, the name export/variants.py keeps it in FP32 by."""
+
+    def __init__(self, mlp: torch.nn.Module) -> None:
+        super().__init__()
+        self.c_fc, self.act, self.c_proj = Projection(mlp.c_fc), mlp.act, Projection(mlp.c_proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.act(self.c_fc(x)))
+
+
 class GPT2BlockInPlace(torch.nn.Module):
-    """One GPT-2 block (HF's GPT2Block, eager attention) around GroupQueryAttention. A module of
-    its own so that the exported node names keep the block's path (`/blocks.3/block/mlp/c_proj/`),
-    which export/variants.py picks the INT8-sensitive MatMuls by."""
+    """One GPT-2 block (HF's GPT2Block, eager attention) around GroupQueryAttention."""
 
     def __init__(self, block: torch.nn.Module, n_head: int) -> None:
         super().__init__()
-        self.block, self.n_head = block, n_head
+        self.ln_1, self.ln_2, self.n_head = block.ln_1, block.ln_2, n_head
+        self.c_attn, self.c_proj = Projection(block.attn.c_attn), Projection(block.attn.c_proj)
+        self.mlp = GPT2MLP(block.mlp)
 
     def forward(
         self,
@@ -142,13 +163,11 @@ class GPT2BlockInPlace(torch.nn.Module):
         total: torch.Tensor,
         bias: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        block = self.block
-        query, key, value = block.attn.c_attn(block.ln_1(hidden)).split(hidden.shape[-1], dim=2)
         attended, present_key, present_value = GroupQueryAttention.apply(
-            query, key, value, past_key, past_value, seqlens_k, total, bias, self.n_head
+            self.c_attn(self.ln_1(hidden)), past_key, past_value, seqlens_k, total, bias, self.n_head
         )
-        hidden = hidden + block.attn.c_proj(attended)
-        hidden = hidden + block.mlp(block.ln_2(hidden))
+        hidden = hidden + self.c_proj(attended)
+        hidden = hidden + self.mlp(self.ln_2(hidden))
         return hidden, present_key, present_value
 
 
@@ -246,12 +265,14 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def fill_optional_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Put GroupQueryAttention's bias in its place: after the three rotary inputs, left empty."""
+    """GroupQueryAttention's inputs in their places: (qkv, past_key, past_value, seqlens_k,
+    total, bias) as traced become query=qkv, key and value empty (packed in the query),
+    then past, seqlens_k, total, cos_cache, sin_cache and position_ids empty (no rotary), bias."""
     for node in model.graph.node:
-        if node.op_type == "GroupQueryAttention" and node.domain == "com.microsoft" and len(node.input) == 8:
-            inputs = list(node.input)
+        if node.op_type == "GroupQueryAttention" and node.domain == "com.microsoft" and len(node.input) == 6:
+            qkv, past_key, past_value, seqlens_k, total, bias = node.input
             del node.input[:]
-            node.input.extend(inputs[:7] + [""] * GQA_SKIPPED_INPUTS + inputs[7:])
+            node.input.extend([qkv, "", "", past_key, past_value, seqlens_k, total, "", "", "", bias])
     return model
 
 
