@@ -113,7 +113,16 @@ class GroupQueryAttention(torch.autograd.Function):
         # The legacy exporter cannot leave an input empty: fill_optional_inputs does it after.
         args = (qkv, past_key, past_value, seqlens_k, total_length, bias)
         op = "com.microsoft::GroupQueryAttention"
-        return tuple(g.op(op, *args, num_heads_i=num_heads, kv_num_heads_i=num_heads, outputs=3))
+        attended, present_key, present_value = g.op(
+            op, *args, num_heads_i=num_heads, kv_num_heads_i=num_heads, outputs=3
+        )
+        # Typed, so that ONNX shape inference carries on past the contrib op and the graph's
+        # outputs keep their static sizes (logits [batch, vocab], the manifest's `shapes`).
+        sizes = qkv.type().varyingSizes()
+        attended.setType(qkv.type().with_sizes([*sizes[:-1], sizes[-1] // 3 if sizes[-1] else None]))
+        present_key.setType(past_key.type())
+        present_value.setType(past_value.type())
+        return attended, present_key, present_value
 
 
 MASKED = -10000.0  # added to a padding column's score: exp() of it is 0 in fp32 and fp16 alike
@@ -288,8 +297,12 @@ def export_decoder(model: PreTrainedModel, path: Path | str, opset: int = OPSET)
         POSITION_IDS: {0: "batch", 1: "seq"},
         LOGITS: {0: "batch"},
     }
-    dynamic_axes |= {name: {0: "batch", 2: "past_seq"} for name in past_names(n_layer)}
-    dynamic_axes |= {name: {0: "batch", 2: "total_seq"} for name in present_names(n_layer)}
+    # An in-place cache's past and present are one buffer: both have its capacity in columns.
+    past_axis, present_axis = (
+        ("capacity", "capacity") if kv_cache_kind(model) == KV_IN_PLACE else ("past_seq", "total_seq")
+    )
+    dynamic_axes |= {name: {0: "batch", 2: past_axis} for name in past_names(n_layer)}
+    dynamic_axes |= {name: {0: "batch", 2: present_axis} for name in present_names(n_layer)}
     # Eager attention traces to plain MatMul/Softmax that every ONNX Runtime provider runs.
     # Restored afterwards, so the PyTorch reference that verification compares against
     # keeps its own attention kernel: an independent implementation, not the traced one.
