@@ -10,9 +10,11 @@ temperature alone, see run_engine_bench).
 
 Each (model, batch) runs what the scheduler runs (server/engine/scheduler.py: `_decode`):
 a left-padded prefill with the bundle's sampling defaults, then `--steps` decode steps on
-the batch KV cache (runtime/kv_cache.py), and prints the median step split into
+the batch KV cache (runtime/kv_cache.py), and prints the median of each part of a step
+over the decode steps (the step is their sum):
 - `ort`: inside `session.run_with_iobinding` (the graph, including any KV copy it does),
-- `bind`: the rest of `OnnxRunner.forward` (binding inputs and outputs, logits to numpy),
+- `bind`: the rest of `OnnxRunner.forward` (binding, moving a full in-place buffer into a
+  larger one, logits to numpy),
 - `kv`: the cache's host bookkeeping (next mask, positions, `BatchCache.advance`),
 - `sample`: the host sampler on the step's logits,
 - `python`: whatever else the step loop spends.
