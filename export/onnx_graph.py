@@ -4,15 +4,19 @@
 The graph serves both prefill (past length 0) and decode (one new token per row):
 
     inputs   input_ids [B,S], attention_mask [B,P+S], position_ids [B,S],
-             past_key_values.{i}.key/value [B,n_kv_head,P,head_dim]
-    outputs  logits [B,vocab] (last position only), present.{i}.key/value [B,n_kv_head,P+S,head_dim]
+             past_key_values.{i}.key/value
+    outputs  logits [B,vocab] (last position only), present.{i}.key/value
 
+where the KV tensors are, by the wrapper's `kv_cache` (contract/manifest.py): `in_place`
+(GPT-2) one buffer [B,n_kv_head,capacity,head_dim] bound as past and present, written at
+column P; `concat` (Llama) past [B,n_kv_head,P,head_dim] and present [B,n_kv_head,P+S,head_dim].
 Batches are left-padded, so the last position is every row's newest token, and the LM head
 runs on one position per row instead of the whole prompt.
 
 A plain `torch.onnx.export(dynamo=False)` of a wrapper with flat past tensors matches torch
-to ~1e-7 (docs/architecture.md). transformers 5 wants a Cache object, so the wrapper builds a
-DynamicCache from the flat tensors; the tracer only ever sees plain tensors at the boundary.
+to ~1e-7 (docs/architecture.md). transformers 5 wants a Cache object, so the concat wrapper
+builds a DynamicCache from the flat tensors; the tracer only ever sees plain tensors at the
+boundary. GPT-2 is written out block by block around ONNX Runtime's GroupQueryAttention instead.
 
 One wrapper per decoder family (WRAPPERS, keyed by the manifest's architecture): GPT-2 (learned
 positions, LayerNorm, GELU MLP) and Llama (RoPE, RMSNorm, SwiGLU, grouped-query attention:
