@@ -19,8 +19,10 @@ from contract.command import CommandError, CommandSpec
 # 2: the model block names the key/value heads (`n_kv_head`) and `head_dim` itself, so a decoder
 # with grouped-query attention (Llama family) fits; format 1 bundles are still read (GPT-2: one
 # key/value head per query head, head_dim = n_embd / n_head).
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 3: each variant says how its graph treats the KV cache (`kv_cache`, below); format 1 and 2
+# bundles are still read, as `concat`, which is what their graphs do.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST_FILE = "manifest.json"
 
 # The decoder graph's interface (docs/architecture.md, "Contracts"). Past/present key/values are
@@ -29,6 +31,15 @@ INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 POSITION_IDS = "position_ids"
 LOGITS = "logits"
+
+
+# How a decoder graph treats its KV cache (Variant.kv_cache):
+# concat    present = concat(past, new): a new [B, n_kv_head, P+S, head_dim] tensor every step.
+# in_place  past is a preallocated buffer of capacity >= P+S columns; the graph writes the S new
+#           columns at P and present is that same buffer (the runner binds both to it).
+KV_CONCAT = "concat"
+KV_IN_PLACE = "in_place"
+KV_CACHE_KINDS = (KV_CONCAT, KV_IN_PLACE)
 
 
 def past_names(n_layer: int) -> list[str]:
@@ -89,6 +100,7 @@ class Variant:
     # Each input's and output's dims as the graph declares them: a name for a dynamic axis
     # ("batch", "past_seq"), a number for a fixed one. Optional: older manifests lack it.
     shapes: dict[str, list[str | int]] = field(default_factory=dict)
+    kv_cache: str = KV_CONCAT  # KV_CACHE_KINDS; absent before format 3, whose graphs all concatenate
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
     python -m export bundle --checkpoint DIR --out DIR [--variants fp32,int8,fp16]
     python -m export verify BUNDLE [--checkpoint DIR]
     python -m export bench [--preset small | --checkpoint DIR] [--out bench/export.md]
+    python -m export engine-bench --source CHECKPOINT [--batches 1,8,32] [--ort-profile]
     python -m export gpu-check --bundle DIR [--out gpu_check.md]
 
 Exit codes: 0 all variants passed; 1 a variant failed verification (the reason is printed,
@@ -34,6 +35,12 @@ def run_bench(args: argparse.Namespace) -> int:
     from export.bench_decode import run_bench as bench
 
     return bench(args)
+
+
+def run_engine_bench(args: argparse.Namespace) -> int:
+    from export.engine_bench import run_engine_bench as engine_bench
+
+    return engine_bench(args)
 
 
 def run_gpu_check(args: argparse.Namespace) -> int:
@@ -104,6 +111,20 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--repeats", type=int, default=3, help="prefill runs timed per batch")
     bench.add_argument("--out", type=Path, default=Path("bench/export.md"))
     bench.set_defaults(func=run_bench)
+
+    engine = subparsers.add_parser("engine-bench", help="prefill/decode steps through the serving code, profiled")
+    engine.add_argument("--source", type=Path, required=True, help="a trained tiny checkpoint")
+    engine.add_argument("--models", type=variant_list, default=("tiny", "small"), help="comma-separated: tiny,small")
+    engine.add_argument("--work", type=Path, default=Path("artifacts/engine_bench"), help="where bundles go")
+    engine.add_argument("--rebuild", action="store_true", help="re-export the bundles (after a graph change)")
+    engine.add_argument("--variant", default="int8")
+    engine.add_argument("--gate", type=float, default=MIN_INT8_AGREEMENT, help="INT8 gate for the tiny export")
+    engine.add_argument("--batches", type=int_list, default=(1, 8, 32), help="comma-separated")
+    engine.add_argument("--threads", type=int, default=2)
+    engine.add_argument("--prompt-len", type=int, default=16)
+    engine.add_argument("--steps", type=int, default=32, help="decode steps timed per batch")
+    engine.add_argument("--ort-profile", action="store_true", help="ORT's per-operator time of the decode steps")
+    engine.set_defaults(func=run_engine_bench)
 
     gpu = subparsers.add_parser("gpu-check", help="FP16 on CUDA with IO binding: parity vs FP32 CPU, latency")
     gpu.add_argument("--bundle", type=Path, required=True, help="a bundle with fp16 and fp32 variants")

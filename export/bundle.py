@@ -28,7 +28,7 @@ from contract.manifest import (
     present_names,
     sha256_file,
 )
-from export.onnx_graph import OPSET, export_decoder, io_shapes
+from export.onnx_graph import OPSET, export_decoder, io_shapes, kv_cache_kind
 from export.variants import DERIVE, VARIANTS, to_int8
 from export.verify import MIN_INT8_AGREEMENT, verify_variants
 from training.checkpoint import Checkpoint, load_checkpoint
@@ -80,7 +80,7 @@ def export_provenance(checkpoint_dir: Path) -> dict[str, Any]:
     }
 
 
-def variant_entry(variant: str, path: Path, info: ModelInfo) -> Variant:
+def variant_entry(variant: str, path: Path, info: ModelInfo, kv_cache: str) -> Variant:
     spec = VARIANTS[variant]
     return Variant(
         name=variant,
@@ -93,6 +93,7 @@ def variant_entry(variant: str, path: Path, info: ModelInfo) -> Variant:
         inputs=[INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *past_names(info.n_layer)],
         outputs=[LOGITS, *present_names(info.n_layer)],
         shapes=io_shapes(path),
+        kv_cache=kv_cache,
     )
 
 
@@ -152,7 +153,7 @@ def build_bundle(
         tokenizer_file=TOKENIZER_FILE,
         tokenizer_sha256=sha256_file(staging / TOKENIZER_FILE),
         command=checkpoint.command,
-        variants=[variant_entry(v, files[v], info) for v in variants],
+        variants=[variant_entry(v, files[v], info, kv_cache_kind(checkpoint.model)) for v in variants],
         generation=dict(checkpoint.generation),
         provenance={**checkpoint.provenance, "export": export_provenance(checkpoint_dir)},
     )
@@ -165,7 +166,7 @@ def build_bundle(
         # at some speed cost (bench/export.md), which beats serving FP32.
         print("[4/4] int8 missed the gate: again with the LM head and MLP down projections in FP32", flush=True)
         to_int8(fp32_path, files["int8"], keep_sensitive_fp32=True)
-        entry = variant_entry("int8", files["int8"], info)
+        entry = variant_entry("int8", files["int8"], info, kv_cache_kind(checkpoint.model))
         manifest.variants = [entry if v.name == "int8" else v for v in manifest.variants]
         retry = replace(manifest, variants=[entry])
         results["int8"] = verify_variants(staging, retry, reference, checkpoint.tokenizer, int8_min_agreement)["int8"]

@@ -4,15 +4,19 @@
 The graph serves both prefill (past length 0) and decode (one new token per row):
 
     inputs   input_ids [B,S], attention_mask [B,P+S], position_ids [B,S],
-             past_key_values.{i}.key/value [B,n_kv_head,P,head_dim]
-    outputs  logits [B,vocab] (last position only), present.{i}.key/value [B,n_kv_head,P+S,head_dim]
+             past_key_values.{i}.key/value
+    outputs  logits [B,vocab] (last position only), present.{i}.key/value
 
+where the KV tensors are, by the wrapper's `kv_cache` (contract/manifest.py): `in_place`
+(GPT-2) one buffer [B,n_kv_head,capacity,head_dim] bound as past and present, written at
+column P; `concat` (Llama) past [B,n_kv_head,P,head_dim] and present [B,n_kv_head,P+S,head_dim].
 Batches are left-padded, so the last position is every row's newest token, and the LM head
 runs on one position per row instead of the whole prompt.
 
 A plain `torch.onnx.export(dynamo=False)` of a wrapper with flat past tensors matches torch
-to ~1e-7 (docs/architecture.md). transformers 5 wants a Cache object, so the wrapper builds a
-DynamicCache from the flat tensors; the tracer only ever sees plain tensors at the boundary.
+to ~1e-7 (docs/architecture.md). transformers 5 wants a Cache object, so the concat wrapper
+builds a DynamicCache from the flat tensors; the tracer only ever sees plain tensors at the
+boundary. GPT-2 is written out block by block around ONNX Runtime's GroupQueryAttention instead.
 
 One wrapper per decoder family (WRAPPERS, keyed by the manifest's architecture): GPT-2 (learned
 positions, LayerNorm, GELU MLP) and Llama (RoPE, RMSNorm, SwiGLU, grouped-query attention:
@@ -31,7 +35,16 @@ import torch
 from onnx import helper
 from transformers import DynamicCache, PreTrainedModel
 
-from contract.manifest import ATTENTION_MASK, INPUT_IDS, LOGITS, POSITION_IDS, past_names, present_names
+from contract.manifest import (
+    ATTENTION_MASK,
+    INPUT_IDS,
+    KV_CONCAT,
+    KV_IN_PLACE,
+    LOGITS,
+    POSITION_IDS,
+    past_names,
+    present_names,
+)
 from training.model import architecture, kv_shape
 
 OPSET = 17  # the first opset with LayerNormalization as one op
@@ -39,7 +52,10 @@ OPSET = 17  # the first opset with LayerNormalization as one op
 
 class DecoderWithPast(torch.nn.Module):
     """A decoder with flat past/present tensors and last-position logits: the graph's signature.
-    `body` is the family's stack of blocks (GPT-2's `transformer`, Llama's `model`)."""
+    `body` is the family's stack of blocks (GPT-2's `transformer`, Llama's `model`).
+    Its KV cache is `concat`: present = concat(past, new), a new tensor every step."""
+
+    kv_cache = KV_CONCAT
 
     def __init__(self, model: PreTrainedModel, body: torch.nn.Module) -> None:
         super().__init__()
@@ -60,9 +76,150 @@ class DecoderWithPast(torch.nn.Module):
         return (logits, *present)
 
 
-class GPT2DecoderWithPast(DecoderWithPast):
+class GroupQueryAttention(torch.autograd.Function):
+    """ONNX Runtime's contrib op `com.microsoft::GroupQueryAttention` in the traced graph.
+
+    Why this op: it is the one attention kernel of ONNX Runtime's CPU provider that writes the
+    new key/value columns into a preallocated cache in place (when past and present are bound
+    to the same buffer, which it detects by pointer), and it fuses QK', the mask, softmax and
+    PV into one kernel. The new columns go at column seqlens_k + 1 - S of every row; we keep
+    every row the same length (left padding, kv_cache.py), so that is one column for all, and
+    the padding columns are masked by `bias` (0 or -10000 per key column). Query, key and
+    value come packed in one [B, S, 3 * hidden] tensor (the QKV projection's output as is).
+    The eager forward is only for the tracer (shapes); verification compares the exported
+    graph with PyTorch's own GPT-2, not with this.
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: object,
+        qkv: torch.Tensor,
+        past_key: torch.Tensor,
+        past_value: torch.Tensor,
+        seqlens_k: torch.Tensor,
+        total_length: torch.Tensor,
+        bias: torch.Tensor,
+        num_heads: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return torch.zeros_like(qkv[..., : qkv.shape[-1] // 3]), past_key.clone(), past_value.clone()
+
+    @staticmethod
+    def symbolic(
+        g: torch.Graph,
+        qkv: torch.Value,
+        past_key: torch.Value,
+        past_value: torch.Value,
+        seqlens_k: torch.Value,
+        total_length: torch.Value,
+        bias: torch.Value,
+        num_heads: int,
+    ) -> tuple[torch.Value, ...]:
+        # The legacy exporter cannot leave an input empty: fill_optional_inputs does it after.
+        args = (qkv, past_key, past_value, seqlens_k, total_length, bias)
+        op = "com.microsoft::GroupQueryAttention"
+        attended, present_key, present_value = g.op(
+            op, *args, num_heads_i=num_heads, kv_num_heads_i=num_heads, outputs=3
+        )
+        # Typed, so that ONNX shape inference carries on past the contrib op and the graph's
+        # outputs keep their static sizes (logits [batch, vocab], the manifest's `shapes`).
+        sizes = qkv.type().varyingSizes()
+        attended.setType(qkv.type().with_sizes([*sizes[:-1], sizes[-1] // 3 if sizes[-1] else None]))
+        present_key.setType(past_key.type())
+        present_value.setType(past_value.type())
+        return attended, present_key, present_value
+
+
+MASKED = -10000.0  # added to a padding column's score: exp() of it is 0 in fp32 and fp16 alike
+
+
+class Projection(torch.nn.Module):
+    """GPT-2's Conv1D, x @ weight + bias, as one MatMul and one Add on the 3-D activations.
+    HF's Conv1D flattens to 2-D and back, which traces to a Shape/Gather/Unsqueeze/Concat/
+    Reshape chain per projection: 48 chains in GPT-2 small, each a few small ops that cost
+    ORT a dispatch every step (bench/engine.md)."""
+
+    def __init__(self, conv1d: torch.nn.Module) -> None:
+        super().__init__()
+        self.weight, self.bias = conv1d.weight, conv1d.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias
+
+
+class GPT2MLP(torch.nn.Module):
+    """HF's GPT2MLP with Projections; named `mlp` in its block, so the down projection's nodes
+    are `/blocks.{i}/mlp/c_proj/...`, the name export/variants.py keeps it in FP32 by."""
+
+    def __init__(self, mlp: torch.nn.Module) -> None:
+        super().__init__()
+        self.c_fc, self.act, self.c_proj = Projection(mlp.c_fc), mlp.act, Projection(mlp.c_proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c_proj(self.act(self.c_fc(x)))
+
+
+class GPT2BlockInPlace(torch.nn.Module):
+    """One GPT-2 block (HF's GPT2Block, eager attention) around GroupQueryAttention."""
+
+    def __init__(self, block: torch.nn.Module, n_head: int) -> None:
+        super().__init__()
+        self.ln_1, self.ln_2, self.n_head = block.ln_1, block.ln_2, n_head
+        self.c_attn, self.c_proj = Projection(block.attn.c_attn), Projection(block.attn.c_proj)
+        self.mlp = GPT2MLP(block.mlp)
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        past_key: torch.Tensor,
+        past_value: torch.Tensor,
+        seqlens_k: torch.Tensor,
+        total: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        attended, present_key, present_value = GroupQueryAttention.apply(
+            self.c_attn(self.ln_1(hidden)), past_key, past_value, seqlens_k, total, bias, self.n_head
+        )
+        hidden = hidden + self.c_proj(attended)
+        hidden = hidden + self.mlp(self.ln_2(hidden))
+        return hidden, present_key, present_value
+
+
+class GPT2DecoderInPlace(torch.nn.Module):
+    """GPT-2 written out block by block with GroupQueryAttention, so that its KV cache is
+    `in_place`: past_key_values.{i}.* are buffers of capacity >= P+S columns, the graph writes
+    the S new columns at P, and present.{i}.* is that same buffer (the runner binds both to it).
+
+    attention_mask [B,P+S] is the only source of P: seqlens_k = P+S-1 for every row (all rows
+    share the columns), total_sequence_length = P+S, and its zeros become the additive bias.
+    The arithmetic is GPT-2's (HF's GPT2Model with eager attention): learned positions from
+    position_ids, pre-LayerNorm blocks, gelu_new MLP, 1/sqrt(head_dim) scale, causal."""
+
+    kv_cache = KV_IN_PLACE
+
     def __init__(self, model: PreTrainedModel) -> None:
-        super().__init__(model, model.transformer)
+        super().__init__()
+        config = model.config
+        if config.scale_attn_by_inverse_layer_idx or config.reorder_and_upcast_attn or not config.scale_attn_weights:
+            raise ValueError("GPT-2 attention variants other than the default scale are not exported in place")
+        gpt2 = model.transformer
+        self.wte, self.wpe, self.ln_f, self.lm_head = gpt2.wte, gpt2.wpe, gpt2.ln_f, model.lm_head
+        self.blocks = torch.nn.ModuleList(GPT2BlockInPlace(b, config.num_attention_heads) for b in gpt2.h)
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        hidden = self.wte(input_ids) + self.wpe(position_ids)
+        # Traced from tensors, not Python ints, so they stay dynamic in the graph.
+        total = torch.ones_like(attention_mask[0]).sum()
+        seqlens_k = (torch.zeros_like(attention_mask[:, 0]) + total - 1).to(torch.int32)
+        keep = attention_mask[:, None, None, :].to(hidden.dtype)  # [B,1,1,P+S]
+        bias = (1.0 - keep) * MASKED + torch.zeros_like(hidden[:, None, :, :1])  # [B,1,S,P+S]
+        present = []
+        for i, block in enumerate(self.blocks):
+            hidden, key, value = block(hidden, past[2 * i], past[2 * i + 1], seqlens_k, total.to(torch.int32), bias)
+            present += [key, value]
+        logits = self.lm_head(self.ln_f(hidden[:, -1, :]))
+        return (logits, *present)
 
 
 class LlamaDecoderWithPast(DecoderWithPast):
@@ -72,7 +229,15 @@ class LlamaDecoderWithPast(DecoderWithPast):
         super().__init__(model, model.model)
 
 
-WRAPPERS: dict[str, type[DecoderWithPast]] = {"gpt2": GPT2DecoderWithPast, "llama": LlamaDecoderWithPast}
+WRAPPERS: dict[str, type[DecoderWithPast] | type[GPT2DecoderInPlace]] = {
+    "gpt2": GPT2DecoderInPlace,
+    "llama": LlamaDecoderWithPast,
+}
+
+
+def kv_cache_kind(model: PreTrainedModel) -> str:
+    """How the exported graph treats its KV cache (the manifest's `Variant.kv_cache`)."""
+    return WRAPPERS[architecture(model)].kv_cache
 
 
 def sample_inputs(model: PreTrainedModel, batch: int = 2, past: int = 3, seq: int = 4) -> tuple[torch.Tensor, ...]:
@@ -112,6 +277,18 @@ def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def fill_optional_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
+    """GroupQueryAttention's inputs in their places: (qkv, past_key, past_value, seqlens_k,
+    total, bias) as traced become query=qkv, key and value empty (packed in the query),
+    then past, seqlens_k, total, cos_cache, sin_cache and position_ids empty (no rotary), bias."""
+    for node in model.graph.node:
+        if node.op_type == "GroupQueryAttention" and node.domain == "com.microsoft" and len(node.input) == 6:
+            qkv, past_key, past_value, seqlens_k, total, bias = node.input
+            del node.input[:]
+            node.input.extend([qkv, "", "", past_key, past_value, seqlens_k, total, "", "", "", bias])
+    return model
+
+
 def export_decoder(model: PreTrainedModel, path: Path | str, opset: int = OPSET) -> Path:
     """Export the FP32 decoder graph to `path` and check it with the ONNX checker."""
     path = Path(path)
@@ -124,8 +301,12 @@ def export_decoder(model: PreTrainedModel, path: Path | str, opset: int = OPSET)
         POSITION_IDS: {0: "batch", 1: "seq"},
         LOGITS: {0: "batch"},
     }
-    dynamic_axes |= {name: {0: "batch", 2: "past_seq"} for name in past_names(n_layer)}
-    dynamic_axes |= {name: {0: "batch", 2: "total_seq"} for name in present_names(n_layer)}
+    # An in-place cache's past and present are one buffer: both have its capacity in columns.
+    past_axis, present_axis = (
+        ("capacity", "capacity") if kv_cache_kind(model) == KV_IN_PLACE else ("past_seq", "total_seq")
+    )
+    dynamic_axes |= {name: {0: "batch", 2: past_axis} for name in past_names(n_layer)}
+    dynamic_axes |= {name: {0: "batch", 2: present_axis} for name in present_names(n_layer)}
     # Eager attention traces to plain MatMul/Softmax that every ONNX Runtime provider runs.
     # Restored afterwards, so the PyTorch reference that verification compares against
     # keeps its own attention kernel: an independent implementation, not the traced one.
@@ -148,12 +329,13 @@ def export_decoder(model: PreTrainedModel, path: Path | str, opset: int = OPSET)
                 output_names=outputs,
                 dynamic_axes=dynamic_axes,
                 opset_version=opset,
+                custom_opsets={"com.microsoft": 1},
                 do_constant_folding=True,
                 dynamo=False,
             )
         finally:
             model.config._attn_implementation = attention
-    graph = gemm_to_matmul(onnx.load(str(path)))
+    graph = fill_optional_inputs(gemm_to_matmul(onnx.load(str(path))))
     onnx.checker.check_model(graph)
     onnx.save(graph, str(path))
     return path

@@ -1,8 +1,9 @@
 """The running batch's KV cache: one left-padded, right-aligned tensor per layer.
 
-Every row's real tokens end at the last column, so one decode step appends one column
+Every row's real tokens end at the last live column, so one decode step appends one column
 for everyone, and the graph's `present` is simply the next step's `past` (no copy on
-our side, see onnx_runner.py).
+our side, see onnx_runner.py). The live columns are the first `columns` of each tensor: an
+in-place cache's buffers have room for more (onnx_runner.KV_ROOM), a concatenating one's not.
 
 Rows are slots. A finished row is not cut out at once: its slot is marked free, and
 the next request to join is written into it in place (on CPU the cache is host memory,
@@ -52,6 +53,11 @@ def empty_cache(runner: OnnxRunner) -> BatchCache:
     return BatchCache(runner.empty_past(0), np.zeros((0, 0), np.int64))
 
 
+def live(runner: OnnxRunner, value: ort.OrtValue, columns: int) -> np.ndarray:
+    """The live columns of one cache tensor on the host (a view on CPU)."""
+    return runner.to_host(value)[:, :, :columns]
+
+
 def _trim(arrays: list[np.ndarray], mask: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
     """Drop leading columns that are padding in every row (left over from rows that left)."""
     if mask.shape[0] == 0:
@@ -90,11 +96,11 @@ def rebuild(
     index may repeat: the n samples of one request share one prefill row)."""
     if runner.cache_surgery is not None:
         return _rebuild_on_device(runner, running, keep, joining, joining_rows)
-    arrays = [runner.to_host(v)[keep] for v in running.past]
+    arrays = [live(runner, v, running.columns)[keep] for v in running.past]
     mask = running.mask[keep]
     if joining is not None and joining_rows is not None and joining_rows.size:
         new_mask = joining.mask[joining_rows]
-        new_arrays = _masked([runner.to_host(v)[joining_rows] for v in joining.past], new_mask)
+        new_arrays = _masked([live(runner, v, joining.columns)[joining_rows] for v in joining.past], new_mask)
         columns = max(mask.shape[1], new_mask.shape[1])
         arrays, mask = _pad_left(arrays, mask, columns)
         new_arrays, new_mask = _pad_left(new_arrays, new_mask, columns)
@@ -126,12 +132,17 @@ def _rebuild_on_device(
     start = first_used_column(merged) if merged.shape[0] else columns
     final = columns - start
 
-    def pads(current: int) -> np.ndarray:  # left pad (negative: trim) of the columns axis only
-        return np.array([0, 0, final - current, 0, 0, 0, 0, 0], np.int64)
+    def pads(current: int, value: ort.OrtValue) -> np.ndarray:
+        """Pads of the columns axis only (negative: trim): on the left to `final` live columns,
+        on the right the room beyond the live columns (in place, onnx_runner.KV_ROOM) is cut;
+        the runner gives the result room again when a step needs it."""
+        return np.array([0, 0, final - current, 0, 0, 0, current - int(value.shape()[2]), 0], np.int64)
 
-    scale = new_mask[:, None, :, None]
+    # The joining rows' mask zeroes their padding columns; zero their room (in place) too.
+    room = int(joining.past[0].shape()[2]) - joining.columns if joining.past else 0
+    scale = np.pad(new_mask, ((0, 0), (0, room)))[:, None, :, None]
     past = [
-        runner.rearrange(r, keep, pads(running.columns), j, joining_rows, scale, pads(joining.columns))
+        runner.rearrange(r, keep, pads(running.columns, r), j, joining_rows, scale, pads(joining.columns, j))
         for r, j in zip(running.past, joining.past, strict=True)
     ]
     return BatchCache(past, np.ascontiguousarray(merged[:, start:]))
@@ -150,11 +161,11 @@ def write_in_place(
     """Put joining rows into free slots of the running cache, right-aligned, in place."""
     start = cache.columns - joining.columns
     new_mask = joining.mask[joining_rows]
-    new_arrays = _masked([runner.to_host(v)[joining_rows] for v in joining.past], new_mask)
+    new_arrays = _masked([live(runner, v, joining.columns)[joining_rows] for v in joining.past], new_mask)
     views = [runner.host_view(v) for v in cache.past]
     for view, new in zip(views, new_arrays, strict=True):
         assert view is not None, "write_in_place needs host-addressable cache memory"
         view[slots, :, :start] = 0
-        view[slots, :, start:] = new
+        view[slots, :, start : cache.columns] = new
     cache.mask[slots] = 0
     cache.mask[slots, start:] = new_mask

@@ -8,20 +8,24 @@ device between steps (IO binding), so a decode step copies nothing but ids, mask
 across the host/device boundary. `step_and_sample()` also keeps the logits there and samples in
 a small ONNX graph (sampler_graph.py), so only the token ids come back (the default on CUDA).
 
-What is and is not in place, honestly: the exported graph concatenates past and new
-key/values (`present = concat(past, new)`), so every step the graph writes a new
-[B, n_kv_head, P+1, head_dim] buffer per layer; that copy is inside the graph and cannot
-be avoided without a graph that writes into a fixed buffer at an index. What we avoid
-is everything around it: `present` is bound straight back as the next `past` (no numpy
-round trip, no re-stacking of the batch), and the buffers come from ORT's memory arena,
-which recycles them instead of asking the OS each step. The batch is only rebuilt when
-its membership changes (see kv_cache.py).
+The KV cache, in place or not, is the variant's `kv_cache` (contract/manifest.py):
+- `in_place` (GPT-2 exported by this version): each past tensor is a preallocated buffer with
+  room for more columns than the batch holds; the graph's attention kernel (ONNX Runtime's
+  GroupQueryAttention) writes the step's new key/value column into it, and present is bound to
+  the same buffer, so a decode step copies no cache at all. When a step would outgrow the buffer,
+  `_with_room` moves the cache into a larger one (one copy every KV_ROOM steps at most).
+- `concat` (older bundles, Llama-family students): the graph returns present = concat(past,
+  new), a new [B, n_kv_head, P+1, head_dim] buffer per layer every step; present is bound
+  straight back as the next past (no numpy round trip), from ORT's recycling memory arena.
+Either way the batch is only rebuilt when its membership changes (see kv_cache.py), and the
+cache's live columns are always the first `columns` (kv_cache.BatchCache) of each buffer.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +34,8 @@ import onnxruntime as ort
 from contract.manifest import (
     ATTENTION_MASK,
     INPUT_IDS,
+    KV_CACHE_KINDS,
+    KV_IN_PLACE,
     LOGITS,
     POSITION_IDS,
     BundleError,
@@ -46,6 +52,10 @@ log = logging.getLogger(__name__)
 KV_DTYPES = {"float32": np.float32, "float16": np.float16}
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+# Spare columns an in-place KV buffer is given beyond what it holds: it grows (one copy of the
+# cache) at most once every KV_ROOM steps, and the room costs memory only (the kernel reads
+# the live columns alone).
+KV_ROOM = 64
 
 
 def choose_provider(requested: str) -> str:
@@ -86,6 +96,7 @@ class OnnxRunner:
         device_sampling: str = "auto",
         spinning: bool = False,
         device_cache: bool | None = None,
+        profile_prefix: str | None = None,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest if manifest is not None else load_manifest(self.bundle_dir)
@@ -103,6 +114,10 @@ class OnnxRunner:
             known = list(KV_DTYPES)
             raise BundleError(f"variant {self.variant.name} has kv_dtype {self.variant.kv_dtype!r}; known: {known}")
         self.kv_dtype = np.dtype(KV_DTYPES[self.variant.kv_dtype])
+        if self.variant.kv_cache not in KV_CACHE_KINDS:
+            kind, known = self.variant.kv_cache, list(KV_CACHE_KINDS)
+            raise BundleError(f"variant {self.variant.name} has kv_cache {kind!r}; this runtime knows {known}")
+        self.in_place = self.variant.kv_cache == KV_IN_PLACE
         self.past_names = past_names(self.n_layer)
         self.present_names = present_names(self.n_layer)
 
@@ -115,11 +130,15 @@ class OnnxRunner:
         # Measured on 2 shared cores, 64 staggered requests: 670-680 tok/s spinning, 900-1600 not.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         options.add_session_config_entry("session.inter_op.allow_spinning", "1" if spinning else "0")
+        if profile_prefix is not None:  # ORT's per-operator profile (export/engine_bench.py --ort-profile)
+            options.enable_profiling = True
+            options.profile_file_prefix = profile_prefix
         providers: list[str | tuple[str, dict[str, str]]] = [CPU]
         if provider_name == CUDA:
             providers = [(CUDA, {"device_id": "0"}), CPU]
         path = self.bundle_dir / self.variant.file
         self.session = ort.InferenceSession(str(path), options, providers=providers)
+        self.last_run_s = 0.0  # the last decoder run's time inside ORT (the engine bench splits a step with it)
         self._check_interface()
         # ORT falls back to CPU silently when CUDA cannot start; report what it actually uses.
         self.provider = self.session.get_providers()[0]
@@ -159,13 +178,28 @@ class OnnxRunner:
     # --- the runner contract (runtime/runner.py) --------------------------------------
 
     def empty_past(self, batch: int) -> list[ort.OrtValue]:
-        """The past of a prefill: [batch, n_kv_head, 0, head_dim] per past name, on the device."""
+        """The past of a prefill: 0 live columns per past name, on the device (in place: with room)."""
         shape = (batch, self.n_kv_head, 0, self.head_dim)
         return [self.to_device(np.zeros(shape, self.kv_dtype)) for _ in self.past_names]
 
     def to_device(self, array: np.ndarray) -> ort.OrtValue:
-        """A KV tensor for `forward()`. On CPU this shares the numpy memory (no copy)."""
-        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array, dtype=self.kv_dtype), self.device, 0)
+        """A KV tensor for `forward()` holding `array` [B, n_kv_head, columns, head_dim] in its
+        first columns. concat: exactly that; on CPU it shares the numpy memory (no copy).
+        in_place: a buffer with KV_ROOM more columns (zeros), for the graph to write into."""
+        array = np.ascontiguousarray(array, dtype=self.kv_dtype)
+        if self.in_place:
+            columns = array.shape[2]
+            room = max(columns, min(self.n_positions, columns + KV_ROOM))
+            buffer = np.zeros((*array.shape[:2], room, array.shape[3]), self.kv_dtype)
+            buffer[:, :, :columns] = array
+            array = buffer
+        return ort.OrtValue.ortvalue_from_numpy(array, self.device, 0)
+
+    def _with_room(self, past: list[ort.OrtValue], past_columns: int, total_columns: int) -> list[ort.OrtValue]:
+        """in_place: buffers that can take `total_columns`; the same ones while they can."""
+        if int(past[0].shape()[2]) >= total_columns:
+            return past
+        return [self.to_device(self.to_host(value)[:, :, :past_columns]) for value in past]
 
     def to_host(self, value: ort.OrtValue) -> np.ndarray:
         """A KV tensor on the host: a zero-copy view on CPU (see host_view), a copy from CUDA."""
@@ -222,6 +256,8 @@ class OnnxRunner:
         past: list[ort.OrtValue],
         logits_device: str,
     ) -> tuple[ort.OrtValue, list[ort.OrtValue]]:
+        if self.in_place:
+            past = self._with_room(past, attention_mask.shape[1] - input_ids.shape[1], attention_mask.shape[1])
         binding = self.session.io_binding()
         binding.bind_cpu_input(INPUT_IDS, np.ascontiguousarray(input_ids, dtype=np.int64))
         binding.bind_cpu_input(ATTENTION_MASK, np.ascontiguousarray(attention_mask, dtype=np.int64))
@@ -229,11 +265,16 @@ class OnnxRunner:
         for name, value in zip(self.past_names, past, strict=True):
             binding.bind_ortvalue_input(name, value)
         binding.bind_output(LOGITS, logits_device)
-        for name in self.present_names:
-            binding.bind_output(name, self.device)
+        for name, value in zip(self.present_names, past, strict=True):
+            if self.in_place:
+                binding.bind_ortvalue_output(name, value)  # the same buffer: the kernel writes in place
+            else:
+                binding.bind_output(name, self.device)
+        start = time.perf_counter()
         self.session.run_with_iobinding(binding)
+        self.last_run_s = time.perf_counter() - start
         outputs = binding.get_outputs()
-        return outputs[0], list(outputs[1:])
+        return outputs[0], past if self.in_place else list(outputs[1:])
 
     def forward(
         self,

@@ -147,13 +147,17 @@ def test_manifest_round_trip_and_refusals(tmp_path: Path) -> None:
 
 
 def test_format_1_manifest_is_read_with_the_gpt2_kv_shape(tmp_path: Path) -> None:
-    """Format 2 names the KV cache's shape; a format 1 bundle (no n_kv_head, head_dim) still loads."""
+    """Format 2 names the KV cache's shape; a format 1 bundle (no n_kv_head, head_dim) still loads.
+    Format 3 names each variant's KV cache kind; older bundles' graphs all concatenate."""
     bundle = _write_bundle(tmp_path)
     data = json.loads((bundle / "manifest.json").read_text())
-    assert data["format_version"] == 2 and data["model"]["n_kv_head"] == 2 and data["model"]["head_dim"] == 32
+    assert data["format_version"] == 3 and data["model"]["n_kv_head"] == 2 and data["model"]["head_dim"] == 32
     data["format_version"] = 1
     del data["model"]["n_kv_head"], data["model"]["head_dim"]
+    for variant in data["variants"]:
+        del variant["kv_cache"]
     (bundle / "manifest.json").write_text(json.dumps(data))
+    assert all(v.kv_cache == "concat" for v in load_manifest(bundle).variants)
     model = load_manifest(bundle).model
     assert (model.n_kv_head, model.head_dim) == (model.n_head, model.n_embd // model.n_head)
     # grouped-query attention: fewer key/value heads than query heads, head_dim as given

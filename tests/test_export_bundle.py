@@ -12,6 +12,7 @@ import pytest
 from contract.manifest import BundleError, load_manifest, past_names, present_names
 from export.__main__ import main as export_main
 from export.verify import decode
+from runtime.kv_cache import live
 from runtime.onnx_runner import OnnxRunner
 from runtime.padding import left_pad
 from training.checkpoint import load_checkpoint
@@ -40,10 +41,16 @@ def test_prefill_with_empty_past_and_decode_step(tiny_bundle: Path, variant: str
     logits, present = runner.forward(input_ids, attention_mask, position_ids, runner.empty_past(2))
     assert logits.shape == (2, manifest.model.vocab_size) and logits.dtype == np.float32
     shape = (2, manifest.model.n_kv_head, 5, manifest.model.head_dim)
-    assert all(runner.to_host(p).shape == shape and runner.to_host(p).dtype == runner.kv_dtype for p in present)
+    assert all(live(runner, p, 5).shape == shape and runner.to_host(p).dtype == runner.kv_dtype for p in present)
     step_mask = np.concatenate([attention_mask, np.ones((2, 1), dtype=np.int64)], axis=1)
-    logits, present = runner.forward(logits.argmax(-1)[:, None], step_mask, position_ids[:, -1:] + 1, present)
-    assert runner.to_host(present[0]).shape[2] == 6 and np.isfinite(logits).all()
+    before = [live(runner, p, 5).copy() for p in present]
+    logits, after = runner.forward(logits.argmax(-1)[:, None], step_mask, position_ids[:, -1:] + 1, present)
+    assert live(runner, after[0], 6).shape[2] == 6 and np.isfinite(logits).all()
+    # GPT-2 exports an in-place cache: the step wrote its column into the prefill's buffers,
+    # leaving the columns before it as they were.
+    assert manifest.variant(variant).kv_cache == "in_place" and after is present
+    for old, new in zip(before, after, strict=True):
+        np.testing.assert_array_equal(live(runner, new, 5), old)
 
 
 def test_left_padding_does_not_change_a_row(tiny_checkpoint: Path, tiny_bundle: Path) -> None:

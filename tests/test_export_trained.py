@@ -89,7 +89,10 @@ def test_a_failing_variant_is_left_out_and_the_command_fails(
     out = tmp_path / "bundle"
     assert export_main(["bundle", "--checkpoint", str(broken), "--out", str(out), "--variants", "fp32,fp16"]) == 1
     err = capsys.readouterr().err
-    assert "variant fp16 failed verification" in err and "NaN/Inf logits" in err
+    # Which check catches it depends on where the CPU provider rounds to fp16: with the Conv1D
+    # graph the overflow reached the logits as NaN; with the in-place GPT-2 graph the logits stay
+    # finite there (measured) and fail the relative-error and greedy checks instead.
+    assert "variant fp16 failed verification" in err
     assert [v.name for v in load_manifest(out).variants] == ["fp32"]
     assert not (out / "decoder_fp16.onnx").exists()
 

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from contract.command import count_words, prompt_ids
 from contract.manifest import load_manifest
 from runtime.cache_graph import build_cache_graph, cache_graph
-from runtime.kv_cache import BatchCache, can_write_in_place, empty_cache, rebuild, write_in_place
+from runtime.kv_cache import BatchCache, can_write_in_place, empty_cache, live, rebuild, write_in_place
 from runtime.onnx_runner import OnnxRunner
 from runtime.sampler import Row, SamplingParams, apply_repetition_penalty, make_generator, sample
 from runtime.sampler_graph import build_sampler_graph, sampler_graph
@@ -140,7 +140,7 @@ def test_runner_forward_keeps_the_kv_cache_on_the_device(runner: OnnxRunner) -> 
     logits, present = runner.forward(ids, np.ones_like(ids), np.arange(4)[None, :], runner.empty_past(1))
     assert logits.shape == (1, runner.vocab_size) and logits.dtype == np.float32
     assert all(isinstance(p, ort.OrtValue) for p in present)
-    assert runner.to_host(present[0]).shape == (1, runner.n_kv_head, 4, runner.head_dim)
+    assert live(runner, present[0], 4).shape == (1, runner.n_kv_head, 4, runner.head_dim)
 
 
 def test_rebuilt_batch_decodes_like_each_row_alone(runner: OnnxRunner) -> None:
@@ -310,7 +310,7 @@ def test_cache_rebuild_on_the_device_matches_numpy(tiny_bundle: Path, variant: s
         actual = rebuild(device, running, keep, join, rows)
         np.testing.assert_array_equal(actual.mask, expected.mask)
         for a, e in zip(actual.past, expected.past, strict=True):
-            np.testing.assert_array_equal(device.to_host(a), host.to_host(e))
+            np.testing.assert_array_equal(live(device, a, actual.columns), live(host, e, expected.columns))
 
 
 def test_sampler_graph_top_p_and_seeding(tiny_bundle: Path) -> None:
