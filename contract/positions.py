@@ -51,6 +51,13 @@ def position_offset(spec: CommandSpec, prompt_length: int) -> int:
     return offset if spec.positions == COUNTDOWN else max(0, offset)
 
 
+def context_room(spec: CommandSpec, n_positions: int, prompt_length: int) -> int:
+    """How many tokens an output may take after this prompt: the KV columns left in the
+    model's context. A countdown prompt's negative offset shares positions among its first
+    tokens; it makes no room."""
+    return n_positions - max(0, position_offset(spec, prompt_length)) - prompt_length
+
+
 @dataclass(frozen=True)
 class Countdown:
     """A countdown model's output positions: `base` + the words still to write.

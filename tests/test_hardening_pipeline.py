@@ -43,7 +43,8 @@ def score_args(samples: Path, out: Path) -> list[str]:
 def samples(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("score_samples") / "samples"
     generate = [sys.executable, "-m", "training", "generate", "--out", str(out), "--limit-intents", "40"]
-    subprocess.run([*generate, "--per-intent", "4"], check=True, capture_output=True, timeout=300)
+    generate += ["--per-intent", "4", "--tasks-per-intent", "0"]  # 640 samples: room for every kill point
+    subprocess.run(generate, check=True, capture_output=True, timeout=300)
     return out
 
 

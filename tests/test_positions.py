@@ -16,6 +16,7 @@ from contract.positions import (
     ALIGNED,
     COUNTDOWN,
     check_fits,
+    context_room,
     countdown,
     position_offset,
     prompt_positions,
@@ -66,6 +67,9 @@ def test_a_long_prompt_never_reaches_the_output_positions() -> None:
     assert prompt_positions(SPEC, 5) == list(range(27, 32))
     aligned = CommandSpec(tasks=("title",), output_position=32)
     assert prompt_positions(aligned, 40) == list(range(40))  # aligned models keep counting up
+    # the room an output has is what the KV cache can still hold, whatever the positions
+    assert context_room(SPEC, 128, 40) == 88 and context_room(SPEC, 128, 5) == 123
+    assert context_room(aligned, 128, 5) == 96  # aligned: the prompt starts at 27, the output at 32
 
 
 def test_the_scheme_is_saved_with_the_spec_and_old_specs_count_up() -> None:

@@ -47,7 +47,7 @@ from contract.command import (
 )
 from contract.copy import copy_table, intent_words
 from contract.manifest import GenerationDefaults
-from contract.positions import countdown, position_offset
+from contract.positions import context_room, countdown, position_offset
 from runtime.decode import generate
 from runtime.runner import Runner
 from runtime.sampler import SamplingParams, command_token_ids, make_generator
@@ -185,7 +185,7 @@ def run_samples(model: Model, samples: list[Sample], n: int, batch_size: int, se
         batch_prompts = [prompts[i // n] for i in chunk]
         budget = min(
             defaults.max_new_tokens,
-            model.n_positions - max(position_offset(model.spec, len(p)) + len(p) for p in batch_prompts),
+            min(context_room(model.spec, model.n_positions, len(p)) for p in batch_prompts),
         )
         # Sample j of request r draws from the generator a server request seeded `seed + r`
         # gives its sample j: the same command and seed give the same text in both.

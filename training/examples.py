@@ -79,9 +79,9 @@ class Example:
 
     @property
     def span(self) -> int:
-        """The context it needs, as serving counts it (the output counted up from the prompt's
-        last position): it fits the model if this is at most n_positions."""
-        return self.positions[self.n_prompt - 1] + 1 + len(self.ids) - self.n_prompt
+        """The context it needs, as serving counts it (contract.positions.context_room): its first
+        position and its tokens. It fits the model if this is at most n_positions."""
+        return self.positions[0] + len(self.ids)
 
 
 def fit_command_spec(

@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from contract.command import CommandError, prompt_ids
 from contract.copy import copy_table
-from contract.positions import position_offset
+from contract.positions import context_room, position_offset
 from runtime.sampler import SamplingParams
 from server.api.errors import ApiError, error_object
 from server.api.event_buffer import EventBuffer
@@ -153,7 +153,7 @@ class GenerationCall:
             raise ApiError(400, e.kind, str(e)) from e
         copies = copy_table(state.tokenizer, intent, spec.copy_slots)
         offset = position_offset(spec, len(ids))
-        room = state.manifest.model.n_positions - offset - len(ids)
+        room = context_room(spec, state.manifest.model.n_positions, len(ids))
         if room < 1:
             raise ApiError(
                 400, "input_too_long", f"the input takes {len(ids)} tokens; the model's context is full", param="input"
