@@ -68,8 +68,8 @@ def test_a_long_prompt_never_reaches_the_output_positions() -> None:
     aligned = CommandSpec(tasks=("title",), output_position=32)
     assert prompt_positions(aligned, 40) == list(range(40))  # aligned models keep counting up
     # the room an output has is what the KV cache can still hold, whatever the positions
-    assert context_room(SPEC, 128, 40) == 88 and context_room(SPEC, 128, 5) == 123
-    assert context_room(aligned, 128, 5) == 96  # aligned: the prompt starts at 27, the output at 32
+    assert context_room(SPEC, 128, 40) == 88  # its first 9 tokens share position 0: no room made
+    assert context_room(SPEC, 128, 5) == context_room(aligned, 128, 5) == 96  # starts at 27, output at 32
 
 
 def test_the_scheme_is_saved_with_the_spec_and_old_specs_count_up() -> None:
