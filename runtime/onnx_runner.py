@@ -182,14 +182,16 @@ class OnnxRunner:
         shape = (batch, self.n_kv_head, 0, self.head_dim)
         return [self.to_device(np.zeros(shape, self.kv_dtype)) for _ in self.past_names]
 
-    def to_device(self, array: np.ndarray) -> ort.OrtValue:
+    def to_device(self, array: np.ndarray, columns_needed: int = 0) -> ort.OrtValue:
         """A KV tensor for `forward()` holding `array` [B, n_kv_head, columns, head_dim] in its
         first columns. concat: exactly that; on CPU it shares the numpy memory (no copy).
-        in_place: a buffer with KV_ROOM more columns (zeros), for the graph to write into."""
+        in_place: a buffer with KV_ROOM more columns (zeros) than it holds or than
+        `columns_needed` (a prefill longer than KV_ROOM), for the graph to write into."""
         array = np.ascontiguousarray(array, dtype=self.kv_dtype)
         if self.in_place:
             columns = array.shape[2]
-            room = max(columns, min(self.n_positions, columns + KV_ROOM))
+            need = max(columns, columns_needed)
+            room = max(need, min(self.n_positions, need + KV_ROOM))
             buffer = np.zeros((*array.shape[:2], room, array.shape[3]), self.kv_dtype)
             buffer[:, :, :columns] = array
             array = buffer
@@ -199,7 +201,7 @@ class OnnxRunner:
         """in_place: buffers that can take `total_columns`; the same ones while they can."""
         if int(past[0].shape()[2]) >= total_columns:
             return past
-        return [self.to_device(self.to_host(value)[:, :, :past_columns]) for value in past]
+        return [self.to_device(self.to_host(value)[:, :, :past_columns], total_columns) for value in past]
 
     def to_host(self, value: ort.OrtValue) -> np.ndarray:
         """A KV tensor on the host: a zero-copy view on CPU (see host_view), a copy from CUDA."""

@@ -455,3 +455,15 @@ def test_readyz_follows_the_engine_heartbeat(tiny_bundle: Path) -> None:
         response = client.get("/readyz")
         assert response.status_code == 503 and response.json()["status"] == "engine_stalled"
         assert client.get("/healthz").status_code == 200
+
+
+def test_a_prompt_longer_than_the_cache_room_prefills_and_decodes(runner: OnnxRunner) -> None:
+    """In place (bundle format 3), a fresh cache has KV_ROOM spare columns; a longer prompt gets
+    a buffer that holds it, and decoding goes on past it."""
+    from runtime.decode import generate
+    from runtime.onnx_runner import KV_ROOM
+
+    prompt = [int(i) for i in np.random.default_rng(3).integers(10, 200, KV_ROOM + 11)]
+    decoded = generate(runner, [prompt, prompt[:5]], 3, None, keep_logits=True)
+    assert [len(g.ids) for g in decoded.generations] == [3, 3]
+    assert decoded.logits is not None and np.isfinite(decoded.logits).all()
