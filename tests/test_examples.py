@@ -11,6 +11,7 @@ from toy_records import toy_records
 
 from contract.command import EOS_TOKEN, OUTPUT_TOKEN, CommandSpec, prompt_ids
 from contract.copy import copy_table
+from contract.positions import countdown
 from training.examples import (
     IGNORE_INDEX,
     collate,
@@ -65,7 +66,7 @@ def test_example_is_the_serving_prompt_then_output_and_eos(
     tokenizer: Tokenizer, spec: CommandSpec, records: list[dict]
 ) -> None:
     record = next(r for r in records if r["task"] == "title" and r["split"] == "train")
-    example = encode_example(tokenizer, spec, record)
+    example = encode_example(tokenizer, spec, countdown(spec, tokenizer), record)
     task, words, level = hindsight_command(spec, record)
     # The same function the server formats requests with: the prompts cannot drift apart.
     assert example.ids[: example.n_prompt] == prompt_ids(tokenizer, spec, task, words, level, record["intent"])
@@ -77,7 +78,7 @@ def test_example_is_the_serving_prompt_then_output_and_eos(
 
 
 def test_collate_puts_loss_on_output_and_eos_only(tokenizer: Tokenizer, spec: CommandSpec, records: list[dict]) -> None:
-    examples = [encode_example(tokenizer, spec, r) for r in records[:3]]
+    examples = [encode_example(tokenizer, spec, countdown(spec, tokenizer), r) for r in records[:3]]
     pad = tokenizer.token_to_id(EOS_TOKEN)
     ids, mask, labels, positions = collate(examples, pad)
     for row, example in enumerate(examples):

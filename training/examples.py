@@ -131,16 +131,14 @@ def hindsight_command(spec: CommandSpec, record: dict[str, Any]) -> tuple[str, i
 
 
 def encode_example(
-    tokenizer: TokenizerLike, spec: CommandSpec, record: dict[str, Any], counter: Countdown | None = None
+    tokenizer: TokenizerLike, spec: CommandSpec, counter: Countdown | None, record: dict[str, Any]
 ) -> Example:
-    """`counter`: the spec's countdown (contract.positions.countdown), passed in by callers
-    that encode many examples; built here when a countdown spec comes without it."""
+    """`counter`: the spec's countdown, `contract.positions.countdown(spec, tokenizer)` (None for
+    aligned positions), made once by the caller: it scans the vocabulary."""
     task, words, level = hindsight_command(spec, record)
     prompt = prompt_ids(tokenizer, spec, task, words, level, record["intent"], task_range=False)
     output = encode_output(tokenizer, record["intent"], record["output"], spec.copy_slots)
     output += special_ids(tokenizer, [EOS_TOKEN])
-    if counter is None:
-        counter = countdown(spec, tokenizer)
     positions = sequence_positions(spec, counter, len(prompt), words, output)
     return Example(ids=prompt + output, n_prompt=len(prompt), positions=positions)
 
@@ -203,7 +201,7 @@ def epoch_examples(
     for record in records:
         if copy_share > 0 and rng.random() < copy_share:
             record = swap_intent_words(record, rng)
-        example = encode_example(tokenizer, spec, record, counter)
+        example = encode_example(tokenizer, spec, counter, record)
         if example.span <= max_len:
             examples.append(example)
     return examples

@@ -44,7 +44,7 @@ from contract.command import (
     SPECIAL_TOKENS,
     CommandSpec,
 )
-from contract.positions import ALIGNED, COUNTDOWN, POSITION_SCHEMES, check_fits
+from contract.positions import ALIGNED, COUNTDOWN, POSITION_SCHEMES, check_fits, countdown
 from training.checkpoint import DEFAULT_GENERATION, Checkpoint, save_checkpoint
 from training.examples import (
     Example,
@@ -275,7 +275,8 @@ def mean_loss(
     model.eval()
     pad = tokenizer.token_to_id(EOS_TOKEN)
     max_len = context_length(model)
-    examples = [e for e in (encode_example(tokenizer, spec, r) for r in records[:1024]) if e.span <= max_len]
+    counter = countdown(spec, tokenizer)
+    examples = [e for e in (encode_example(tokenizer, spec, counter, r) for r in records[:1024]) if e.span <= max_len]
     total, count = 0.0, 0
     for start in range(0, len(examples), 64):
         ids, mask, labels, positions = (
