@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from contract.command import count_words, normalize_text
+from training.precision import cpu_has_bf16
 
 
 def length_reward(text: str) -> int:
@@ -42,13 +43,6 @@ def mean_pairwise_cosine_distance(embeddings: np.ndarray) -> float:
     return float(np.mean([1.0 - float(embeddings[i] @ embeddings[j]) for i, j in pairs]))
 
 
-def _cpu_has_bf16() -> bool:
-    try:
-        return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
-    except AttributeError:  # an older torch without these probes: stay in fp32
-        return False
-
-
 class Embedder:
     """all-MiniLM-L6-v2 sentence embeddings (unit length), batched and cached by text."""
 
@@ -62,7 +56,7 @@ class Embedder:
         self.batch_size = batch_size
         # bf16 where the hardware has it: ~2x faster on AVX512-BF16 CPUs, cosines move by ~1e-4
         # (docs/architecture.md, "Training facts"). Scoring and evaluation share this class, so they agree.
-        self.autocast = device == "cuda" or (device == "cpu" and _cpu_has_bf16())
+        self.autocast = device == "cuda" or (device == "cpu" and cpu_has_bf16())
         self.device_type = "cuda" if device == "cuda" else "cpu"
         self.cache: dict[str, np.ndarray] = {}
 

@@ -47,6 +47,7 @@ from contract.command import (
 from contract.positions import ALIGNED, COUNTDOWN, POSITION_SCHEMES, check_fits, countdown
 from training.checkpoint import DEFAULT_GENERATION, Checkpoint, save_checkpoint
 from training.examples import (
+    IGNORE_INDEX,
     Example,
     collate,
     encode_example,
@@ -54,7 +55,9 @@ from training.examples import (
     fit_command_spec,
     length_bucketed_batches,
 )
+from training.loss import OutputLoss
 from training.model import GGUF_CACHE, PRESETS, build_model, context_length, fit_vocabulary, load_pretrained
+from training.precision import AUTO, PRECISIONS, autocast_for
 from training.tokenizer import add_command_tokens, compact_gpt2_tokenizer
 
 STATE_FILE = "train_state.pt"
@@ -89,6 +92,9 @@ class TrainConfig:
     # pretrained one (its positions are rotary: nothing to count down in).
     positions: str = ""
     max_words: int = 48
+    # Arithmetic of the forward (training/precision.py): "auto" is bf16 autocast on a GPU, and on a
+    # CPU with native bf16 for a pretrained student only, where it measured faster (bench/pretrained.md).
+    precision: str = AUTO
     max_minutes: float = 8.0
     max_steps: int = 0  # 0: no step limit, the wall-clock budget decides
     seed: int = 1337
@@ -202,15 +208,6 @@ def budget_progress(config: TrainConfig, step: int, elapsed: float) -> float:
     return max(by_steps, by_time)
 
 
-def autocast_for(device: torch.device) -> tuple[Any, torch.amp.GradScaler | None]:
-    """bf16 autocast on GPUs that have it, fp16 with loss scaling on older ones; fp32 on CPU."""
-    if device.type != "cuda":
-        return nullcontext(), None
-    if torch.cuda.is_bf16_supported():
-        return torch.autocast("cuda", dtype=torch.bfloat16), None
-    return torch.autocast("cuda", dtype=torch.float16), torch.amp.GradScaler("cuda")
-
-
 def optimizer_step(
     loss: torch.Tensor,
     model: torch.nn.Module,
@@ -267,9 +264,15 @@ def save_state(path: Path, state: dict[str, Any]) -> None:
 
 @torch.no_grad()
 def mean_loss(
-    model: PreTrainedModel, tokenizer: Tokenizer, spec: CommandSpec, records: list[dict[str, Any]], device: torch.device
+    model: PreTrainedModel,
+    tokenizer: Tokenizer,
+    spec: CommandSpec,
+    records: list[dict[str, Any]],
+    device: torch.device,
+    autocast: Any = None,
 ) -> float:
-    """Loss on output tokens of held-out records (no augmentation), up to 1,024 of them."""
+    """Loss on output tokens of held-out records (no augmentation), up to 1,024 of them,
+    in the training's arithmetic (`autocast`)."""
     if not records:
         return float("nan")
     model.eval()
@@ -282,8 +285,9 @@ def mean_loss(
         ids, mask, labels, positions = (
             torch.from_numpy(a).to(device) for a in collate(examples[start : start + 64], pad)
         )
-        n = int((labels[:, 1:] != -100).sum())
-        total += float(model(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels).loss) * n
+        n = int((labels[:, 1:] != IGNORE_INDEX).sum())
+        with autocast or nullcontext():
+            total += float(OutputLoss(model)(ids, mask, positions, labels)) * n
         count += n
     model.train()
     return total / max(1, count)
@@ -334,8 +338,10 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
         elapsed, tokens_seen = state["elapsed"], state["tokens_seen"]
         torch.set_rng_state(state["torch_rng"])
     model.train()
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if dist.world > 1 else model
-    autocast, scaler = autocast_for(device)
+    loss_of: torch.nn.Module = OutputLoss(model)
+    if dist.world > 1:
+        loss_of = torch.nn.parallel.DistributedDataParallel(loss_of)
+    autocast, scaler = autocast_for(device, config.precision, cpu_bf16_wins=config.init is not None)
     pad = tokenizer.token_to_id(EOS_TOKEN)
     max_len = context_length(model)
 
@@ -387,7 +393,7 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
             batch = [examples[i] for i in batches[batch_in_epoch]]
             ids, mask, labels, positions = (torch.from_numpy(a).to(device) for a in collate(batch, pad))
             with autocast:
-                loss = ddp_model(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels).loss
+                loss = loss_of(ids, mask, positions, labels)
             optimizer_step(loss, model, optimizer, scaler, config.grad_clip)
             step += 1
             batch_in_epoch += 1
@@ -430,7 +436,7 @@ def train(config: TrainConfig, data: Path, out: Path, resume: bool = False) -> P
         _, batches = rank_batches(config, tokenizer, spec, train_records, epoch, max_len, dist)
     if dist.main:
         model.eval()
-        val_loss = mean_loss(model, tokenizer, spec, val_records, device)
+        val_loss = mean_loss(model, tokenizer, spec, val_records, device, autocast)
         teachers = sorted({json.dumps(r.get("teacher", "unknown"), sort_keys=True) for r in records})
         provenance = {
             "dataset": {"file": str(data), "sha256": sha256_of(data), "records": len(records)},
@@ -517,6 +523,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=POSITION_SCHEMES,
         default=defaults.positions,
         help="output positions: count down the words left (default from scratch) or up (default pretrained)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default=defaults.precision,
+        help="forward arithmetic: auto = bf16 on a GPU, and on a bf16 CPU for a pretrained student",
     )
     parser.add_argument("--max-words", type=int, default=defaults.max_words, help="longest length command")
     parser.add_argument("--seed", type=int, default=defaults.seed)
