@@ -5,6 +5,7 @@
     python -m export bench [--preset small | --checkpoint DIR] [--out bench/export.md]
     python -m export engine-bench --source CHECKPOINT [--batches 1,8,32] [--ort-profile]
     python -m export gpu-check --bundle DIR [--out gpu_check.md]
+    python -m export torch-gpu-check --checkpoint DIR [--out torch_gpu_check.md]
 
 Exit codes: 0 all variants passed; 1 a variant failed verification (the reason is printed,
 the variant is left out of the manifest); 2 bad input (missing checkpoint, tampered bundle).
@@ -47,6 +48,12 @@ def run_gpu_check(args: argparse.Namespace) -> int:
     from export.gpu_check import run_gpu_check as gpu_check
 
     return gpu_check(args)
+
+
+def run_torch_gpu_check(args: argparse.Namespace) -> int:
+    from export.torch_gpu_check import run_torch_gpu_check as torch_gpu_check
+
+    return torch_gpu_check(args)
 
 
 def run_bundle(args: argparse.Namespace) -> int:
@@ -135,6 +142,17 @@ def main(argv: list[str] | None = None) -> int:
     gpu.add_argument("--repeats", type=int, default=5, help="prefill runs timed per batch")
     gpu.add_argument("--out", type=Path, default=Path("gpu_check.md"), help="the report, as markdown")
     gpu.set_defaults(func=run_gpu_check)
+
+    torch_gpu = subparsers.add_parser(
+        "torch-gpu-check", help="the checkpoint in FP16 on CUDA under PyTorch: parity vs FP32 CPU, decode loop"
+    )
+    torch_gpu.add_argument("--checkpoint", type=Path, required=True, help="a trained checkpoint")
+    torch_gpu.add_argument("--device", choices=("cuda", "cpu"), default="cuda", help="cpu: a dry run")
+    torch_gpu.add_argument("--batches", type=int_list, default=(1, 16, 64, 256), help="comma-separated")
+    torch_gpu.add_argument("--prompt-len", type=int, default=16)
+    torch_gpu.add_argument("--steps", type=int, default=32, help="decode steps timed per batch")
+    torch_gpu.add_argument("--out", type=Path, default=Path("torch_gpu_check.md"), help="the report, as markdown")
+    torch_gpu.set_defaults(func=run_torch_gpu_check)
 
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the bench report quotes its own command

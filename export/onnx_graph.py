@@ -45,7 +45,7 @@ from contract.manifest import (
     past_names,
     present_names,
 )
-from training.model import architecture, kv_shape
+from training.model import architecture, cache_argument, kv_shape
 
 OPSET = 17  # the first opset with LayerNormalization as one op
 
@@ -69,7 +69,11 @@ class DecoderWithPast(torch.nn.Module):
             ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(self.n_layer)], config=self.model.config
         )
         out = self.body(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **{cache_argument(self.body): cache},
         )
         logits = self.model.lm_head(out.last_hidden_state[:, -1, :])
         present = [t for layer in cache.layers for t in (layer.keys, layer.values)]

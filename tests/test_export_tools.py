@@ -27,3 +27,16 @@ def test_bench_writes_a_table_per_variant(tiny_checkpoint: Path, tiny_bundle: Pa
     assert "python -m export bench" in report
     decode_rows = [line for line in report.splitlines() if line.startswith("| 2 | ") and "/" in line]
     assert len(decode_rows) == 1 and decode_rows[0].count("(") == 4  # torch + three variants, each with tokens/s
+
+
+def test_torch_gpu_check_dry_run_on_cpu_checks_fp16_parity_and_times_the_device_loop(
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
+    """The PyTorch GPU check (for GPU hosts without onnxruntime-gpu), with FP16 on the CPU."""
+    out = tmp_path / "torch_gpu_check.md"
+    args = ["torch-gpu-check", "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--batches", "1,3"]
+    assert export_main([*args, "--steps", "3", "--out", str(out)]) == 0
+    report = out.read_text()
+    assert "fp16 (cpu): fixed:" in report and "-> PASS" in report
+    rows = [line.split("|") for line in report.splitlines() if line.startswith(("| 1 |", "| 3 |"))]
+    assert len(rows) == 2 and all(float(row[3]) > 0 and float(row[5]) > 0 for row in rows)

@@ -14,10 +14,12 @@ a saved GPT-2) or of the Llama family (SmolLM2 and the like), with its own token
 
 from __future__ import annotations
 
+import inspect
 import os
 from pathlib import Path
 from typing import Any
 
+import torch
 from tokenizers import Tokenizer
 from transformers import AutoModelForCausalLM, AutoTokenizer, GPT2Config, GPT2LMHeadModel, PreTrainedModel
 
@@ -70,6 +72,12 @@ def kv_shape(config: Any) -> tuple[int, int]:
     )
 
 
+def cache_argument(model: torch.nn.Module) -> str:
+    """The forward's name for the KV cache: `cache` in transformers >= 5.2x, `past_key_values`
+    before (5.17 in the GPU image). The cache object (DynamicCache) is the same either way."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def hub_offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
@@ -96,7 +104,6 @@ def resolve_init(init: str, cache_dir: Path) -> Path | str:
 
 
 def convert_gguf(path: Path, out_dir: Path) -> Path:
-    import torch
     from safetensors.torch import save_model
 
     options: dict[str, Any] = {"gguf_file": path.name, "local_files_only": True}

@@ -13,13 +13,15 @@ import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
 
-from training.model import kv_shape
+from training.model import cache_argument, kv_shape
 
 
 class TorchRunner:
     def __init__(self, model: PreTrainedModel, device: str = "cpu") -> None:
         self.model = model.eval().to(device)
         self.device = torch.device(device)
+        self.dtype = next(model.parameters()).dtype  # fp32, or fp16 for the GPU check
+        self.cache_argument = cache_argument(model)
         config = model.config
         self.n_layer, self.vocab_size = config.num_hidden_layers, config.vocab_size
         self.n_kv_head, self.head_dim = kv_shape(config)  # GPT-2 or Llama family
@@ -34,15 +36,15 @@ class TorchRunner:
     ) -> tuple[np.ndarray, list[np.ndarray]]:
         if len(past) != 2 * self.n_layer:
             raise ValueError(f"expected {2 * self.n_layer} past arrays, got {len(past)}")
-        tensors = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in past]
+        tensors = [torch.from_numpy(np.ascontiguousarray(a)).to(self.device, self.dtype) for a in past]
         cache = DynamicCache(ddp_cache_data=list(zip(tensors[0::2], tensors[1::2], strict=True)))
         out = self.model(
             input_ids=torch.from_numpy(input_ids).to(self.device),
             attention_mask=torch.from_numpy(attention_mask).to(self.device),
             position_ids=torch.from_numpy(position_ids).to(self.device),
-            cache=cache,
             use_cache=True,
             logits_to_keep=1,  # only the last position: the LM head is the costly part of a tiny model
+            **{self.cache_argument: cache},
         )
-        present = [t.float().cpu().numpy() for layer in out.cache.layers for t in (layer.keys, layer.values)]
+        present = [t.float().cpu().numpy() for layer in cache.layers for t in (layer.keys, layer.values)]
         return out.logits[:, -1, :].float().cpu().numpy(), present
