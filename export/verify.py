@@ -4,14 +4,20 @@ Every check decodes the same prompts step by step through the KV cache (prefill 
 empty past, then one token per step), teacher-forced on the reference's greedy tokens so
 that logits stay comparable position by position:
 
-- fp32 vs PyTorch: max abs logit difference <= 1e-4 and greedy tokens identical.
+- fp32 vs PyTorch: max abs logit difference <= 1e-4, or relative error <= 1e-5 (a 30-layer
+  model's logits reach 20-30, where a different summation order alone moves them by 1e-4),
+  and greedy tokens identical.
 - fp16 vs reference: no NaN/Inf, relative logit error <= 1e-2, greedy identical on the fixed
   prompts except at near-ties (where the reference's own top-2 margin is within that 1e-2
   error, which FP16 rounding may legitimately flip; counted in the result). On the CPU
   provider this checks weight rounding only: ORT computes the MatMuls and Adds of an FP16
   graph in FP32 there (docs/architecture.md); FP16 arithmetic needs the GPU check.
-- int8 vs reference: next-token agreement >= 98% (MIN_INT8_AGREEMENT) on the fixed prompts. Only meaningful on a
-  trained model: a random-init model's logits are nearly flat, so any noise flips argmax.
+- int8 vs reference: next-token agreement >= 98% (MIN_INT8_AGREEMENT) on the fixed prompts, a
+  position counting as agreed where the choices match or the reference itself is near-tied
+  (as for fp16). Raw agreement is reported beside it: a fine-tuned SmolLM2 is near-tied so
+  often that near-lossless blockwise INT8 agreed on 96% raw, with 3 real flips in 1,871
+  positions, while the dynamic scheme that broke it showed 479. Only meaningful on a trained
+  model: a random-init model's logits are nearly flat, so any noise flips argmax.
 
 Prompts: fixed ones built from the model's own command vocabulary (real serving prompts), and
 random token ids with ragged lengths, which exercise left padding.
@@ -61,9 +67,11 @@ FIXED_INTENTS = (
     "ocean sunset photography",
 )
 MAX_FP32_ABS_DIFF = 1e-4
+MAX_FP32_REL_ERROR = 1e-5
 MAX_FP16_REL_ERROR = 1e-2
 # The one INT8 gate (the Makefile and the CLI default both use it): 98% next-token agreement with
-# the reference on the fixed prompts. The trained tiny model measured 98.18% all-int8 and 99.29%
+# the reference on the fixed prompts, near-ties counted as agreed (check_variant). Raw agreement,
+# the gate until the pretrained students: the trained tiny model measured 98.18% all-int8 and 99.29%
 # with the LM head and MLP down projections kept in FP32 (bench/export.md); all-int8 is the fast
 # one (GPT-2 small 714 vs 417 tok/s at batch 16), so 98% ships it when it is that close, and keeps
 # a margin so that a first `make bundle` on a differently seeded model does not fail over a
@@ -157,6 +165,7 @@ def check_variant(variant: str, runner: Runner, sets: list[PromptSet], int8_min_
         )
         near_tie = margin[..., 0] <= MAX_FP16_REL_ERROR * scale
         clear_flips = int(((choice != best) & ~near_tie)[prompt_set.served].sum())
+        beyond_near_ties = 1.0 - clear_flips / max(1, int(prompt_set.served.sum()))
         result["checks"][prompt_set.name] = {
             "prompts": len(prompt_set.prompts),
             "steps": prompt_set.steps,
@@ -166,13 +175,17 @@ def check_variant(variant: str, runner: Runner, sets: list[PromptSet], int8_min_
             "max_rel_logit_error": rel_error,
             "next_token_agreement": agreement,
             "flips_beyond_near_ties": clear_flips,
+            "agreement_beyond_near_ties": beyond_near_ties,
         }
         where = f"{prompt_set.name} prompts"
         if not finite:
             failures.append(f"NaN/Inf logits on {where}")
         elif variant == "fp32":
-            if abs_diff > MAX_FP32_ABS_DIFF:
-                failures.append(f"max abs logit diff {abs_diff:.2e} > {MAX_FP32_ABS_DIFF:.0e} on {where}")
+            if abs_diff > MAX_FP32_ABS_DIFF and rel_error > MAX_FP32_REL_ERROR:
+                failures.append(
+                    f"max abs logit diff {abs_diff:.2e} > {MAX_FP32_ABS_DIFF:.0e} "
+                    f"and relative error {rel_error:.2e} > {MAX_FP32_REL_ERROR:.0e} on {where}"
+                )
             if agreement < 1.0:
                 failures.append(f"greedy tokens differ on {where} (agreement {agreement:.2%})")
         elif variant == "fp16":
@@ -180,8 +193,11 @@ def check_variant(variant: str, runner: Runner, sets: list[PromptSet], int8_min_
                 failures.append(f"relative logit error {rel_error:.2e} > {MAX_FP16_REL_ERROR:.0e} on {where}")
             if prompt_set.name == "fixed" and clear_flips:
                 failures.append(f"greedy tokens differ beyond near-ties on {where} ({clear_flips} positions)")
-        elif variant == "int8" and prompt_set.name == "fixed" and agreement < int8_min_agreement:
-            failures.append(f"next-token agreement {agreement:.2%} < {int8_min_agreement:.0%} on {where}")
+        elif variant == "int8" and prompt_set.name == "fixed" and beyond_near_ties < int8_min_agreement:
+            failures.append(
+                f"next-token agreement beyond near-ties {beyond_near_ties:.2%} < {int8_min_agreement:.0%} on {where}"
+                f" (raw {agreement:.2%})"
+            )
     result["passed"] = not failures
     result["failures"] = failures
     return result
@@ -193,7 +209,7 @@ def summary(variant: str, result: dict[str, Any]) -> str:
     for name, check in result["checks"].items():
         parts.append(
             f"{name}: max|dlogit| {check['max_abs_logit_diff']:.2e}, rel {check['max_rel_logit_error']:.2e}, "
-            f"agree {check['next_token_agreement']:.2%}"
+            f"agree {check['next_token_agreement']:.2%} ({check['flips_beyond_near_ties']} beyond near-ties)"
         )
     verdict = "PASS" if result["passed"] else "FAIL: " + "; ".join(result["failures"])
     return f"{variant}: {' | '.join(parts)} -> {verdict}"

@@ -10,13 +10,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from contract.command import EOS_TOKEN, CommandSpec, count_words, encode_text, prompt_ids
 from contract.manifest import load_manifest
+from export import bundle as export_bundle
 from export.__main__ import main as export_main
+from export.variants import BLOCKWISE, DYNAMIC
 from export.verify import FIXED_INTENTS, MIN_INT8_AGREEMENT
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.model import fit_vocabulary, load_pretrained
@@ -69,7 +73,8 @@ def test_trained_model_int8_agrees_with_fp32(trained_checkpoint: Path, tmp_path:
     manifest = load_manifest(out)
     assert [v.name for v in manifest.variants] == ["fp32", "int8", "fp16"]
     int8 = manifest.variant("int8").verification["checks"]["fixed"]
-    assert int8["next_token_agreement"] >= MIN_INT8_AGREEMENT
+    assert int8["agreement_beyond_near_ties"] >= MIN_INT8_AGREEMENT
+    assert manifest.variant("int8").verification["scheme"] == "dynamic"  # the fast scheme passes on GPT-2
     assert manifest.variant("fp32").verification["checks"]["fixed"]["max_abs_logit_diff"] <= 1e-4
     assert manifest.variant("fp16").verification["checks"]["fixed"]["max_rel_logit_error"] <= 1e-2
 
@@ -120,7 +125,7 @@ def test_export_of_a_checkpoint_initialised_from_a_pretrained_folder(tmp_path: P
     assert manifest.variant("fp32").verification["checks"]["fixed"]["max_abs_logit_diff"] <= 1e-4
 
 
-def test_int8_that_misses_the_gate_is_retried_with_sensitive_matmuls_in_fp32(
+def test_int8_that_misses_the_gate_is_retried_with_each_slower_scheme(
     trained_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """A gate above 100% fails every scheme: the retry must run, and int8 must still be left out."""
@@ -128,6 +133,33 @@ def test_int8_that_misses_the_gate_is_retried_with_sensitive_matmuls_in_fp32(
     args = ["bundle", "--checkpoint", str(trained_checkpoint), "--out", str(out), "--variants", "fp32,int8"]
     assert export_main([*args, "--int8-min-agreement", "1.01"]) == 1
     captured = capsys.readouterr()
-    assert "int8 missed the gate: again with the LM head and MLP down projections in FP32" in captured.out
-    assert captured.out.count("int8: fixed:") == 2
+    assert "int8 missed the gate: again as dynamic_keep_sensitive" in captured.out
+    assert "int8 missed the gate: again as blockwise" in captured.out
+    assert captured.out.count("int8: fixed:") == 3
     assert [v.name for v in load_manifest(out).variants] == ["fp32"]
+
+
+def test_int8_falls_through_to_blockwise_which_ships(
+    trained_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A first scheme that breaks the model (its LM head negated) fails the gate; the blockwise
+    scheme, made from the intact FP32 graph, passes and is what the bundle ships."""
+
+    def broken_int8(fp32_path: Path, out_path: Path) -> Path:
+        model = onnx.load(str(fp32_path))
+        head = next(n for n in model.graph.node if n.op_type == "MatMul" and "lm_head" in n.name)
+        weight = next(i for i in model.graph.initializer if i.name in head.input)
+        weight.CopyFrom(numpy_helper.from_array(-numpy_helper.to_array(weight), weight.name))
+        onnx.save(model, str(out_path))
+        return out_path
+
+    monkeypatch.setitem(export_bundle.DERIVE, "int8", broken_int8)
+    monkeypatch.setattr(export_bundle, "INT8_SCHEMES", (DYNAMIC, BLOCKWISE))
+    out = tmp_path / "bundle"
+    args = ["bundle", "--checkpoint", str(trained_checkpoint), "--out", str(out), "--variants", "fp32,int8"]
+    assert export_main(args) == 0
+    int8 = load_manifest(out).variant("int8")
+    assert int8.verification["scheme"] == BLOCKWISE
+    assert int8.verification["checks"]["fixed"]["agreement_beyond_near_ties"] >= MIN_INT8_AGREEMENT
+    ops = {n.op_type for n in onnx.load(str(out / int8.file)).graph.node}
+    assert "MatMulNBits" in ops and "MatMulInteger" not in ops
