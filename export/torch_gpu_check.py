@@ -49,7 +49,8 @@ def device_decode_ms(
     generator = torch.Generator().manual_seed(batch)
     prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=generator).to(device)
     cache_name = cache_argument(model)
-    prefill_ms, step_ms = [], []
+    prefill_ms: list[float] = []
+    step_ms: list[float] = []
     for _ in range(2):  # the first pass is the warm-up: allocations and kernel selection
         synchronize(device)
         start = time.perf_counter()
@@ -103,8 +104,8 @@ def run_torch_gpu_check(args: argparse.Namespace) -> int:
     say("")
     say("| batch | fp16 prefill ms | fp16 ms/step | fp16 tokens/s | fp32 ms/step | fp32 tokens/s |")
     say("|---|---|---|---|---|---|")
-    fp32 = checkpoint.model.to(device)
-    fp16 = fp16.to(device)
+    fp32 = checkpoint.model.to(args.device)
+    fp16 = fp16.to(args.device)
     for batch in args.batches:
         prefill, half_step = device_decode_ms(fp16, batch, args.prompt_len, args.steps, device)
         _, full_step = device_decode_ms(fp32, batch, args.prompt_len, args.steps, device)

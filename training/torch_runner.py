@@ -9,6 +9,8 @@ differences in the numbers. It lives here, not in runtime/, because runtime neve
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from transformers import DynamicCache, PreTrainedModel
@@ -46,5 +48,6 @@ class TorchRunner:
             logits_to_keep=1,  # only the last position: the LM head is the costly part of a tiny model
             **{self.cache_argument: cache},
         )
-        present = [t.float().cpu().numpy() for layer in cache.layers for t in (layer.keys, layer.values)]
+        layers: list[Any] = list(cache.layers)  # filled in place by the forward
+        present = [t.float().cpu().numpy() for layer in layers for t in (layer.keys, layer.values)]
         return out.logits[:, -1, :].float().cpu().numpy(), present
