@@ -85,6 +85,8 @@ def to_int8(fp32_path: Path, out_path: Path, scheme: str = DYNAMIC) -> Path:
     """The INT8 graph under one of INT8_SCHEMES. `dynamic` is per output channel (99.8% vs
     99.3% per-tensor in docs/architecture.md's probe); all-int8 is the fast one (GPT-2 small:
     714 vs 417 tokens/s at batch 16 against `dynamic_keep_sensitive`)."""
+    if scheme not in INT8_SCHEMES:
+        raise ValueError(f"unknown int8 scheme {scheme!r}; choose one of {INT8_SCHEMES}")
     if scheme == BLOCKWISE:
         config = DefaultWeightOnlyQuantConfig(
             block_size=BLOCK_SIZE,
@@ -99,8 +101,6 @@ def to_int8(fp32_path: Path, out_path: Path, scheme: str = DYNAMIC) -> Path:
         quantizer.process()
         quantizer.model.save_model_to_file(str(out_path), use_external_data_format=False)
         return out_path
-    if scheme not in INT8_SCHEMES:
-        raise ValueError(f"unknown int8 scheme {scheme!r}; choose one of {INT8_SCHEMES}")
     model = onnx.load(str(fp32_path), load_external_data=False)
     quantize_dynamic(
         fp32_path,

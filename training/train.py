@@ -280,14 +280,14 @@ def mean_loss(
     max_len = context_length(model)
     counter = countdown(spec, tokenizer)
     examples = [e for e in (encode_example(tokenizer, spec, counter, r) for r in records[:1024]) if e.span <= max_len]
-    total, count = 0.0, 0
+    loss_of, total, count = OutputLoss(model), 0.0, 0
     for start in range(0, len(examples), 64):
         ids, mask, labels, positions = (
             torch.from_numpy(a).to(device) for a in collate(examples[start : start + 64], pad)
         )
         n = int((labels[:, 1:] != IGNORE_INDEX).sum())
         with autocast or nullcontext():
-            total += float(OutputLoss(model)(ids, mask, positions, labels)) * n
+            total += float(loss_of(ids, mask, positions, labels)) * n
         count += n
     model.train()
     return total / max(1, count)
