@@ -44,6 +44,9 @@ PLAIN_LAYOUT = "task, N words, level relevance: intent \\n output <|endoftext|>"
 RELEVANCE_LEVELS: tuple[str, ...] = ("low", "medium", "high")
 COPY_SLOTS = 16  # intent words a copy token can point at: realistic intents have 2-8
 OUTPUT_POSITION = 32  # where new models' outputs start: past the prompt of nearly every intent of 8 words
+# A plain-words command is longer in a pretrained tokenizer's BPE (18-27 tokens for the corpus's
+# intents, against 8-12 with command tokens), so its outputs start later.
+PLAIN_OUTPUT_POSITION = 48
 
 
 def task_token(task: str) -> str:

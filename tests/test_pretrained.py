@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 from server_process import ServerProcess
 from test_teachers_hf import write_tiny_gguf
-from toy_records import write_toy_scored
+from toy_records import toy_records, write_toy_scored
 
 from contract.command import (
+    PLAIN_OUTPUT_POSITION,
     PLAIN_WORDS,
     SPECIAL_TOKENS,
     CommandError,
@@ -43,6 +44,20 @@ def test_plain_words_prompt_reads_as_words_and_round_trips() -> None:
         CommandSpec.from_dict({**saved, "format": "emoji"})
     with pytest.raises(CommandError):
         prompt_ids(tokenizer, SPEC, "tags", 12, "high", "x")  # checked as for special tokens
+
+
+def test_a_plain_words_spec_counts_down_only_when_asked() -> None:
+    """Pretrained students count up from the prompt by default; asked for countdown positions
+    they keep the output position those need (a silently dropped flag trained a different model)."""
+    from contract.positions import ALIGNED, COUNTDOWN
+    from training.examples import fit_command_spec
+
+    records = toy_records()
+    plain = fit_command_spec(records, output_position=48, command_format=PLAIN_WORDS)
+    assert (plain.positions, plain.output_position) == (ALIGNED, 0)
+    counting = fit_command_spec(records, output_position=48, command_format=PLAIN_WORDS, positions=COUNTDOWN)
+    assert (counting.positions, counting.output_position, counting.copy_slots) == (COUNTDOWN, 48, 0)
+    assert CommandSpec.from_dict(counting.to_dict()) == counting
 
 
 def test_command_text_in_the_intent_stays_inert() -> None:
@@ -143,6 +158,7 @@ def test_gguf_init_trains_a_llama_student_with_its_own_tokenizer(gguf_student: P
     checkpoint = load_checkpoint(gguf_student)
     assert type(checkpoint.model).__name__ == "LlamaForCausalLM"
     assert checkpoint.command.format == PLAIN_WORDS  # the pretrained default
+    assert (checkpoint.command.positions, checkpoint.command.output_position) == ("countdown", PLAIN_OUTPUT_POSITION)
     assert checkpoint.tokenizer.get_vocab_size() == 50257  # the GGUF's vocabulary, nothing added
     assert (gguf_student / GGUF_CACHE / "model.safetensors").is_file()  # converted once, reused on resume
 

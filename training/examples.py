@@ -97,8 +97,9 @@ def fit_command_spec(
 
     A task's range drops the rarest lengths at either end (LENGTH_TAIL of its examples each):
     a length seen a handful of times is not one the model can be asked for. A plain-words
-    spec (a pretrained student) has no copy tokens and no output position: the model copies
-    and counts with what pretraining taught it."""
+    spec (a pretrained student) has no copy tokens: the model copies with what pretraining
+    taught it. Its outputs count up from the prompt (no output position) unless it asks for
+    countdown positions, which need one."""
     scores: dict[str, list[float]] = {}
     lengths: dict[str, list[int]] = {}
     for record in train_records:
@@ -118,9 +119,9 @@ def fit_command_spec(
         relevance_edges=edges,
         task_words=ranges,
         copy_slots=0 if plain else copy_slots,
-        output_position=0 if plain else output_position,
+        output_position=0 if plain and positions == ALIGNED else output_position,
         format=command_format,
-        positions=ALIGNED if plain else positions,
+        positions=positions,
     )
 
 
