@@ -58,25 +58,9 @@ def live(runner: OnnxRunner, value: ort.OrtValue, columns: int) -> np.ndarray:
     return runner.to_host(value)[:, :, :columns]
 
 
-def _trim(arrays: list[np.ndarray], mask: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-    """Drop leading columns that are padding in every row (left over from rows that left)."""
-    if mask.shape[0] == 0:
-        return [a[:, :, :0] for a in arrays], mask[:, :0]
-    start = first_used_column(mask)
-    return [a[:, :, start:] for a in arrays], mask[:, start:]
-
-
 def first_used_column(mask: np.ndarray) -> int:
     used = np.flatnonzero(mask.any(axis=0))
     return int(used[0]) if used.size else mask.shape[1]
-
-
-def _pad_left(arrays: list[np.ndarray], mask: np.ndarray, columns: int) -> tuple[list[np.ndarray], np.ndarray]:
-    extra = columns - mask.shape[1]
-    if extra == 0:
-        return arrays, mask
-    padded = [np.pad(a, ((0, 0), (0, 0), (extra, 0), (0, 0))) for a in arrays]
-    return padded, np.pad(mask, ((0, 0), (extra, 0)))
 
 
 def _masked(arrays: list[np.ndarray], mask: np.ndarray) -> list[np.ndarray]:
@@ -85,29 +69,70 @@ def _masked(arrays: list[np.ndarray], mask: np.ndarray) -> list[np.ndarray]:
     return [np.where(mask[:, None, :, None] > 0, a, 0) for a in arrays]
 
 
+def _zero_padding(array: np.ndarray, mask: np.ndarray) -> None:
+    """`_masked` in place: zero the (row, column) cells where `mask` is 0."""
+    array[:, :, : mask.shape[1]].transpose(0, 2, 1, 3)[mask == 0] = 0
+
+
 def rebuild(
     runner: OnnxRunner,
     running: BatchCache,
     keep: np.ndarray,
     joining: BatchCache | None = None,
     joining_rows: np.ndarray | None = None,
+    spare: int = 0,
 ) -> BatchCache:
     """The next batch: `running` rows `keep`, then `joining` rows `joining_rows` (a row
-    index may repeat: the n samples of one request share one prefill row)."""
+    index may repeat: the n samples of one request share one prefill row), then `spare`
+    empty rows (free slots for the next joins to be written into in place; host only).
+
+    On the host each row's live columns are copied once, straight into the new buffer: rows
+    are right-aligned, so a row's last columns land in the buffer's last live columns, and
+    columns that are padding in every row are never copied (trimmed)."""
     if runner.cache_surgery is not None:
         return _rebuild_on_device(runner, running, keep, joining, joining_rows)
-    arrays = [live(runner, v, running.columns)[keep] for v in running.past]
-    mask = running.mask[keep]
+    if not spare and (adopted := _adopt(runner, keep, joining, joining_rows)):
+        return adopted
+    parts = [(running, keep)]
     if joining is not None and joining_rows is not None and joining_rows.size:
-        new_mask = joining.mask[joining_rows]
-        new_arrays = _masked([live(runner, v, joining.columns)[joining_rows] for v in joining.past], new_mask)
-        columns = max(mask.shape[1], new_mask.shape[1])
-        arrays, mask = _pad_left(arrays, mask, columns)
-        new_arrays, new_mask = _pad_left(new_arrays, new_mask, columns)
-        arrays = [np.concatenate([a, b]) for a, b in zip(arrays, new_arrays, strict=True)]
-        mask = np.concatenate([mask, new_mask])
-    arrays, mask = _trim(arrays, mask)
-    return BatchCache([runner.to_device(a) for a in arrays], np.ascontiguousarray(mask))
+        parts.append((joining, joining_rows))
+    columns = max(cache.columns for cache, _ in parts)
+    mask = np.concatenate([np.pad(cache.mask[rows], ((0, 0), (columns - cache.columns, 0))) for cache, rows in parts])
+    final = columns - (first_used_column(mask) if mask.shape[0] else columns)
+    mask = np.concatenate([mask[:, columns - final :], np.zeros((spare, final), mask.dtype)])
+    past = []
+    for i in range(len(runner.past_names)):
+        buffer = runner.kv_buffer(mask.shape[0], final)
+        at = 0
+        for cache, rows in parts:
+            take = min(final, cache.columns)  # the row's last `take` columns are live somewhere
+            source = live(runner, cache.past[i], cache.columns)[:, :, cache.columns - take :]
+            for row in rows:
+                buffer[at, :, final - take : final] = source[row]
+                at += 1
+        _zero_padding(buffer[len(keep) :], mask[len(keep) :])  # the joining rows' (as on the device)
+        past.append(runner.wrap(buffer))
+    return BatchCache(past, mask)
+
+
+def _adopt(
+    runner: OnnxRunner, keep: np.ndarray, joining: BatchCache | None, joining_rows: np.ndarray | None
+) -> BatchCache | None:
+    """When no running row stays and every joining row joins once, in order (a batch that
+    starts from empty, or after all its rows finished together), the prefill's own cache is
+    the batch: its padding columns are zeroed where they lie, and nothing is copied. (The
+    rebuild would copy every row into a new buffer: ~190 MB for 32 rows of GPT-2 small.)"""
+    if keep.size or joining is None or joining_rows is None or not joining.rows:
+        return None
+    if not np.array_equal(joining_rows, np.arange(joining.rows)):
+        return None  # rows repeat (n samples of one prompt) or some left
+    views = [runner.host_view(v) for v in joining.past]
+    if any(view is None for view in views):
+        return None
+    for view in views:
+        assert view is not None
+        _zero_padding(view, joining.mask)
+    return BatchCache(joining.past, np.ascontiguousarray(joining.mask))
 
 
 def _rebuild_on_device(

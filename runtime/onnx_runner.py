@@ -190,11 +190,19 @@ class OnnxRunner:
         array = np.ascontiguousarray(array, dtype=self.kv_dtype)
         if self.in_place:
             columns = array.shape[2]
-            need = max(columns, columns_needed)
-            room = max(need, min(self.n_positions, need + KV_ROOM))
-            buffer = np.zeros((*array.shape[:2], room, array.shape[3]), self.kv_dtype)
+            buffer = self.kv_buffer(array.shape[0], max(columns, columns_needed))
             buffer[:, :, :columns] = array
             array = buffer
+        return self.wrap(array)
+
+    def kv_buffer(self, rows: int, columns: int) -> np.ndarray:
+        """Zeros on the host [rows, n_kv_head, columns (+ KV_ROOM in place), head_dim], to fill
+        and then `wrap`: a cache built in its final buffer is copied once."""
+        room = max(columns, min(self.n_positions, columns + KV_ROOM)) if self.in_place else columns
+        return np.zeros((rows, self.n_kv_head, room, self.head_dim), self.kv_dtype)
+
+    def wrap(self, array: np.ndarray) -> ort.OrtValue:
+        """A host array as a KV tensor on the runner's device (on CPU: the same memory)."""
         return ort.OrtValue.ortvalue_from_numpy(array, self.device, 0)
 
     def _with_room(self, past: list[ort.OrtValue], past_columns: int, total_columns: int) -> list[ort.OrtValue]:
