@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, description="most sequences decoded together (n samples count each)")
     max_queue: int = Field(64, ge=0, description="most requests waiting for a slot; beyond it: 429")
     batch_window_ms: float = Field(2.0, ge=0, description="when idle, wait this long to prefill arrivals together")
+    max_prefill_tokens: int = Field(
+        128, ge=0, description="while rows decode, most padded prompt tokens one step prefills (0: no bound)"
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="default per-request deadline (504 when passed)")
     max_request_timeout_s: float = Field(300.0, gt=0, description="the longest deadline a request may ask for")
     grace_period_s: float = Field(20.0, ge=0, description="on SIGTERM, how long in-flight requests may finish")

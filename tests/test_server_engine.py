@@ -20,10 +20,19 @@ from contract.manifest import load_manifest
 from runtime.cache_graph import build_cache_graph, cache_graph
 from runtime.kv_cache import BatchCache, can_write_in_place, empty_cache, live, rebuild, write_in_place
 from runtime.onnx_runner import OnnxRunner
-from runtime.sampler import Row, SamplingParams, apply_repetition_penalty, make_generator, sample
+from runtime.padding import left_pad
+from runtime.sampler import (
+    Row,
+    SamplingParams,
+    _draw_from_sorted_candidates,
+    _draw_from_sorted_rows,
+    apply_repetition_penalty,
+    make_generator,
+    sample,
+)
 from runtime.sampler_graph import build_sampler_graph, sampler_graph
 from server.engine.request import Event, GenerationRequest, LengthBounds, RequestDone, SampleDone
-from server.engine.scheduler import Scheduler
+from server.engine.scheduler import SHRINK_AFTER_STEPS, Scheduler
 from server.metrics import Metrics
 
 # --- sampler -----------------------------------------------------------------------
@@ -109,6 +118,25 @@ def test_batched_top_p_samples_only_inside_the_nucleus(concentration: float) -> 
     assert len(seen) > 8  # not stuck on the argmax
 
 
+def test_top_p_draws_the_same_token_sorting_rows_or_candidates() -> None:
+    """The row-wise sort (flat rows) and the flat candidate sort (peaked rows) are one sampler:
+    the same token for the same uniform, ties between equal probabilities included."""
+    rng = np.random.default_rng(11)
+    for concentration in (0.02, 0.3, 5.0):
+        for vocab in (5, 300, 3000):
+            probs = rng.dirichlet(np.full(vocab, concentration), size=16).astype(np.float32)
+            probs[8:] = np.round(probs[8:] * 50) / 50  # many equal probabilities, zeros too
+            probs[8:, 0] += 0.01  # no row all zeros
+            for top_p in (0.1, 0.5, 0.9, 0.999, 1.0):
+                mass = top_p * probs.sum(axis=1, dtype=np.float64)
+                u = rng.random(16)
+                by_rows = _draw_from_sorted_rows(probs, mass, u)
+                by_candidates = _draw_from_sorted_candidates(probs, probs >= 0, mass, u)
+                assert by_rows.tolist() == by_candidates.tolist(), (concentration, vocab, top_p)
+                for i, token in enumerate(by_rows):
+                    assert nucleus_mask(probs[i].astype(np.float64), top_p)[token] or top_p == 1.0
+
+
 def test_repetition_penalty_shrinks_only_generated_tokens() -> None:
     logits = np.array([2.0, -2.0, 1.0, 0.5], np.float32)
     apply_repetition_penalty(logits, generated=[0, 1, 1], penalty=2.0)
@@ -133,6 +161,29 @@ def prefill(runner: OnnxRunner, ids: list[int]) -> tuple[np.ndarray, BatchCache]
     past = runner.empty_past(1)
     logits, present = runner.forward(array, np.ones_like(array), np.arange(len(ids))[None, :], past)
     return logits, BatchCache(present, np.ones_like(array))
+
+
+def test_a_batch_from_empty_adopts_its_prefill_cache(runner: OnnxRunner) -> None:
+    """Joining an empty batch once each, in order, the prefill's cache becomes the batch's
+    without a copy; its padding columns are zeroed; it decodes like each row alone."""
+    prompts = [[3, 4, 5, 6, 7], [10, 11]]
+    input_ids, mask, positions = left_pad(prompts, runner.eos_token_id, [0, 0])
+    _, present = runner.forward(input_ids, mask, positions, runner.empty_past(2))
+    joining = BatchCache(present, mask)
+    cache = rebuild(runner, empty_cache(runner), np.array([], np.int64), joining, np.array([0, 1]))
+    assert cache.past[0].data_ptr() == present[0].data_ptr()  # adopted, not copied
+    assert not live(runner, cache.past[0], cache.columns)[1, :, :3].any()  # row 1's padding zeroed
+    step_mask = np.concatenate([cache.mask, np.ones((2, 1), np.int64)], axis=1)
+    logits, _ = runner.forward(np.full((2, 1), 20, np.int64), step_mask, cache.positions(), cache.past)
+    for row, ids in enumerate(prompts):
+        _, alone = prefill(runner, ids)
+        alone_mask = np.concatenate([alone.mask, np.ones((1, 1), np.int64)], axis=1)
+        expected, _ = runner.forward(np.array([[20]], np.int64), alone_mask, alone.positions(), alone.past)
+        np.testing.assert_allclose(logits[row], expected[0], atol=1e-4)
+    # n samples of one prompt repeat its row: that is a copy, not an adoption
+    _, present = runner.forward(input_ids, mask, positions, runner.empty_past(2))
+    copied = rebuild(runner, empty_cache(runner), np.array([], np.int64), BatchCache(present, mask), np.array([0, 0]))
+    assert copied.past[0].data_ptr() != present[0].data_ptr() and copied.rows == 2
 
 
 def test_runner_forward_keeps_the_kv_cache_on_the_device(runner: OnnxRunner) -> None:
@@ -222,6 +273,74 @@ def test_short_request_joins_at_the_next_step_and_finishes_first(runner: OnnxRun
     while scheduler.has_work():
         scheduler.step()
     assert collector.done("long")[0].tokens > 3
+
+
+def test_a_burst_joins_running_rows_in_bounded_prefills(runner: OnnxRunner, tokenizer: Tokenizer) -> None:
+    """While a row decodes, each step prefills at most max_prefill_tokens padded prompt tokens;
+    the running row gets a token at every step; every arrival of the burst still finishes."""
+    metrics = Metrics("test")
+    prompt = len(make_request(tokenizer, runner, Collector(), "probe").prompt_ids)
+    scheduler = Scheduler(runner, tokenizer, metrics, max_batch_size=16, max_prefill_tokens=3 * prompt)
+    collector = Collector()
+    # (EOS banned below 32 words: the running row cannot end while the burst joins)
+    bounds = LengthBounds(32, 32)
+    scheduler.add(make_request(tokenizer, runner, collector, "running", max_new_tokens=60, length_bounds=bounds))
+    scheduler.step()
+    for i in range(8):
+        scheduler.add(make_request(tokenizer, runner, collector, f"burst{i}", max_new_tokens=40))
+    running = scheduler.active["running"].sequences[0]
+    joined = []
+    while scheduler.waiting:
+        before = len(running.generated)
+        scheduler.step()
+        assert len(running.generated) == before + 1  # never stalled by a whole-burst prefill
+        joined.append(8 - len(scheduler.waiting) - sum(joined))
+    assert joined == [3, 3, 2]
+    while scheduler.has_work():
+        scheduler.step()
+    assert all(collector.done(f"burst{i}") for i in range(8))
+    prefills = metrics.registry.get_sample_value("promptgen_batch_size_count", {"model": "test", "phase": "prefill"})
+    assert prefills == 4  # the first request alone, then the burst in three
+
+    # with nothing decoding there is no one to stall: a burst fills the batch in one prefill
+    idle = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=16, max_prefill_tokens=prompt)
+    for i in range(8):
+        idle.add(make_request(tokenizer, runner, Collector(), f"idle{i}"))
+    idle.step()
+    assert not idle.waiting and len(idle.active) == 8
+
+
+def test_free_slots_wait_for_joiners_before_the_batch_shrinks(runner: OnnxRunner, tokenizer: Tokenizer) -> None:
+    """Rows that finish leave free slots; a request arriving soon after is written into one in
+    place (no rebuild of the batch); slots left free for SHRINK_AFTER_STEPS are dropped."""
+
+    def half_finished() -> Scheduler:
+        scheduler = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=8)
+        collector = Collector()
+        bounds = LengthBounds(32, 32)  # EOS banned below 32 words: these two run on
+        for i in range(2):
+            long = make_request(tokenizer, runner, collector, f"long{i}", max_new_tokens=60, length_bounds=bounds)
+            scheduler.add(long)
+        for i in range(2):
+            scheduler.add(make_request(tokenizer, runner, collector, f"short{i}", max_new_tokens=2))
+        scheduler.step()  # one prefill, one decode step: the short ones are done
+        scheduler.step()  # their slots are free, and kept
+        assert len(scheduler.rows) == 4 and scheduler.rows.count(None) == 2
+        return scheduler
+
+    scheduler = half_finished()
+    cache = scheduler.cache.past[0]
+    scheduler.add(make_request(tokenizer, runner, Collector(), "late", max_new_tokens=30))
+    scheduler.step()
+    assert scheduler.cache.past[0] is cache and len(scheduler.rows) == 4  # written in place
+    assert scheduler.rows.count(None) == 1
+
+    scheduler = half_finished()
+    for _ in range(SHRINK_AFTER_STEPS - 2):
+        scheduler.step()
+    assert len(scheduler.rows) == 4
+    scheduler.step()
+    assert len(scheduler.rows) == 2 and None not in scheduler.rows  # free for SHRINK_AFTER_STEPS: dropped
 
 
 def staggered_greedy_run(runner: OnnxRunner, tokenizer: Tokenizer, bounds: LengthBounds | None) -> dict[str, list[str]]:

@@ -83,6 +83,7 @@ def build_state(settings: Settings) -> ServerState:
         metrics,
         max_batch_size=settings.max_batch_size,
         batch_window_s=settings.batch_window_ms / 1000,
+        max_prefill_tokens=settings.max_prefill_tokens,
         faults=FaultInjector.parse(settings.fault_inject),
     )
     engine = Engine(

@@ -4,7 +4,10 @@ Each call to `step()` is one iteration:
 1. drop requests that were aborted or ran past their deadline;
 2. admit waiting requests into free slots (FIFO), prefill their prompts together
    (one row per request: the n samples of a request share that prefill) and sample
-   each sample's first token;
+   each sample's first token. While rows are decoding, one step prefills at most
+   `max_prefill_tokens` (padded) prompt tokens: a burst of arrivals joins over a few
+   steps, each stalling the running rows for a bounded time, instead of in one long
+   prefill they all wait for;
 3. finished rows free their slots; joining rows are written into free slots in place,
    or the batch KV cache is rebuilt (kv_cache.py);
 4. one decode step for every running row, sample, and finish the rows that are done:
@@ -46,6 +49,10 @@ from server.metrics import Metrics
 log = logging.getLogger(__name__)
 
 TRIM_COLUMNS = 32  # this many leading all-padding columns are worth a rebuild to drop
+# Free slots are dropped only once they have stayed free this many steps: under load the next
+# requests arrive within a few steps, and growing the batch back for them is a second copy of
+# the whole cache (~40 ms for 32 rows of GPT-2 small), where a free slot costs one row's compute.
+SHRINK_AFTER_STEPS = 8
 
 
 @dataclass
@@ -79,6 +86,7 @@ class Scheduler:
         metrics: Metrics,
         max_batch_size: int,
         batch_window_s: float = 0.0,
+        max_prefill_tokens: int = 0,
         faults: FaultInjector | None = None,
     ) -> None:
         self.runner = runner
@@ -87,10 +95,12 @@ class Scheduler:
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.batch_window_s = batch_window_s
+        self.max_prefill_tokens = max_prefill_tokens  # 0: no bound
         self.waiting: deque[GenerationRequest] = deque()
         self.active: dict[str, Admitted] = {}
         self.rows: list[Sequence | None] = []  # row i of the cache is rows[i]; None: a free slot
         self.cache: BatchCache = empty_cache(runner)
+        self.free_steps = 0  # consecutive steps the batch has had free slots
         self.sampler = Sampler(runner, command_token_ids(tokenizer, runner.manifest.command))
         self.countdown = countdown(runner.manifest.command, tokenizer)  # None: outputs count up
         # the per-step series, bound to this model once rather than looked up every step
@@ -176,10 +186,20 @@ class Scheduler:
         self._finish()
 
     def _admit(self, now: float) -> list[Admitted]:
-        free = self.max_batch_size - sum(1 for s in self.rows if s is not None and not s.finished)
-        admitted = []
+        running = sum(1 for s in self.rows if s is not None and not s.finished)
+        free = self.max_batch_size - running
+        # With nothing decoding there is no one to stall: fill the batch in one prefill.
+        budget = self.max_prefill_tokens if running and self.max_prefill_tokens else None
+        admitted: list[Admitted] = []
+        longest = 0
         while self.waiting and self.waiting[0].n <= free:
-            request = self.waiting.popleft()
+            request = self.waiting[0]
+            longest = max(longest, len(request.prompt_ids))
+            # The prefill is left-padded: it costs its rows times its longest prompt. The first
+            # request always joins, however long, so a long prompt cannot wait forever.
+            if budget is not None and admitted and (len(admitted) + 1) * longest > budget:
+                break
+            self.waiting.popleft()
             free -= request.n
             sequences = [Sequence(request, i, self.tokenizer, self.runner.eos_token_id) for i in range(request.n)]
             admitted.append(Admitted(request, sequences, admitted_at=now))
@@ -226,14 +246,27 @@ class Scheduler:
         if joins or self._wasteful(len(free)):
             keep = np.array([i for i, s in enumerate(self.rows) if s is not None], np.int64)
             rows = np.asarray(joining_rows)[joins] if joins else None
-            self.cache = rebuild(self.runner, self.cache, keep, joining, rows)
-            self.rows = [self.rows[i] for i in keep] + [new_rows[j] for j in joins]
+            spare = self._spare_slots(len(keep) + len(joins))
+            self.cache = rebuild(self.runner, self.cache, keep, joining, rows, spare)
+            self.rows = [self.rows[i] for i in keep] + [new_rows[j] for j in joins] + [None] * spare
+
+    def _spare_slots(self, used: int) -> int:
+        """Free slots a rebuild keeps, so the batch does not shrink only to grow again at the
+        next arrivals: as many as it had, unless they have stayed free for SHRINK_AFTER_STEPS
+        (then shrinking is the point). Only where joins are written in place (host memory)."""
+        if self.free_steps >= SHRINK_AFTER_STEPS or self.runner.cache_surgery is not None:
+            return 0
+        if not self.cache.past or self.runner.host_view(self.cache.past[0]) is None:
+            return 0
+        return max(0, len(self.rows) - used)
 
     def _wasteful(self, free: int) -> bool:
-        """Rebuild when over a third of the rows are free slots, when the live rows leave
-        many columns of padding in front, or before the cache outgrows the context."""
+        """Rebuild when no row is left, when over a third of the rows have been free slots for
+        SHRINK_AFTER_STEPS, when the live rows leave many columns of padding in front, or
+        before the cache outgrows the context."""
         alive = len(self.rows) - free
-        if free and (alive == 0 or 2 * free > alive):
+        self.free_steps = self.free_steps + 1 if free else 0
+        if free and (alive == 0 or (2 * free > alive and self.free_steps >= SHRINK_AFTER_STEPS)):
             return True
         live_mask = self.cache.mask[[i for i, s in enumerate(self.rows) if s is not None]]
         padding = first_used_column(live_mask) if live_mask.size else 0
