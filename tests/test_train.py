@@ -190,3 +190,33 @@ def test_init_from_pretrained_folder_uses_full_gpt2_vocabulary(scored: Path, tmp
     assert checkpoint.model.config.vocab_size == 50257 + len(checkpoint.command.special_tokens())
     assert checkpoint.tokenizer.token_to_id("<|endoftext|>") == 50256
     assert checkpoint.model.config.n_layer == 1  # the pretrained architecture, not a preset
+
+
+def test_freeze_layers_trains_only_the_top_of_a_pretrained_student(
+    scored: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from argparse import Namespace
+
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from training.train import run
+
+    pretrained = tmp_path / "pretrained"
+    GPT2LMHeadModel(GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=128)).save_pretrained(pretrained)
+    before = load_file(pretrained / "model.safetensors")
+    out = train(TrainConfig(init=str(pretrained), max_steps=3, freeze_layers=1, **FAST), scored, tmp_path / "ck")
+    after = load_file(out / "model.safetensors")
+    for name in ("transformer.h.0.attn.c_attn.weight", "transformer.h.0.mlp.c_fc.weight", "transformer.wpe.weight"):
+        assert torch.equal(before[name], after[name]), name  # frozen
+    assert torch.equal(
+        before["transformer.wte.weight"], after["transformer.wte.weight"][: before["transformer.wte.weight"].shape[0]]
+    )
+    assert not torch.equal(before["transformer.h.1.mlp.c_fc.weight"], after["transformer.h.1.mlp.c_fc.weight"])
+
+    with pytest.raises(ValueError, match="between 1 and 1"):
+        train(TrainConfig(init=str(pretrained), max_steps=1, freeze_layers=2, **FAST), scored, tmp_path / "ck2")
+    args = Namespace(
+        data=str(scored), out=str(tmp_path / "ck3"), preset="tiny", resume=False, freeze_layers=2, init=None
+    )
+    assert run(args) == 2
+    assert "pretrained student" in capsys.readouterr().err

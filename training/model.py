@@ -143,6 +143,17 @@ def has_tokenizer(folder: Path) -> bool:
     return any((folder / name).is_file() for name in ("tokenizer.json", "vocab.json", "tokenizer.model"))
 
 
+def freeze_bottom(model: PreTrainedModel, layers: int) -> None:
+    """Freeze the token (and position) embeddings and the first `layers` decoder blocks: the
+    backward pass then stops at the first trainable block. With tied embeddings (GPT-2,
+    SmolLM2) the output layer is the embedding, so it is frozen with it."""
+    blocks = model.base_model.h if hasattr(model.base_model, "h") else model.base_model.layers
+    if not 0 < layers < len(blocks):
+        raise ValueError(f"--freeze-layers must be between 1 and {len(blocks) - 1} for this model, got {layers}")
+    for module in [*(m for m in model.modules() if isinstance(m, torch.nn.Embedding)), *blocks[:layers]]:
+        module.requires_grad_(False)
+
+
 def fit_vocabulary(model: PreTrainedModel, tokenizer: Tokenizer) -> PreTrainedModel:
     """Grow the embedding for tokens appended to the tokenizer (command tokens, EOS)."""
     vocab = tokenizer.get_vocab_size()

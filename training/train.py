@@ -57,7 +57,15 @@ from training.examples import (
     length_bucketed_batches,
 )
 from training.loss import OutputLoss
-from training.model import GGUF_CACHE, PRESETS, build_model, context_length, fit_vocabulary, load_pretrained
+from training.model import (
+    GGUF_CACHE,
+    PRESETS,
+    build_model,
+    context_length,
+    fit_vocabulary,
+    freeze_bottom,
+    load_pretrained,
+)
 from training.precision import AUTO, PRECISIONS, autocast_for
 from training.tokenizer import add_command_tokens, compact_gpt2_tokenizer
 
@@ -98,6 +106,8 @@ class TrainConfig:
     # Arithmetic of the forward (training/precision.py): "auto" is bf16 autocast on a GPU, and on a
     # CPU with native bf16 for a pretrained student only, where it measured faster (bench/pretrained.md).
     precision: str = AUTO
+    # A pretrained student only: freeze its embeddings and this many bottom blocks (0: train all).
+    freeze_layers: int = 0
     max_minutes: float = 8.0
     max_steps: int = 0  # 0: no step limit, the wall-clock budget decides
     seed: int = 1337
@@ -166,7 +176,10 @@ def build_student(
     if config.init:
         model, base = load_pretrained(config.init, out / GGUF_CACHE)
         tokenizer = tokenizer or add_command_tokens(base, spec.special_tokens())
-        return fit_vocabulary(model, tokenizer), tokenizer
+        model = fit_vocabulary(model, tokenizer)
+        if config.freeze_layers:
+            freeze_bottom(model, config.freeze_layers)
+        return model, tokenizer
     if tokenizer is None:
         base = compact_gpt2_tokenizer(r[k] for r in train for k in ("intent", "output"))
         tokenizer = add_command_tokens(base, spec.special_tokens())
@@ -485,6 +498,12 @@ def run(args: argparse.Namespace) -> int:
     if args.preset not in PRESETS:
         print(f"error: unknown preset {args.preset!r}; choose one of {sorted(PRESETS)}", file=sys.stderr)
         return 2
+    if getattr(args, "freeze_layers", 0) and not getattr(args, "init", None):
+        print(
+            "error: --freeze-layers is for a pretrained student (--init): a model from scratch has nothing to keep",
+            file=sys.stderr,
+        )
+        return 2
     fields = {f: getattr(args, f) for f in TrainConfig.__dataclass_fields__ if hasattr(args, f)}
     try:
         train(TrainConfig(**fields), data, out, resume=args.resume)
@@ -539,6 +558,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         choices=PRECISIONS,
         default=defaults.precision,
         help="forward arithmetic: auto = bf16 on a GPU, and on a bf16 CPU for a pretrained student",
+    )
+    parser.add_argument(
+        "--freeze-layers",
+        type=int,
+        default=defaults.freeze_layers,
+        help="pretrained only: freeze the embeddings and this many bottom blocks (0: train every weight)",
     )
     parser.add_argument("--max-words", type=int, default=defaults.max_words, help="longest length command")
     parser.add_argument("--seed", type=int, default=defaults.seed)
