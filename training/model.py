@@ -147,7 +147,9 @@ def freeze_bottom(model: PreTrainedModel, layers: int) -> None:
     """Freeze the token (and position) embeddings and the first `layers` decoder blocks: the
     backward pass then stops at the first trainable block. With tied embeddings (GPT-2,
     SmolLM2) the output layer is the embedding, so it is frozen with it."""
-    blocks = model.base_model.h if hasattr(model.base_model, "h") else model.base_model.layers
+    base = model.base_model
+    blocks = base.h if hasattr(base, "h") else base.layers  # GPT-2, Llama
+    assert isinstance(blocks, torch.nn.ModuleList)
     if not 0 < layers < len(blocks):
         raise ValueError(f"--freeze-layers must be between 1 and {len(blocks) - 1} for this model, got {layers}")
     for module in [*(m for m in model.modules() if isinstance(m, torch.nn.Embedding)), *blocks[:layers]]:
