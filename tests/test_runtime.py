@@ -207,5 +207,31 @@ def test_streamed_deltas_add_up_to_multibyte_text(multibyte_bundle: Path, tmp_pa
     deltas, output = serve_and_stream(multibyte_bundle, tmp_path / "server.log", body)
     final = output["text"]
     assert final == normalize_text(TARGET)  # the memorised text, so every multi-byte character is there
+    # (How many deltas arrive depends on the reader: one that falls behind gets them merged.)
+    assert "".join(deltas) == final
+    assert not any("\ufffd" in d for d in deltas)
+
+
+@pytest.mark.slow
+def test_every_delta_the_engine_emits_ends_on_a_whole_character(multibyte_bundle: Path) -> None:
+    """Each delta as the scheduler emits it, before any merging for a slow reader: several of
+    them, each ending on a whole character, adding up to the final text."""
+    from server.engine.request import Delta, GenerationRequest, SampleDone
+    from server.engine.scheduler import Scheduler
+    from server.metrics import Metrics
+
+    runner = OnnxRunner(multibyte_bundle, variant="fp32", provider="cpu", intra_op_threads=1)
+    tokenizer = Tokenizer.from_file(str(multibyte_bundle / runner.manifest.tokenizer_file))
+    events: list[object] = []
+    prompt = prompt_ids(tokenizer, runner.manifest.command, "title", 5, "high", "holiday sale")
+    greedy = SamplingParams(temperature=0.0, top_p=1.0)
+    request = GenerationRequest("r", prompt, 1, greedy, max_new_tokens=40, sink=events.append, stream=True)
+    scheduler = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=1)
+    scheduler.add(request)
+    while scheduler.has_work():
+        scheduler.step()
+    deltas = [e.text for e in events if isinstance(e, Delta)]
+    final = next(e for e in events if isinstance(e, SampleDone)).text
+    assert normalize_text(final) == normalize_text(TARGET)
     assert "".join(deltas) == final and len(deltas) > 3
     assert not any("\ufffd" in d for d in deltas)
