@@ -63,15 +63,17 @@ def first_used_column(mask: np.ndarray) -> int:
     return int(used[0]) if used.size else mask.shape[1]
 
 
-def _masked(arrays: list[np.ndarray], mask: np.ndarray) -> list[np.ndarray]:
-    # Padding columns of a prefill are masked out, but zero them anyway: a masked column
-    # contributes weight 0 * value, which is NaN if the value is not finite.
-    return [np.where(mask[:, None, :, None] > 0, a, 0) for a in arrays]
-
-
 def _zero_padding(array: np.ndarray, mask: np.ndarray) -> None:
-    """`_masked` in place: zero the (row, column) cells where `mask` is 0."""
+    """Zero, in place, the (row, column) cells of a joining prefill where `mask` is 0. Padding
+    columns are masked out, but a masked column contributes weight 0 * value, which is NaN if
+    the value is not finite."""
     array[:, :, : mask.shape[1]].transpose(0, 2, 1, 3)[mask == 0] = 0
+
+
+def keeps_spare_rows(runner: OnnxRunner, cache: BatchCache) -> bool:
+    """Whether `rebuild` can give this cache spare (empty) rows: only the host rebuild does,
+    and only host memory is written in place (`write_in_place`) to fill them."""
+    return runner.cache_surgery is None and bool(cache.past) and runner.host_view(cache.past[0]) is not None
 
 
 def rebuild(
@@ -90,6 +92,8 @@ def rebuild(
     are right-aligned, so a row's last columns land in the buffer's last live columns, and
     columns that are padding in every row are never copied (trimmed)."""
     if runner.cache_surgery is not None:
+        if spare:
+            raise ValueError("spare rows are a host rebuild's (see keeps_spare_rows)")
         return _rebuild_on_device(runner, running, keep, joining, joining_rows)
     if not spare and (adopted := _adopt(runner, keep, joining, joining_rows)):
         return adopted
@@ -185,12 +189,13 @@ def write_in_place(
 ) -> None:
     """Put joining rows into free slots of the running cache, right-aligned, in place."""
     start = cache.columns - joining.columns
-    new_mask = joining.mask[joining_rows]
-    new_arrays = _masked([live(runner, v, joining.columns)[joining_rows] for v in joining.past], new_mask)
-    views = [runner.host_view(v) for v in cache.past]
-    for view, new in zip(views, new_arrays, strict=True):
+    for value, new in zip(cache.past, joining.past, strict=True):
+        view = runner.host_view(value)
         assert view is not None, "write_in_place needs host-addressable cache memory"
-        view[slots, :, :start] = 0
-        view[slots, :, start : cache.columns] = new
+        source = live(runner, new, joining.columns)
+        for slot, row in zip(slots, joining_rows, strict=True):
+            view[slot, :, :start] = 0
+            view[slot, :, start : cache.columns] = source[row]
+            _zero_padding(view[slot : slot + 1, :, start:], joining.mask[row : row + 1])
     cache.mask[slots] = 0
-    cache.mask[slots, start:] = new_mask
+    cache.mask[slots, start:] = joining.mask[joining_rows]

@@ -35,6 +35,7 @@ from runtime.kv_cache import (
     can_write_in_place,
     empty_cache,
     first_used_column,
+    keeps_spare_rows,
     rebuild,
     write_in_place,
 )
@@ -49,7 +50,7 @@ from server.metrics import Metrics
 log = logging.getLogger(__name__)
 
 TRIM_COLUMNS = 32  # this many leading all-padding columns are worth a rebuild to drop
-# Free slots are dropped only once they have stayed free this many steps: under load the next
+# Free slots are dropped only after this many steps with free slots and no join: under load the next
 # requests arrive within a few steps, and growing the batch back for them is a second copy of
 # the whole cache (~40 ms for 32 rows of GPT-2 small), where a free slot costs one row's compute.
 SHRINK_AFTER_STEPS = 8
@@ -100,7 +101,7 @@ class Scheduler:
         self.active: dict[str, Admitted] = {}
         self.rows: list[Sequence | None] = []  # row i of the cache is rows[i]; None: a free slot
         self.cache: BatchCache = empty_cache(runner)
-        self.free_steps = 0  # consecutive steps the batch has had free slots
+        self.free_steps = 0  # consecutive steps with free slots and no request joining
         self.sampler = Sampler(runner, command_token_ids(tokenizer, runner.manifest.command))
         self.countdown = countdown(runner.manifest.command, tokenizer)  # None: outputs count up
         # the per-step series, bound to this model once rather than looked up every step
@@ -243,6 +244,8 @@ class Scheduler:
             for slot, j in zip(slots, joins, strict=True):
                 self.rows[slot] = new_rows[j]
             joins, free = [], free[len(joins) :]
+        # Slack is wasted only while nobody joins: count steps with free slots and no join.
+        self.free_steps = self.free_steps + 1 if free and not new_rows else 0
         if joins or self._wasteful(len(free)):
             keep = np.array([i for i, s in enumerate(self.rows) if s is not None], np.int64)
             rows = np.asarray(joining_rows)[joins] if joins else None
@@ -252,20 +255,17 @@ class Scheduler:
 
     def _spare_slots(self, used: int) -> int:
         """Free slots a rebuild keeps, so the batch does not shrink only to grow again at the
-        next arrivals: as many as it had, unless they have stayed free for SHRINK_AFTER_STEPS
-        (then shrinking is the point). Only where joins are written in place (host memory)."""
-        if self.free_steps >= SHRINK_AFTER_STEPS or self.runner.cache_surgery is not None:
-            return 0
-        if not self.cache.past or self.runner.host_view(self.cache.past[0]) is None:
+        next arrivals: as many as it had, unless SHRINK_AFTER_STEPS steps have passed with free
+        slots and no join (then shrinking is the point). Only where joins are written in place."""
+        if self.free_steps >= SHRINK_AFTER_STEPS or not keeps_spare_rows(self.runner, self.cache):
             return 0
         return max(0, len(self.rows) - used)
 
     def _wasteful(self, free: int) -> bool:
-        """Rebuild when no row is left, when over a third of the rows have been free slots for
-        SHRINK_AFTER_STEPS, when the live rows leave many columns of padding in front, or
+        """Rebuild when no row is left, when over a third of the rows are free slots and nobody
+        has joined for SHRINK_AFTER_STEPS, when the live rows leave many columns of padding in front, or
         before the cache outgrows the context."""
         alive = len(self.rows) - free
-        self.free_steps = self.free_steps + 1 if free else 0
         if free and (alive == 0 or (2 * free > alive and self.free_steps >= SHRINK_AFTER_STEPS)):
             return True
         live_mask = self.cache.mask[[i for i, s in enumerate(self.rows) if s is not None]]
