@@ -28,17 +28,19 @@ from contract.command import CommandSpec, TokenizerLike
 from runtime.onnx_runner import OnnxRunner
 from runtime.runner import Runner
 
-# top_p is exact but sorting the vocabulary per row per step is slow, and so is picking a
-# fixed number of top candidates (argpartition was 2 of a tiny model's 8 ms per step at batch
-# 32, bench/engine.md). Every token of the nucleus is at least as likely as every token outside
-# it, so the tokens above a probability cut whose mass reaches top_p contain the nucleus: each
-# row takes the highest of these cuts (fractions of its most likely token's probability) that
-# does, and only those candidates are sorted. 0 keeps every token (a flat row).
-NUCLEUS_CUTS = (1e-2, 1e-3, 1e-4, 1e-6, 0.0)
-# Past this share of the batch's tokens, the candidates of a top-p step are sorted row by row:
-# a flat sort of (row, probability) pairs was 37 ms for 32 flat rows of 7,106 tokens, a
-# row-wise sort of the values alone 3 ms (bench/engine.md, step 4).
-DENSE_FRACTION = 1 / 8
+# top_p is exact but sorting the vocabulary per row per step is slow (numpy sorts 32 rows of
+# 7,106 float32 in ~3 ms here; one flat sort of them with their ids took ~40 ms). Every token
+# of the nucleus is at least as likely as every token outside it, so it is found without a
+# full sort (bench/engine.md):
+# - the tokens above a probability cut whose mass reaches top_p contain the nucleus: each row
+#   takes the highest of these cuts (fractions of its top probability) that does, and when
+#   they are few (a peaked row) only those candidates are sorted, all rows' together;
+# - else (a flat row, or a high temperature) a histogram of each row's probabilities by value
+#   (Buckets) says in which bucket the nucleus ends and in which the draw falls, and only those
+#   two buckets' tokens are sorted.
+NUCLEUS_CUTS = (1e-2, 1e-3, 1e-4, 1e-6)
+DENSE_FRACTION = 1 / 8  # past this share of the batch's tokens as candidates, draw by buckets
+MAX_BUCKETS = 2048  # per row: ~30 tokens per bucket at most on 32 flat rows of 7,106
 
 
 @dataclass(frozen=True)
@@ -90,26 +92,22 @@ def _draw(weights: np.ndarray, u: np.ndarray) -> np.ndarray:
 def _sample_nucleus(probs: np.ndarray, top_p: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Top-p sampling for rows [R, V] of unnormalised probabilities: each row's tokens sorted
     by probability, most likely first (ties: lower id first), the nucleus kept (the tokens
-    whose more likely predecessors hold less than top_p of the mass), one draw per row with `u`.
-
-    Only the candidates above each row's cut (NUCLEUS_CUTS) need sorting. Few candidates (a
-    peaked row): one flat sort of them all. Many (a flat row, or a high temperature): each row
-    sorted whole, which is several times faster than a flat sort of that size."""
+    whose more likely predecessors hold less than top_p of the mass), one draw per row with `u`."""
     rows = probs.shape[0]
     mass = top_p * probs.sum(axis=1, dtype=np.float64)
     peak = probs.max(axis=1, keepdims=True)
     cut = np.zeros((rows, 1), probs.dtype)
     chosen = np.zeros(rows, dtype=bool)
-    for level in NUCLEUS_CUTS[:-1]:
-        threshold = level * peak
-        covers = ~chosen & (np.where(probs >= threshold, probs, 0).sum(axis=1, dtype=np.float64) >= mass)
+    for level in NUCLEUS_CUTS:
+        threshold = np.where(chosen[:, None], cut, level * peak)
+        candidates = probs >= threshold
+        if np.count_nonzero(candidates) > DENSE_FRACTION * probs.size:
+            break  # too many to sort: a flat row
+        covers = ~chosen & (np.where(candidates, probs, 0).sum(axis=1, dtype=np.float64) >= mass)
         cut[covers], chosen = threshold[covers], chosen | covers
         if chosen.all():
-            break
-    candidates = probs >= cut
-    if np.count_nonzero(candidates) > DENSE_FRACTION * probs.size:
-        return _draw_from_sorted_rows(probs, mass, u)
-    return _draw_from_sorted_candidates(probs, candidates, mass, u)
+            return _draw_from_sorted_candidates(probs, candidates, mass, u)
+    return _draw_by_buckets(probs, mass, u)
 
 
 def _draw_from_sorted_candidates(
@@ -123,11 +121,7 @@ def _draw_from_sorted_candidates(
     order = np.lexsort((-p, row_of))  # by row, then most likely first (ties: lower id first)
     row_of, token, p = row_of[order], token[order], p[order]
     starts = np.searchsorted(row_of, np.arange(rows))  # each row's first candidate
-    # Per-row running sums from one flat cumsum, less what the rows before contributed.
-    before = np.cumsum(p) - p
-    kept = np.where(before - before[starts][row_of] < mass[row_of], p, 0.0)
-    kept_before = np.cumsum(kept) - kept
-    kept_sum = kept_before - kept_before[starts][row_of] + kept  # cumulative kept mass within the row
+    kept, kept_sum = _kept_running_mass(row_of, p, starts, np.zeros(rows), mass)
     target = u * np.bincount(row_of, weights=kept, minlength=rows)
     index = np.bincount(row_of, weights=kept_sum <= target[row_of], minlength=rows).astype(np.int64)
     last = np.bincount(row_of, minlength=rows) - 1
@@ -135,20 +129,71 @@ def _draw_from_sorted_candidates(
     return tokens
 
 
-def _draw_from_sorted_rows(probs: np.ndarray, mass: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Every row's values sorted on their own (no ids carried along), the draw made on them,
-    and the drawn token found by its value: among the tokens of that value, the one at the
-    drawn rank, counting in id order (the tie order of the flat sort)."""
-    values = np.sort(probs, axis=1)[:, ::-1]  # most likely first
-    before = np.cumsum(values, axis=1, dtype=np.float64) - values
-    kept = np.where(before < mass[:, None], values, 0.0)
-    kept_sum = np.cumsum(kept, axis=1)
-    target = u * kept_sum[:, -1]
-    index = np.minimum((kept_sum <= target[:, None]).sum(axis=1), probs.shape[1] - 1)
-    value = values[np.arange(probs.shape[0]), index][:, None]
-    rank = index - (probs > value).sum(axis=1)  # how many tokens of this value come before it
-    tokens: np.ndarray = (np.cumsum(probs == value, axis=1) > rank[:, None]).argmax(axis=1)
+def _kept_running_mass(
+    row_of: np.ndarray, p: np.ndarray, starts: np.ndarray, above: np.ndarray, mass: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """For tokens in sampling order, grouped by row, each group following `above[row]` of more
+    likely mass: each token's kept probability (0 past the nucleus: its predecessors already
+    hold `mass`) and the kept mass up to and including it. Per-row running sums come from one
+    flat cumsum, less what the rows before contributed."""
+    before = np.cumsum(p) - p
+    kept = np.where(above[row_of] + before - before[starts][row_of] < mass[row_of], p, 0.0)
+    kept_before = np.cumsum(kept) - kept
+    return kept, above[row_of] + kept_before - kept_before[starts][row_of] + kept
+
+
+class Buckets:
+    """Rows of probabilities (>= 0) bucketed by value: a non-negative float32's bits, as an
+    integer, keep its order, so equal-width ranges of them are buckets in order of value
+    (each a fixed ratio of probabilities wide). `key` [R, V]: each token's bucket, 0 the
+    least likely; `upto` [R, buckets]: the mass of each bucket and all above it; `above`:
+    the mass above it."""
+
+    def __init__(self, probs: np.ndarray) -> None:
+        bits = probs.view(np.int32)
+        low = int(np.where(bits > 0, bits, np.iinfo(np.int32).max).min(initial=np.iinfo(np.int32).max))
+        low = min(low, int(bits.max()))  # every row all zero: one bucket
+        shift = max(0, int(bits.max() - low).bit_length() - (MAX_BUCKETS - 1).bit_length())
+        self.key = np.maximum(bits - low, 0) >> shift  # zeros share the least likely bucket
+        buckets = int(self.key.max()) + 1
+        # Row by row: one bincount over the whole batch (offset keys) measured 5x slower.
+        mass = np.stack([np.bincount(k, weights=p, minlength=buckets) for k, p in zip(self.key, probs, strict=True)])
+        self.upto = np.cumsum(mass[:, ::-1], axis=1)[:, ::-1]
+        self.above = self.upto - mass
+
+
+def _draw_by_buckets(probs: np.ndarray, mass: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Top-p without sorting whole rows. The nucleus ends in `last_bucket`: its tokens, sorted,
+    say which of them are in it, so the kept mass and the draw's target. The draw falls in
+    the lowest bucket whose mass and the mass above it exceed the target: its tokens, sorted,
+    say which one. Buckets hold disjoint ranges of values, so sorting within one is sorting
+    the row there."""
+    rows = probs.shape[0]
+    r = np.arange(rows)
+    buckets = Buckets(probs)
+    last_bucket = np.maximum((buckets.upto >= mass[:, None]).sum(axis=1) - 1, 0)
+    row_of, _, kept, _ = _bucket_in_order(probs, buckets.key, last_bucket, buckets.above[r, last_bucket], mass)
+    target = u * (buckets.above[r, last_bucket] + np.bincount(row_of, weights=kept, minlength=rows))
+    drawn = np.maximum((buckets.upto > target[:, None]).sum(axis=1) - 1, last_bucket)
+    row_of, token, kept, kept_sum = _bucket_in_order(probs, buckets.key, drawn, buckets.above[r, drawn], mass)
+    index = np.bincount(row_of, weights=kept_sum <= target[row_of], minlength=rows).astype(np.int64)
+    last = np.bincount(row_of, weights=kept > 0, minlength=rows).astype(np.int64) - 1
+    tokens: np.ndarray = token[np.searchsorted(row_of, r) + np.minimum(index, last)]
     return tokens
+
+
+def _bucket_in_order(
+    probs: np.ndarray, key: np.ndarray, bucket: np.ndarray, above: np.ndarray, mass: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's tokens in its bucket `bucket[row]`, in sampling order: rows, token ids, kept
+    probabilities and kept mass so far (_kept_running_mass, from `above[row]`)."""
+    row_of, token = np.nonzero(key == bucket[:, None])
+    p = probs[row_of, token].astype(np.float64)
+    order = np.lexsort((-p, row_of))
+    row_of, token, p = row_of[order], token[order], p[order]
+    starts = np.searchsorted(row_of, np.arange(probs.shape[0]))
+    kept, kept_sum = _kept_running_mass(row_of, p, starts, above, mass)
+    return row_of, token, kept, kept_sum
 
 
 def sample(logits: np.ndarray, rows: list[Row], never: np.ndarray | None = None) -> np.ndarray:

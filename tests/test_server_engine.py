@@ -24,8 +24,8 @@ from runtime.padding import left_pad
 from runtime.sampler import (
     Row,
     SamplingParams,
+    _draw_by_buckets,
     _draw_from_sorted_candidates,
-    _draw_from_sorted_rows,
     apply_repetition_penalty,
     make_generator,
     sample,
@@ -118,9 +118,9 @@ def test_batched_top_p_samples_only_inside_the_nucleus(concentration: float) -> 
     assert len(seen) > 8  # not stuck on the argmax
 
 
-def test_top_p_draws_the_same_token_sorting_rows_or_candidates() -> None:
-    """The row-wise sort (flat rows) and the flat candidate sort (peaked rows) are one sampler:
-    the same token for the same uniform, ties between equal probabilities included."""
+def test_top_p_draws_the_same_token_by_buckets_or_sorted_candidates() -> None:
+    """The bucketed draw (flat rows) and the flat candidate sort (peaked rows) are one sampler:
+    the same token for the same uniform, ties between equal probabilities and zeros included."""
     rng = np.random.default_rng(11)
     for concentration in (0.02, 0.3, 5.0):
         for vocab in (5, 300, 3000):
@@ -130,11 +130,19 @@ def test_top_p_draws_the_same_token_sorting_rows_or_candidates() -> None:
             for top_p in (0.1, 0.5, 0.9, 0.999, 1.0):
                 mass = top_p * probs.sum(axis=1, dtype=np.float64)
                 u = rng.random(16)
-                by_rows = _draw_from_sorted_rows(probs, mass, u)
+                by_buckets = _draw_by_buckets(probs, mass, u)
                 by_candidates = _draw_from_sorted_candidates(probs, probs >= 0, mass, u)
-                assert by_rows.tolist() == by_candidates.tolist(), (concentration, vocab, top_p)
-                for i, token in enumerate(by_rows):
+                assert by_buckets.tolist() == by_candidates.tolist(), (concentration, vocab, top_p)
+                for i, token in enumerate(by_buckets):
                     assert nucleus_mask(probs[i].astype(np.float64), top_p)[token] or top_p == 1.0
+    for scale in (1.0, 4.0):  # softmax rows of a model's logits: unnormalised, the top one is 1
+        logits = rng.normal(0, scale, (32, 7106)).astype(np.float32)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        mass = 0.95 * probs.sum(axis=1, dtype=np.float64)
+        for _ in range(5):
+            u = rng.random(32)
+            by_candidates = _draw_from_sorted_candidates(probs, probs >= 0, mass, u)
+            assert _draw_by_buckets(probs, mass, u).tolist() == by_candidates.tolist()
 
 
 def test_repetition_penalty_shrinks_only_generated_tokens() -> None:
