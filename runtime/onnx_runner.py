@@ -187,13 +187,12 @@ class OnnxRunner:
         first columns. concat: exactly that; on CPU it shares the numpy memory (no copy).
         in_place: a buffer with KV_ROOM more columns (zeros) than it holds or than
         `columns_needed` (a prefill longer than KV_ROOM), for the graph to write into."""
-        array = np.ascontiguousarray(array, dtype=self.kv_dtype)
-        if self.in_place:
+        if self.in_place:  # copied once, straight from `array` (often a strided view) into the buffer
             columns = array.shape[2]
             buffer = self.kv_buffer(array.shape[0], max(columns, columns_needed))
             buffer[:, :, :columns] = array
-            array = buffer
-        return self.wrap(array)
+            return self.wrap(buffer)
+        return self.wrap(np.ascontiguousarray(array, dtype=self.kv_dtype))
 
     def kv_buffer(self, rows: int, columns: int) -> np.ndarray:
         """Zeros on the host [rows, n_kv_head, columns (+ KV_ROOM in place), head_dim], to fill

@@ -4,6 +4,9 @@ incremental detokenization (also through the real server's SSE stream)."""
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -235,3 +238,35 @@ def test_every_delta_the_engine_emits_ends_on_a_whole_character(multibyte_bundle
     assert normalize_text(final) == normalize_text(TARGET)
     assert "".join(deltas) == final and len(deltas) > 3
     assert not any("\ufffd" in d for d in deltas)
+
+
+# A second 20 MB block after the first was freed: page faults show whether glibc kept the memory.
+ALLOCATE_TWICE = """
+import resource, sys
+import numpy as np
+from runtime.allocator import retain_freed_memory
+retained = retain_freed_memory() if sys.argv[1] == "retain" else False
+for _ in range(2):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    block = np.ones(20 * 2**20 // 8)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    del block
+print(retained, faults)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_retained_memory_is_reused_without_page_faults() -> None:
+    """runtime/allocator.py: a freed cache-sized block is reused (no faults) once retained;
+    without it every new block faults its pages in; an operator's MALLOC_* setting wins."""
+
+    def run(mode: str, **env: str) -> tuple[str, int]:
+        out = subprocess.run([sys.executable, "-c", ALLOCATE_TWICE, mode], capture_output=True, text=True,
+                             env={**os.environ, **env}, check=True)  # fmt: skip
+        retained, faults = out.stdout.split()
+        return retained, int(faults)
+
+    retained, faults = run("retain")
+    assert retained == "True" and faults < 50
+    assert run("leave")[1] > 200  # 20 MB is ~5,000 pages
+    assert run("retain", MALLOC_TRIM_THRESHOLD_="100000")[0] == "False"

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokenizers import Tokenizer
 
 from contract.manifest import load_manifest
+from runtime.allocator import retain_freed_memory
 from runtime.onnx_runner import OnnxRunner
 from server.api import native, openai_compat, ops
 from server.api.auth import ApiKeyAuth
@@ -63,6 +64,7 @@ class RequestIdMiddleware:
 
 
 def build_state(settings: Settings) -> ServerState:
+    retain_freed_memory()  # before the first cache buffers: rebuilds then reuse memory (runtime/allocator.py)
     manifest = load_manifest(settings.bundle)
     runner = OnnxRunner(
         settings.bundle,
