@@ -1,6 +1,6 @@
 """In-process scheduler benchmarks behind bench/engine.md's saturation section (no HTTP).
 
-    python bench/scheduler.py rebuilds BUNDLE [--lag 2] [--requests 192]
+    python bench/scheduler.py rebuilds BUNDLE [--lag 2] [--requests 192] [--no-retain]
     python bench/scheduler.py burst BUNDLE [--budgets 0 64 128 256]
     python bench/scheduler.py topp
 
@@ -27,8 +27,9 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from contract.command import prompt_ids
+from runtime.allocator import retain_freed_memory
 from runtime.onnx_runner import OnnxRunner
-from runtime.sampler import SamplingParams, _draw_from_sorted_candidates, _draw_from_sorted_rows, _sample_nucleus
+from runtime.sampler import SamplingParams, _draw_by_buckets, _draw_from_sorted_candidates, _sample_nucleus
 from server.engine import scheduler as scheduler_module
 from server.engine.request import Event, GenerationRequest, RequestDone
 from server.engine.scheduler import Scheduler
@@ -37,7 +38,9 @@ from server.metrics import Metrics
 INTENTS = ("holiday sale in paris", "summer hiking boots", "coffee shop opening")
 
 
-def load(bundle: Path) -> tuple[OnnxRunner, Tokenizer]:
+def load(bundle: Path, retain: bool = True) -> tuple[OnnxRunner, Tokenizer]:
+    if retain:  # as the server does (runtime/allocator.py); --no-retain measures without it
+        retain_freed_memory()
     runner = OnnxRunner(bundle, variant="int8", provider="cpu")
     return runner, Tokenizer.from_file(str(bundle / runner.manifest.tokenizer_file))
 
@@ -61,8 +64,8 @@ def timed(name: str, counts: Counter[str], seconds: Counter[str], function: Call
     return wrapper
 
 
-def rebuilds(bundle: Path, lag: int, total: int) -> None:
-    runner, tokenizer = load(bundle)
+def rebuilds(bundle: Path, lag: int, total: int, retain: bool) -> None:
+    runner, tokenizer = load(bundle, retain)
     counts: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
     scheduler_module.rebuild = timed("rebuild", counts, seconds, scheduler_module.rebuild)
@@ -144,15 +147,22 @@ def topp() -> None:
             function()
         return (time.perf_counter() - start) / n * 1e3
 
-    for name, concentration in (("flat", 5.0), ("peaked", 0.02)):
-        probs = rng.dirichlet(np.full(7106, concentration), size=32).astype(np.float32)
+    # Dirichlet rows, and the softmax of normal logits at temperature 0.8 (a random-init
+    # model's are near N(0, 1): flat; a trained one's are peaked).
+    logits = {scale: rng.normal(0, scale, (32, 7106)).astype(np.float32) / 0.8 for scale in (1.0, 4.0)}
+    rows = {
+        "flat": rng.dirichlet(np.full(7106, 5.0), size=32).astype(np.float32),
+        "peaked": rng.dirichlet(np.full(7106, 0.02), size=32).astype(np.float32),
+        **{f"logits N(0, {s:g})": np.exp(z - z.max(axis=1, keepdims=True)) for s, z in logits.items()},
+    }
+    for name, probs in rows.items():
         top_p, u = np.full(32, 0.95), rng.random(32)
         mass = top_p * probs.sum(axis=1, dtype=np.float64)
         every = probs >= 0
         step = ms(lambda p=probs, t=top_p, v=u: _sample_nucleus(p, t, v))
-        by_rows = ms(lambda p=probs, m=mass, v=u: _draw_from_sorted_rows(p, m, v))
+        bucketed = ms(lambda p=probs, m=mass, v=u: _draw_by_buckets(p, m, v))
         flat = ms(lambda p=probs, e=every, m=mass, v=u: _draw_from_sorted_candidates(p, e, m, v))
-        print(f"{name}: top-p step {step:.1f} ms; by rows {by_rows:.1f} ms, one flat sort {flat:.1f} ms")
+        print(f"{name}: top-p step {step:.1f} ms; by buckets {bucketed:.1f} ms, one flat sort {flat:.1f} ms")
 
 
 def load_average() -> str:
@@ -166,6 +176,7 @@ def main() -> None:
     r.add_argument("bundle", type=Path)
     r.add_argument("--lag", type=int, default=2)
     r.add_argument("--requests", type=int, default=192)
+    r.add_argument("--no-retain", dest="retain", action="store_false", help="leave glibc's allocator as it is")
     b = sub.add_parser("burst")
     b.add_argument("bundle", type=Path)
     b.add_argument("--budgets", type=int, nargs="+", default=[0, 64, 128, 256])
@@ -173,7 +184,7 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average at start: {load_average()}")
     if args.command == "rebuilds":
-        rebuilds(args.bundle, args.lag, args.requests)
+        rebuilds(args.bundle, args.lag, args.requests, args.retain)
     elif args.command == "burst":
         burst(args.bundle, args.budgets)
     else:

@@ -23,14 +23,16 @@ def at_half(figures: dict[str, Any]) -> dict[str, Any] | None:
     return next((r for r in figures["open"] if r["fraction"] == 0.5), None)
 
 
-def floors_ms(parameters: int, batch: int, roof: dict[str, Any]) -> tuple[float, float]:
-    """(bandwidth, compute) floors of one decode step with INT8 weights: every weight read once
-    (1 byte each) at the measured copy bandwidth, and 2 FLOPs per weight and row at the measured
-    fp32 GEMM peak. INT8 GEMM is faster than fp32 and its peak is not measured here, so the true
-    INT8 compute floor lies below the second figure."""
+def floors_ms(parameters: int, batch: int, roof: dict[str, Any]) -> tuple[float, float, str]:
+    """(bandwidth, compute) floors of one decode step with INT8 weights, and which GEMM peak the
+    second rests on: every weight read once (1 byte each) at the measured copy bandwidth, and
+    2 operations per weight and row at the measured INT8 GEMM peak (ONNX Runtime's
+    MatMulInteger), or at the fp32 one where the INT8 peak was not measured (older results, or
+    no `onnx` installed), which overstates the INT8 compute floor."""
     memory = parameters / (roof["memory_bandwidth_gbs"] * 1e9)
-    compute = 2 * parameters * batch / (roof["numpy_fp32_gemm_gflops"] * 1e9)
-    return 1000 * memory, 1000 * compute
+    if roof.get("ort_int8_gemm_gops"):
+        return 1000 * memory, 1000 * 2 * parameters * batch / (roof["ort_int8_gemm_gops"] * 1e9), "INT8"
+    return 1000 * memory, 1000 * 2 * parameters * batch / (roof["numpy_fp32_gemm_gflops"] * 1e9), "fp32"
 
 
 def model_section(name: str, entry: dict[str, Any], roof: dict[str, Any]) -> list[str]:
@@ -74,18 +76,18 @@ def model_section(name: str, entry: dict[str, Any], roof: dict[str, Any]) -> lis
     if "ours_int8" in systems:
         unloaded = systems["ours_int8"]["unloaded"]
         per_token = 1000 / unloaded["tokens_per_s"] if unloaded["tokens_per_s"] else None
-        memory, _ = floors_ms(entry["parameters"], 1, roof)
+        memory, _, _ = floors_ms(entry["parameters"], 1, roof)
         step32 = 32 / sat["ours_int8"] * 1000 if sat["ours_int8"] else None
-        _, compute32 = floors_ms(entry["parameters"], 32, roof)
+        memory32, compute32, peak = floors_ms(entry["parameters"], 32, roof)
+        roofline32 = max(memory32, compute32)
         lines += [
             "",
             f"Roofline, INT8 weights ({entry['parameters'] / 1e6:.0f} MB): the weight-bandwidth floor of a decode"
             f" step is {memory:.2f} ms; ours unloaded spends {ms(per_token)} ms per token (prefill and HTTP"
-            f" included), {ratio(per_token, memory)} that floor. At batch 32 the fp32-GEMM compute floor is"
-            f" {compute32:.2f} ms (INT8 GEMM's peak is not measured here: the INT8 compute floor is lower); ours"
-            f" at saturation spends {ms(step32)} ms per 32 tokens, so the bandwidth floor is"
-            f" {100 * memory / step32 if step32 else 0:.0f}% of a step and the fp32 compute floor"
-            f" {100 * compute32 / step32 if step32 else 0:.0f}%.",
+            f" included), {ratio(per_token, memory)} that floor. At batch 32 the {peak}-GEMM compute floor is"
+            f" {compute32:.2f} ms, so the roofline of a step (the larger floor) is {roofline32:.2f} ms; ours at"
+            f" saturation spends {ms(step32)} ms per 32 tokens (prefills, sampling and HTTP included):"
+            f" {100 * roofline32 / step32 if step32 else 0:.0f}% of the roofline.",
         ]
     lines += ["", f"![latency against offered load, {name}](RESULTS_{name}.png)", ""]
     return lines
@@ -108,7 +110,9 @@ def write_results(results: dict[str, Any], out: Path) -> None:
         "Versions: " + ", ".join(f"{k} {v}" for k, v in results["versions"].items()) + ".",
         "",
         f"Roofline measured by the command: fp32 GEMM {roof['numpy_fp32_gemm_gflops']:,.0f} GFLOP/s (numpy,"
-        f" n={roof['gemm_n']}), {roof['torch_fp32_gemm_gflops'] or 0:,.0f} GFLOP/s (torch); memory copy bandwidth"
+        f" n={roof['gemm_n']}), {roof['torch_fp32_gemm_gflops'] or 0:,.0f} GFLOP/s (torch); INT8 GEMM"
+        f" {roof.get('ort_int8_gemm_gops') or 0:,.0f} GOP/s (ONNX Runtime MatMulInteger, weights prepacked);"
+        " memory copy bandwidth"
         f" {roof['memory_bandwidth_gbs']:.1f} GB/s (read + write, {roof['copy_mb']} MB arrays).",
         "",
         "How: one server process at a time owns the cores, the load generator (`loadtest`) runs beside it on"

@@ -1,7 +1,8 @@
 """The machine's ceilings, measured where the bench runs: fp32 GEMM throughput (numpy and
-torch) and memory bandwidth. A decode step reads every weight once, so at small batch its
-floor is weight bytes / bandwidth; at large batch it is FLOPs / GEMM peak. The bench states
-its figures against these, not against a number from another machine."""
+torch), INT8 GEMM throughput (ONNX Runtime's MatMulInteger, the kernel family our INT8
+variant runs) and memory bandwidth. A decode step reads every weight once, so at small batch
+its floor is weight bytes / bandwidth; at large batch it is operations / GEMM peak. The bench
+states its figures against these, not against a number from another machine."""
 
 from __future__ import annotations
 
@@ -37,6 +38,30 @@ def gemm_gflops_torch(n: int = 2048, repeats: int = 5) -> float | None:
     return 2 * n**3 / best_seconds(lambda: a @ b, repeats) / 1e9
 
 
+def gemm_gops_int8(n: int = 2048, repeats: int = 5) -> float | None:
+    """uint8 activations x int8 weights -> int32, the weights a constant of the graph (prepacked,
+    as a model's are), on ONNX Runtime's CPU provider with its default threads. Needs `onnx` to
+    build the one-node graph (a serving install has none: then None)."""
+    try:
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        return None
+    rng = np.random.default_rng(0)
+    weights = numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "w"], ["y"])],
+        "int8_gemm",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])],
+        initializer=[weights],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    a = rng.integers(0, 256, (n, n), dtype=np.uint8)
+    return 2 * n**3 / best_seconds(lambda: session.run(None, {"a": a}), repeats) / 1e9
+
+
 def memory_bandwidth_gbs(megabytes: int = 512, repeats: int = 5) -> float:
     """Copy bandwidth (bytes read + bytes written per second) of an array far larger than the
     caches, the traffic pattern closest to streaming weights through the cores."""
@@ -50,6 +75,7 @@ def measure(quick: bool = False) -> dict[str, Any]:
     return {
         "numpy_fp32_gemm_gflops": round(gemm_gflops_numpy(n), 1),
         "torch_fp32_gemm_gflops": round(g, 1) if (g := gemm_gflops_torch(n)) is not None else None,
+        "ort_int8_gemm_gops": round(g, 1) if (g := gemm_gops_int8(n)) is not None else None,
         "memory_bandwidth_gbs": round(memory_bandwidth_gbs(mb), 1),
         "gemm_n": n,
         "copy_mb": mb,

@@ -163,6 +163,8 @@ def test_bench_quick_mode_wires_every_phase_into_results(tiny_checkpoint: Path, 
     text = out.read_text()
     assert "QUICK MODE" in text and "fp32 GEMM" in text and "GB/s" in text
     figures = json.loads(out.with_suffix(".json").read_text())
+    assert figures["roofline"]["ort_int8_gemm_gops"] > 0  # the INT8 GEMM peak, measured
+    assert "INT8-GEMM compute floor" in text and "% of the roofline" in text
     tiny = figures["models"]["tiny"]["systems"]
     assert set(tiny) == set(systems)
     for system in tiny.values():
