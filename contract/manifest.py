@@ -21,8 +21,9 @@ from contract.command import CommandError, CommandSpec
 # key/value head per query head, head_dim = n_embd / n_head).
 # 3: each variant says how its graph treats the KV cache (`kv_cache`, below); format 1 and 2
 # bundles are still read, as `concat`, which is what their graphs do.
-FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+# 4: the `ragged` kind (GPT-2 exported by this version); format 3 `in_place` bundles are still read.
+FORMAT_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 MANIFEST_FILE = "manifest.json"
 
 # The decoder graph's interface (docs/architecture.md, "Contracts"). Past/present key/values are
@@ -37,9 +38,15 @@ LOGITS = "logits"
 # concat    present = concat(past, new): a new [B, n_kv_head, P+S, head_dim] tensor every step.
 # in_place  past is a preallocated buffer of capacity >= P+S columns; the graph writes the S new
 #           columns at P and present is that same buffer (the runner binds both to it).
+# ragged    in_place, and each row's length is its own: the graph reads row b's last real column
+#           from attention_mask (its last 1), attends to columns up to it and no further, writes
+#           its new columns there, and returns the logits of the row's last real token. So rows
+#           may start at column 0 with lengths of their own (runtime/kv_cache.py); left-padded
+#           rows, whose last column is always real, work as with `in_place`.
 KV_CONCAT = "concat"
 KV_IN_PLACE = "in_place"
-KV_CACHE_KINDS = (KV_CONCAT, KV_IN_PLACE)
+KV_RAGGED = "ragged"
+KV_CACHE_KINDS = (KV_CONCAT, KV_IN_PLACE, KV_RAGGED)
 
 
 def past_names(n_layer: int) -> list[str]:

@@ -44,7 +44,7 @@ def position_offset(spec: CommandSpec, prompt_length: int) -> int:
     `spec.output_position`.
 
     Aligned: a prompt longer than that starts at 0 and its output later. Countdown: the offset
-    may be negative, and the prompt's first tokens then share position 0 (left_pad and
+    may be negative, and the prompt's first tokens then share position 0 (runtime.padding and
     training's collate clip at 0), so the prompt never reaches the positions its output
     counts down in."""
     offset = spec.output_position - prompt_length

@@ -41,7 +41,7 @@ from contract.manifest import MANIFEST_FILE, GenerationDefaults, load_manifest
 from export.bundle import build_bundle
 from runtime.kv_cache import BatchCache
 from runtime.onnx_runner import OnnxRunner
-from runtime.padding import left_pad
+from runtime.padding import pad
 from runtime.sampler import Row, SamplingParams, make_generator, sample
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
 from training.model import build_model
@@ -91,24 +91,25 @@ def profile_steps(
     prompts = rng.integers(0, runner.vocab_size, (batch, prompt_len)).tolist()
     rows = [Row(params, make_generator(0, i), generated=[], banned=[]) for i in range(batch)]
     eos = runner.eos_token_id
-    input_ids, mask, positions = left_pad(prompts, eos)
+    input_ids, mask, positions = pad(prompts, eos)
     start = time.perf_counter()
     logits, present = runner.forward(input_ids, mask, positions, runner.empty_past(batch))
     tokens = sample(logits, rows, None)
     prefill_ms = 1000 * (time.perf_counter() - start)
-    cache = BatchCache(present, mask)
+    cache = BatchCache(present, mask)  # equal prompt lengths: left-padded and ragged are the same
+    every_row = np.ones(batch, bool)
     parts: dict[str, list[float]] = defaultdict(list)
     t0 = time.perf_counter()
     for _ in range(steps):
         input_ids = tokens[:, None].astype(np.int64)
         positions = cache.positions()
-        mask = np.concatenate([cache.mask, np.ones((batch, 1), np.int64)], axis=1)
+        mask = cache.step_mask(every_row)
         t1 = time.perf_counter()
         logits, present = runner.forward(input_ids, mask, positions, cache.past)
         t2 = time.perf_counter()
         tokens = sample(logits, rows, None)
         t3 = time.perf_counter()
-        cache.advance(present)
+        cache.advance(present, mask, every_row)
         t4 = time.perf_counter()
         for row, token in zip(rows, tokens, strict=True):
             row.generated.append(int(token))

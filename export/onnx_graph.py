@@ -5,13 +5,14 @@ The graph serves both prefill (past length 0) and decode (one new token per row)
 
     inputs   input_ids [B,S], attention_mask [B,P+S], position_ids [B,S],
              past_key_values.{i}.key/value
-    outputs  logits [B,vocab] (last position only), present.{i}.key/value
+    outputs  logits [B,vocab] (each row's last real token only), present.{i}.key/value
 
-where the KV tensors are, by the wrapper's `kv_cache` (contract/manifest.py): `in_place`
-(GPT-2) one buffer [B,n_kv_head,capacity,head_dim] bound as past and present, written at
-column P; `concat` (Llama) past [B,n_kv_head,P,head_dim] and present [B,n_kv_head,P+S,head_dim].
-Batches are left-padded, so the last position is every row's newest token, and the LM head
-runs on one position per row instead of the whole prompt.
+where the KV tensors are, by the wrapper's `kv_cache` (contract/manifest.py): `ragged` (GPT-2)
+one buffer [B,n_kv_head,capacity,head_dim] bound as past and present, each row written after
+its own last column (rows may have lengths of their own, or be left-padded); `concat` (Llama)
+past [B,n_kv_head,P,head_dim] and present [B,n_kv_head,P+S,head_dim], left-padded batches, so
+the last position is every row's newest token. The LM head runs on one position per row
+instead of the whole prompt.
 
 A plain `torch.onnx.export(dynamo=False)` of a wrapper with flat past tensors matches torch
 to ~1e-7 (docs/architecture.md). transformers 5 wants a Cache object, so the concat wrapper
@@ -39,7 +40,7 @@ from contract.manifest import (
     ATTENTION_MASK,
     INPUT_IDS,
     KV_CONCAT,
-    KV_IN_PLACE,
+    KV_RAGGED,
     LOGITS,
     POSITION_IDS,
     past_names,
@@ -86,9 +87,10 @@ class GroupQueryAttention(torch.autograd.Function):
     Why this op: it is the one attention kernel of ONNX Runtime's CPU provider that writes the
     new key/value columns into a preallocated cache in place (when past and present are bound
     to the same buffer, which it detects by pointer), and it fuses QK', the mask, softmax and
-    PV into one kernel. The new columns go at column seqlens_k + 1 - S of every row; we keep
-    every row the same length (left padding, kv_cache.py), so that is one column for all, and
-    the padding columns are masked by `bias` (0 or -10000 per key column). Query, key and
+    PV into one kernel. Row b's new columns go at column seqlens_k[b] + 1 - S, and it attends to
+    its columns up to seqlens_k[b] only, so each row may have its own length (a ragged cache,
+    kv_cache.py); left-padded rows all have the same one, and their padding columns are masked
+    by `bias` (0 or -10000 per key column). Query, key and
     value come packed in one [B, S, 3 * hidden] tensor (the QKV projection's output as is).
     The eager forward is only for the tracer (shapes); verification compares the exported
     graph with PyTorch's own GPT-2, not with this.
@@ -190,15 +192,18 @@ class GPT2BlockInPlace(torch.nn.Module):
 
 class GPT2DecoderInPlace(torch.nn.Module):
     """GPT-2 written out block by block with GroupQueryAttention, so that its KV cache is
-    `in_place`: past_key_values.{i}.* are buffers of capacity >= P+S columns, the graph writes
-    the S new columns at P, and present.{i}.* is that same buffer (the runner binds both to it).
+    `ragged` (in place, with rows of their own lengths): past_key_values.{i}.* are buffers of
+    capacity >= P+S columns, the graph writes each row's S new columns after its last past one,
+    and present.{i}.* is that same buffer (the runner binds both to it).
 
-    attention_mask [B,P+S] is the only source of P: seqlens_k = P+S-1 for every row (all rows
-    share the columns), total_sequence_length = P+S, and its zeros become the additive bias.
+    attention_mask [B,P+S] is the only source of the lengths: row b's seqlens_k is the index of
+    its last 1 (P+S-1 for a left-padded row, its own length - 1 for a row that starts at column
+    0), total_sequence_length = P+S, and its zeros become the additive bias. GroupQueryAttention
+    reads row b's columns up to seqlens_k only, so a short row costs only its own length.
     The arithmetic is GPT-2's (HF's GPT2Model with eager attention): learned positions from
     position_ids, pre-LayerNorm blocks, gelu_new MLP, 1/sqrt(head_dim) scale, causal."""
 
-    kv_cache = KV_IN_PLACE
+    kv_cache = KV_RAGGED
 
     def __init__(self, model: PreTrainedModel) -> None:
         super().__init__()
@@ -215,14 +220,21 @@ class GPT2DecoderInPlace(torch.nn.Module):
         hidden = self.wte(input_ids) + self.wpe(position_ids)
         # Traced from tensors, not Python ints, so they stay dynamic in the graph.
         total = torch.ones_like(attention_mask[0]).sum()
-        seqlens_k = (torch.zeros_like(attention_mask[:, 0]) + total - 1).to(torch.int32)
+        # Each row's last real column: its own length - 1 for rows that start at column 0
+        # (ragged), total - 1 for left-padded rows (their last column is always real).
+        last = (attention_mask * (torch.ones_like(attention_mask).cumsum(-1) - 1)).amax(-1)
+        seqlens_k = last.to(torch.int32)
         keep = attention_mask[:, None, None, :].to(hidden.dtype)  # [B,1,1,P+S]
         bias = (1.0 - keep) * MASKED + torch.zeros_like(hidden[:, None, :, :1])  # [B,1,S,P+S]
         present = []
         for i, block in enumerate(self.blocks):
             hidden, key, value = block(hidden, past[2 * i], past[2 * i + 1], seqlens_k, total.to(torch.int32), bias)
             present += [key, value]
-        logits = self.lm_head(self.ln_f(hidden[:, -1, :]))
+        # The row's last real token: at its own index in a right-padded prefill (seqlens_k < S-1),
+        # the last position otherwise (decode, left padding).
+        index = torch.minimum(last, torch.ones_like(input_ids[0]).sum() - 1)
+        hidden = hidden.gather(1, index[:, None, None].expand(-1, 1, hidden.shape[-1]))
+        logits = self.lm_head(self.ln_f(hidden[:, 0, :]))
         return (logits, *present)
 
 
@@ -307,7 +319,7 @@ def export_decoder(model: PreTrainedModel, path: Path | str, opset: int = OPSET)
     }
     # An in-place cache's past and present are one buffer: both have its capacity in columns.
     past_axis, present_axis = (
-        ("capacity", "capacity") if kv_cache_kind(model) == KV_IN_PLACE else ("past_seq", "total_seq")
+        ("capacity", "capacity") if kv_cache_kind(model) != KV_CONCAT else ("past_seq", "total_seq")
     )
     dynamic_axes |= {name: {0: "batch", 2: past_axis} for name in past_names(n_layer)}
     dynamic_axes |= {name: {0: "batch", 2: present_axis} for name in present_names(n_layer)}

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from contract.positions import Countdown
-from runtime.padding import left_pad
+from runtime.padding import pad
 from runtime.runner import Runner
 from runtime.sampler import GREEDY, Row, Sampler, SamplingParams, make_generator
 
@@ -64,7 +64,7 @@ def generate(
     """
     batch = len(prompts)
     pad_id = eos_id if eos_id is not None else 0
-    input_ids, mask, positions = left_pad(prompts, pad_id, offsets)
+    input_ids, mask, positions = pad(prompts, pad_id, offsets)
     shift = np.asarray(offsets if offsets is not None else [0] * batch, np.int64)[:, None]
     if countdown is not None:
         if words is None:

@@ -1,16 +1,26 @@
-"""The running batch's KV cache: one left-padded, right-aligned tensor per layer.
+"""The running batch's KV cache: one tensor per layer, rows laid out in one of two ways.
 
-Every row's real tokens end at the last live column, so one decode step appends one column
-for everyone, and the graph's `present` is simply the next step's `past` (no copy on
-our side, see onnx_runner.py). The live columns are the first `columns` of each tensor: an
-in-place cache's buffers have room for more (onnx_runner.KV_ROOM), a concatenating one's not.
+- Left-padded (concat graphs, format-3 in-place graphs, and any cache on CUDA): every row's real
+  tokens end at the last live column, so one decode step appends one column for everyone, and
+  the graph's `present` is simply the next step's `past` (no copy on our side, see
+  onnx_runner.py). A row that joins a running batch is right-aligned with the others, behind
+  columns of padding; the attention kernel reads those too, for every row, every step.
+- Ragged (`ragged` graphs on CPU, `OnnxRunner.ragged_rows`): every row starts at column 0 and
+  has its own length; the mask says which (its 1s). The graph reads each row's length from the
+  mask and attends to its own columns only, and a decode step writes each row's new column
+  after its last. A joining row is copied to column 0 of a free slot whatever the others'
+  lengths, nothing is ever padding in front, and the columns never need trimming. Measured on
+  GPT-2 small in a closed loop of 32: left-padded rows spanned 60 columns for 30 real tokens
+  on average (bench/engine.md, step 7).
+The live columns are the first `columns` of each tensor: an in-place cache's buffers have
+room for more (onnx_runner.KV_ROOM), a concatenating one's not.
 
 Rows are slots. A finished row is not cut out at once: its slot is marked free, and
 the next request to join is written into it in place (on CPU the cache is host memory,
 so this is a copy of the newcomer's prefill only, not of the batch). The batch is
-rebuilt (surviving rows gathered, the shorter side padded on the left, columns that are
-padding in every row trimmed) only when a newcomer does not fit in place, or when free
-slots or dead columns would waste too much compute. That is one pass over the cache per
+rebuilt (surviving rows gathered; left-padded: the shorter side padded on the left, columns
+that are padding in every row trimmed) only when a newcomer does not fit in place, or when
+free slots or dead columns would waste too much compute. That is one pass over the cache per
 rebuild, not per step. On CUDA every join is a rebuild, and a rebuild is a
 device->host->device round trip; doing it with device kernels is future work.
 """
@@ -28,7 +38,8 @@ from runtime.onnx_runner import OnnxRunner
 @dataclass
 class BatchCache:
     past: list[ort.OrtValue]  # per past name: [rows, n_kv_head, columns, head_dim]
-    mask: np.ndarray  # [rows, columns] int64: 1 on real tokens, 0 on left padding
+    mask: np.ndarray  # [rows, columns] int64: 1 on real tokens, 0 on padding
+    ragged: bool = False  # rows start at column 0 with their own lengths (see the module's doc)
 
     @property
     def rows(self) -> int:
@@ -43,14 +54,25 @@ class BatchCache:
         positions: np.ndarray = self.mask.sum(axis=1, keepdims=True)
         return positions
 
-    def advance(self, present: list[ort.OrtValue]) -> None:
-        """After a decode step: the graph's output is the cache, one column longer."""
+    def step_mask(self, live: np.ndarray) -> np.ndarray:
+        """The attention mask of the next decode step: each row's tokens and its new one.
+        Left-padded: one more column for every row. Ragged: each live row's next column; a free
+        slot (`live` False) is a row of length 0, its dummy token at column 0."""
+        if not self.ragged:
+            return np.concatenate([self.mask, np.ones((self.rows, 1), np.int64)], axis=1)
+        lengths = np.where(live, self.mask.sum(axis=1), 0)
+        columns = np.arange(int(lengths.max(initial=0)) + 1)
+        return (columns[None, :] <= lengths[:, None]).astype(np.int64)
+
+    def advance(self, present: list[ort.OrtValue], mask: np.ndarray, live: np.ndarray) -> None:
+        """After a decode step with `mask` (step_mask's): the graph's output is the cache.
+        A free slot's dummy column is not kept in a ragged cache (it stays of length 0)."""
         self.past = present
-        self.mask = np.concatenate([self.mask, np.ones((self.rows, 1), np.int64)], axis=1)
+        self.mask = mask if not self.ragged else mask * live[:, None]
 
 
 def empty_cache(runner: OnnxRunner) -> BatchCache:
-    return BatchCache(runner.empty_past(0), np.zeros((0, 0), np.int64))
+    return BatchCache(runner.empty_past(0), np.zeros((0, 0), np.int64), runner.ragged_rows)
 
 
 def live(runner: OnnxRunner, value: ort.OrtValue, columns: int) -> np.ndarray:
@@ -97,6 +119,8 @@ def rebuild(
         return _rebuild_on_device(runner, running, keep, joining, joining_rows)
     if not spare and (adopted := _adopt(runner, keep, joining, joining_rows)):
         return adopted
+    if running.ragged:
+        return _rebuild_ragged(runner, running, keep, joining, joining_rows, spare)
     parts = [(running, keep)]
     if joining is not None and joining_rows is not None and joining_rows.size:
         parts.append((joining, joining_rows))
@@ -119,6 +143,36 @@ def rebuild(
     return BatchCache(past, mask)
 
 
+def _rebuild_ragged(
+    runner: OnnxRunner,
+    running: BatchCache,
+    keep: np.ndarray,
+    joining: BatchCache | None,
+    joining_rows: np.ndarray | None,
+    spare: int,
+) -> BatchCache:
+    """`rebuild` of a ragged cache: each row's columns are copied from column 0, as they lie, and
+    the buffer is as wide as the longest row."""
+    parts = [(running, keep)]
+    if joining is not None and joining_rows is not None and joining_rows.size:
+        parts.append((joining, joining_rows))
+    final = max([int(cache.mask[rows].sum(axis=1).max(initial=0)) for cache, rows in parts])
+    widened = [np.pad(c.mask[rows], ((0, 0), (0, max(0, final - c.columns))))[:, :final] for c, rows in parts]
+    mask = np.concatenate([*widened, np.zeros((spare, final), np.int64)])
+    past = []
+    for i in range(len(runner.past_names)):
+        buffer = runner.kv_buffer(mask.shape[0], final)
+        at = 0
+        for cache, rows in parts:
+            take = min(final, cache.columns)
+            source = live(runner, cache.past[i], cache.columns)[:, :, :take]
+            for row in rows:
+                buffer[at, :, :take] = source[row]
+                at += 1
+        past.append(runner.wrap(buffer))
+    return BatchCache(past, mask, ragged=True)
+
+
 def _adopt(
     runner: OnnxRunner, keep: np.ndarray, joining: BatchCache | None, joining_rows: np.ndarray | None
 ) -> BatchCache | None:
@@ -135,8 +189,9 @@ def _adopt(
         return None
     for view in views:
         assert view is not None
-        _zero_padding(view, joining.mask)
-    return BatchCache(joining.past, np.ascontiguousarray(joining.mask))
+        if not joining.ragged:  # a ragged row's padding lies past its length, where nothing reads
+            _zero_padding(view, joining.mask)
+    return BatchCache(joining.past, np.ascontiguousarray(joining.mask), joining.ragged)
 
 
 def _rebuild_on_device(
@@ -178,16 +233,22 @@ def _rebuild_on_device(
 
 
 def can_write_in_place(runner: OnnxRunner, cache: BatchCache, joining: BatchCache) -> bool:
-    """Only where the cache memory is host-addressable (CPU) and the newcomer is no longer."""
-    if cache.rows == 0 or joining.columns > cache.columns:
+    """Only where the cache memory is host-addressable (CPU) and the newcomer fits: no longer
+    than the live columns (left-padded), or than the buffer (ragged)."""
+    if cache.rows == 0:
         return False
-    return runner.host_view(cache.past[0]) is not None
+    room = int(cache.past[0].shape()[2]) if cache.ragged else cache.columns
+    return joining.columns <= room and runner.host_view(cache.past[0]) is not None
 
 
 def write_in_place(
     runner: OnnxRunner, cache: BatchCache, slots: list[int], joining: BatchCache, joining_rows: list[int]
 ) -> None:
-    """Put joining rows into free slots of the running cache, right-aligned, in place."""
+    """Put joining rows into free slots of the running cache, in place: right-aligned with the
+    others (left-padded), or from column 0 (ragged)."""
+    if cache.ragged:
+        _write_ragged(runner, cache, slots, joining, joining_rows)
+        return
     start = cache.columns - joining.columns
     for value, new in zip(cache.past, joining.past, strict=True):
         view = runner.host_view(value)
@@ -199,3 +260,18 @@ def write_in_place(
             _zero_padding(view[slot : slot + 1, :, start:], joining.mask[row : row + 1])
     cache.mask[slots] = 0
     cache.mask[slots, start:] = joining.mask[joining_rows]
+
+
+def _write_ragged(
+    runner: OnnxRunner, cache: BatchCache, slots: list[int], joining: BatchCache, joining_rows: list[int]
+) -> None:
+    if joining.columns > cache.columns:  # the buffer has room (can_write_in_place); the mask grows
+        cache.mask = np.pad(cache.mask, ((0, 0), (0, joining.columns - cache.columns)))
+    for value, new in zip(cache.past, joining.past, strict=True):
+        view = runner.host_view(value)
+        assert view is not None, "write_in_place needs host-addressable cache memory"
+        source = live(runner, new, joining.columns)
+        for slot, row in zip(slots, joining_rows, strict=True):
+            view[slot, :, : joining.columns] = source[row]
+    cache.mask[slots] = 0
+    cache.mask[slots, : joining.columns] = joining.mask[joining_rows]

@@ -9,11 +9,14 @@ across the host/device boundary. `step_and_sample()` also keeps the logits there
 a small ONNX graph (sampler_graph.py), so only the token ids come back (the default on CUDA).
 
 The KV cache, in place or not, is the variant's `kv_cache` (contract/manifest.py):
-- `in_place` (GPT-2 exported by this version): each past tensor is a preallocated buffer with
+- `in_place` (GPT-2 exported by format 3): each past tensor is a preallocated buffer with
   room for more columns than the batch holds; the graph's attention kernel (ONNX Runtime's
   GroupQueryAttention) writes the step's new key/value column into it, and present is bound to
   the same buffer, so a decode step copies no cache at all. When a step would outgrow the buffer,
   `_with_room` moves the cache into a larger one (one copy every KV_ROOM steps at most).
+- `ragged` (GPT-2 exported by this version): `in_place`, and the graph takes each row's length
+  from its attention mask, so the batch's rows can start at column 0 with lengths of their own
+  (`ragged_rows`: on CPU, where the cache is host memory; kv_cache.py).
 - `concat` (older bundles, Llama-family students): the graph returns present = concat(past,
   new), a new [B, n_kv_head, P+1, head_dim] buffer per layer every step; present is bound
   straight back as the next past (no numpy round trip), from ORT's recycling memory arena.
@@ -36,6 +39,7 @@ from contract.manifest import (
     INPUT_IDS,
     KV_CACHE_KINDS,
     KV_IN_PLACE,
+    KV_RAGGED,
     LOGITS,
     POSITION_IDS,
     BundleError,
@@ -117,7 +121,7 @@ class OnnxRunner:
         if self.variant.kv_cache not in KV_CACHE_KINDS:
             kind, known = self.variant.kv_cache, list(KV_CACHE_KINDS)
             raise BundleError(f"variant {self.variant.name} has kv_cache {kind!r}; this runtime knows {known}")
-        self.in_place = self.variant.kv_cache == KV_IN_PLACE
+        self.in_place = self.variant.kv_cache in (KV_IN_PLACE, KV_RAGGED)
         self.past_names = past_names(self.n_layer)
         self.present_names = present_names(self.n_layer)
 
@@ -153,6 +157,8 @@ class OnnxRunner:
         self.cache_surgery: ort.InferenceSession | None = None
         if device_cache or (device_cache is None and self.device == "cuda"):
             self.cache_surgery = ort.InferenceSession(cache_graph(self.variant.kv_dtype), options, providers=providers)
+        # Rows of their own lengths (kv_cache.py): a ragged graph whose cache the host rebuilds.
+        self.ragged_rows = self.variant.kv_cache == KV_RAGGED and self.cache_surgery is None and self.device == "cpu"
         log.info(
             "runner ready",
             extra={

@@ -128,13 +128,13 @@ def test_served_copies_carry_unseen_words_intact(copying_bundle, tmp_path, inten
 
 def test_position_offset_aligns_every_output_at_one_position() -> None:
     from contract.positions import position_offset
-    from runtime.padding import left_pad
+    from runtime.padding import pad
 
     spec = CommandSpec(tasks=("title",), relevance_edges={}, output_position=12)
     prompts = [[5] * 4, [6] * 9, [7] * 15]
     offsets = [position_offset(spec, len(p)) for p in prompts]
     assert offsets == [8, 3, 0]  # a prompt longer than the position starts at 0
-    _, mask, positions = left_pad(prompts, 0, offsets)
+    _, mask, positions = pad(prompts, 0, offsets)
     last = positions[:, -1]
     assert last.tolist() == [11, 11, 14]  # <|output|> at 11: the first output token at 12
     assert (positions[mask == 0] == 0).all()

@@ -14,7 +14,7 @@ from export.__main__ import main as export_main
 from export.verify import decode
 from runtime.kv_cache import live
 from runtime.onnx_runner import OnnxRunner
-from runtime.padding import left_pad
+from runtime.padding import pad
 from training.checkpoint import load_checkpoint
 from training.torch_runner import TorchRunner
 
@@ -37,7 +37,7 @@ def test_prefill_with_empty_past_and_decode_step(tiny_bundle: Path, variant: str
     """The graph's contract: P=0 prefill of a left-padded batch, then one token per row."""
     manifest = load_manifest(tiny_bundle)
     runner = OnnxRunner(tiny_bundle, variant, provider="cpu", manifest=manifest)
-    input_ids, attention_mask, position_ids = left_pad([[5, 6, 7, 8, 9], [10, 11]], pad_id=0)
+    input_ids, attention_mask, position_ids = pad([[5, 6, 7, 8, 9], [10, 11]], pad_id=0)
     logits, present = runner.forward(input_ids, attention_mask, position_ids, runner.empty_past(2))
     assert logits.shape == (2, manifest.model.vocab_size) and logits.dtype == np.float32
     shape = (2, manifest.model.n_kv_head, 5, manifest.model.head_dim)
@@ -48,7 +48,7 @@ def test_prefill_with_empty_past_and_decode_step(tiny_bundle: Path, variant: str
     assert live(runner, after[0], 6).shape[2] == 6 and np.isfinite(logits).all()
     # GPT-2 exports an in-place cache: the step wrote its column into the prefill's buffers,
     # leaving the columns before it as they were.
-    assert manifest.variant(variant).kv_cache == "in_place" and after is present
+    assert manifest.variant(variant).kv_cache == "ragged" and after is present
     for old, new in zip(before, after, strict=True):
         np.testing.assert_array_equal(live(runner, new, 5), old)
 

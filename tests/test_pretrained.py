@@ -102,7 +102,7 @@ def test_llama_export_matches_pytorch_with_kv_cache_on_left_padded_prompts(tmp_p
 
     from contract.manifest import past_names
     from export.onnx_graph import export_decoder
-    from runtime.padding import left_pad
+    from runtime.padding import pad
 
     model = tiny_llama()
     path = export_decoder(model, tmp_path / "decoder.onnx")
@@ -110,7 +110,7 @@ def test_llama_export_matches_pytorch_with_kv_cache_on_left_padded_prompts(tmp_p
     prompts = [[5, 17, 42, 7, 99, 3], [8, 250, 11]]
     steps = 6
 
-    ids, mask, positions = left_pad(prompts, pad_id=0)
+    ids, mask, positions = pad(prompts, pad_id=0)
     past = {name: np.zeros((2, 2, 0, 8), np.float32) for name in past_names(2)}
     onnx_logits, tokens = [], []
     for _ in range(steps):

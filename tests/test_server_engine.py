@@ -20,7 +20,7 @@ from contract.manifest import load_manifest
 from runtime.cache_graph import build_cache_graph, cache_graph
 from runtime.kv_cache import BatchCache, can_write_in_place, empty_cache, live, rebuild, write_in_place
 from runtime.onnx_runner import OnnxRunner
-from runtime.padding import left_pad
+from runtime.padding import pad
 from runtime.sampler import (
     Row,
     SamplingParams,
@@ -175,7 +175,7 @@ def test_a_batch_from_empty_adopts_its_prefill_cache(runner: OnnxRunner) -> None
     """Joining an empty batch once each, in order, the prefill's cache becomes the batch's
     without a copy; its padding columns are zeroed; it decodes like each row alone."""
     prompts = [[3, 4, 5, 6, 7], [10, 11]]
-    input_ids, mask, positions = left_pad(prompts, runner.eos_token_id, [0, 0])
+    input_ids, mask, positions = pad(prompts, runner.eos_token_id, [0, 0])
     _, present = runner.forward(input_ids, mask, positions, runner.empty_past(2))
     joining = BatchCache(present, mask)
     cache = rebuild(runner, empty_cache(runner), np.array([], np.int64), joining, np.array([0, 1]))
@@ -236,6 +236,62 @@ def test_rebuilt_batch_decodes_like_each_row_alone(runner: OnnxRunner) -> None:
     mask = np.concatenate([cache.mask, np.ones((3, 1), np.int64)], axis=1)
     logits, _ = runner.forward(np.full((3, 1), 20, np.int64), mask, cache.positions(), cache.past)
     np.testing.assert_allclose(logits, np.stack([alone[0], alone[2], alone[2]]), atol=1e-4)
+
+
+def test_ragged_rows_decode_like_each_row_alone_and_cost_their_own_columns(runner: OnnxRunner) -> None:
+    """A ragged cache (kv_cache.py): prompts padded on the right, rows from column 0 with their
+    own lengths. Prefill, decode steps, a free slot, a joiner written in place (longer than
+    every row: the mask widens) and a rebuild that drops the longest row (the width shrinks)
+    all give each row the logits it gets alone."""
+    assert runner.ragged_rows
+    prompts = [[3, 4, 5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15]]
+    follow = [21, 22, 23]
+
+    def alone(ids: list[int], steps: int) -> list[np.ndarray]:
+        logits, cache = prefill(runner, ids)
+        out = [logits[0]]
+        for token in follow[:steps]:
+            mask = np.concatenate([cache.mask, np.ones((1, 1), np.int64)], axis=1)
+            logits, cache.past = runner.forward(np.array([[token]]), mask, cache.positions(), cache.past)
+            cache.mask, out = mask, [*out, logits[0]]
+        return out
+
+    expected = [alone(ids, 3) for ids in prompts]
+    input_ids, mask, positions = pad(prompts, runner.eos_token_id, right=True)
+    logits, present = runner.forward(input_ids, mask, positions, runner.empty_past(3))
+    np.testing.assert_allclose(logits, np.stack([e[0] for e in expected]), atol=1e-4)
+    cache = rebuild(runner, empty_cache(runner), np.array([], np.int64), BatchCache(present, mask, True), np.arange(3))
+    every = np.ones(3, bool)
+    for step in range(2):
+        step_mask = cache.step_mask(every)
+        assert step_mask.shape[1] == 8 + step  # the longest row and its new token, not more
+        logits, present = runner.forward(np.full((3, 1), follow[step]), step_mask, cache.positions(), cache.past)
+        cache.advance(present, step_mask, every)
+        np.testing.assert_allclose(logits, np.stack([e[step + 1] for e in expected]), atol=1e-4)
+
+    # row 1 leaves; its free slot stays of length 0 while the others decode
+    live_rows = np.array([True, False, True])
+    step_mask = cache.step_mask(live_rows)
+    logits, present = runner.forward(np.full((3, 1), follow[2]), step_mask, cache.positions(), cache.past)
+    cache.advance(present, step_mask, live_rows)
+    np.testing.assert_allclose(logits[[0, 2]], np.stack([expected[0][3], expected[2][3]]), atol=1e-4)
+    assert cache.mask.sum(axis=1).tolist() == [10, 0, 7]
+
+    # a joiner longer than every row takes the free slot from column 0
+    longest = list(range(30, 42))
+    _, joining = prefill(runner, longest)
+    joining.ragged = True
+    assert can_write_in_place(runner, cache, joining)
+    write_in_place(runner, cache, [1], joining, [0])
+    step_mask = cache.step_mask(every)
+    assert step_mask.shape[1] == len(longest) + 1
+    logits, present = runner.forward(np.full((3, 1), 50), step_mask, cache.positions(), cache.past)
+    cache.advance(present, step_mask, every)
+    np.testing.assert_allclose(logits[1], alone(longest + [50], 0)[0], atol=1e-4)
+
+    # the joiner leaves: the rebuilt cache is as wide as its longest row
+    cache = rebuild(runner, cache, np.array([0, 2]))
+    assert cache.ragged and cache.mask.shape == (2, 11) and cache.mask.sum(axis=1).tolist() == [11, 8]
 
 
 # --- scheduler -----------------------------------------------------------------------

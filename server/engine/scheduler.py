@@ -40,7 +40,7 @@ from runtime.kv_cache import (
     write_in_place,
 )
 from runtime.onnx_runner import OnnxRunner
-from runtime.padding import left_pad
+from runtime.padding import pad
 from runtime.sampler import Sampler, command_token_ids
 from server.engine.faults import FaultInjector
 from server.engine.request import Event, GenerationRequest, RequestDone, RequestFailed
@@ -210,10 +210,12 @@ class Scheduler:
         return admitted
 
     def _prefill(self, joining: list[Admitted]) -> tuple[BatchCache, np.ndarray, list[Sequence]]:
-        """One forward over the new prompts, left-padded to a common length."""
+        """One forward over the new prompts, padded to a common length (on the right where the
+        cache's rows are ragged, kv_cache.py)."""
         prompts = [a.request.prompt_ids for a in joining]
         offsets = [a.request.position_offset for a in joining]
-        input_ids, mask, positions = left_pad(prompts, self.runner.eos_token_id, offsets)
+        ragged = self.cache.ragged
+        input_ids, mask, positions = pad(prompts, self.runner.eos_token_id, offsets, right=ragged)
         empty = self.runner.empty_past(len(prompts))
 
         # Sample i of request r reads prefill row r: n samples, one prefill.
@@ -221,7 +223,7 @@ class Scheduler:
         prefill_row = np.array([r for r, a in enumerate(joining) for _ in a.sequences], np.int64)
         present = self._forward_and_sample("prefill", input_ids, mask, positions, empty, new_rows, prefill_row)
         self.metrics.prompt_tokens.labels(self.metrics.model).inc(sum(len(p) for p in prompts))
-        return BatchCache(present, mask), prefill_row, new_rows
+        return BatchCache(present, mask, ragged), prefill_row, new_rows
 
     def _place(self, joining: BatchCache | None, joining_rows: np.ndarray | None, new_rows: list[Sequence]) -> None:
         """Finished rows free their slots; joining rows take free slots in place when they
@@ -270,6 +272,8 @@ class Scheduler:
             return True
         live_mask = self.cache.mask[[i for i, s in enumerate(self.rows) if s is not None]]
         padding = first_used_column(live_mask) if live_mask.size else 0
+        if self.cache.ragged:  # nothing is padding in front, and each row stops within the context
+            return False
         return padding >= TRIM_COLUMNS or self.cache.columns >= self.runner.n_positions
 
     def _decode(self) -> None:
@@ -278,12 +282,12 @@ class Scheduler:
         live = np.array([s is not None for s in self.rows])
         positions = self._positions()
         positions[~live] = 0  # a free slot's dummy token must stay a valid position
-        mask = np.concatenate([self.cache.mask, np.ones((len(self.rows), 1), np.int64)], axis=1)
+        mask = self.cache.step_mask(live)
         rows = [s for s in self.rows if s is not None]
         present = self._forward_and_sample(
             "decode", input_ids, mask, positions, self.cache.past, rows, np.flatnonzero(live)
         )
-        self.cache.advance(present)
+        self.cache.advance(present, mask, live)
 
     def _positions(self) -> np.ndarray:
         """The position of each row's next token (contract/positions.py): the words it has left
