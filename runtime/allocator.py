@@ -1,12 +1,13 @@
 """Keep freed memory in the process, so that a new KV cache buffer does not page-fault.
 
-A batch cache rebuild (kv_cache.py) allocates a fresh buffer per layer (~10 MB each for 32 rows
-of GPT-2 small, 24 of them) and frees the old ones. glibc serves blocks that large with mmap
-and hands them back to the kernel on free, so every rebuild touched ~300 MB of brand-new pages:
-on this VM ~15,000 minor page faults, 65 ms where the copy alone takes 23 ms, and 0.56 s for
-one cache growth in the scheduler benchmark (bench/engine.md, step 6). Raising glibc's mmap
-threshold to its maximum (32 MB) and never trimming the heap lets freed buffers be reused:
-the process keeps its peak memory (like jemalloc or tcmalloc would), in exchange for no faults.
+A batch cache rebuild or a prefill (kv_cache.py) allocates a fresh buffer per KV tensor (~10 MB
+each for 32 rows of GPT-2 small, 24 of them) and frees the old ones. glibc serves blocks that
+large with mmap and hands them back to the kernel on free, so every new buffer is brand-new
+pages that fault in one by one (a second 20 MB block: ~500 minor faults, tests/test_runtime.py).
+Raising glibc's mmap threshold to its maximum (32 MB) and never trimming the heap lets freed
+buffers be reused: the process keeps its peak memory (as jemalloc or tcmalloc would), in
+exchange for no faults. The scheduler bench's 28 rebuilds took 0.80 s instead of 0.91-0.94 s
+(bench/engine.md, step 6).
 
 Only glibc has mallopt; elsewhere this does nothing. An operator's own MALLOC_MMAP_THRESHOLD_
 or MALLOC_TRIM_THRESHOLD_ environment setting wins.
@@ -37,5 +38,5 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False  # not glibc (musl, macOS): nothing to tune
     done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
-    log.info("allocator keeps freed memory", extra={"retained": done})
+    log.debug("allocator keeps freed memory", extra={"retained": done})
     return done
