@@ -15,6 +15,7 @@ from server_process import ServerProcess, free_port
 
 from loadtest.arrivals import poisson_arrivals
 from loadtest.mix import MixError, load_mix
+from loadtest.models import export_bundle
 from loadtest.report import percentile
 
 SAMPLE_MIX = Path(__file__).resolve().parents[1] / "loadtest" / "mixes" / "sample.jsonl"
@@ -174,6 +175,16 @@ def test_bench_quick_mode_wires_every_phase_into_results(tiny_checkpoint: Path, 
     assert tiny["ours_int8"]["unloaded"]["ttft_ms"] is not None  # ours streams: TTFT measured
     assert "x |" in text  # ratios against the naive baseline
     assert (tmp_path / "RESULTS_tiny.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_exports_again_a_bundle_of_an_older_format(tmp_path: Path) -> None:
+    """A work folder's bundle from an older export is not measured as if it were this code's."""
+    stale = tmp_path / "bundle"
+    stale.mkdir()
+    (stale / "manifest.json").write_text(json.dumps({"format_version": 3}))
+    with pytest.raises(subprocess.CalledProcessError):  # the export runs (and fails: no checkpoint)
+        export_bundle(tmp_path / "no_checkpoint", stale)
+    assert not (stale / "manifest.json").exists()
 
 
 def test_unreachable_server_is_a_one_line_error_with_exit_2() -> None:
