@@ -64,8 +64,8 @@ class RequestIdMiddleware:
 
 
 def build_state(settings: Settings) -> ServerState:
-    retain_freed_memory()  # before the first cache buffers: rebuilds then reuse memory (runtime/allocator.py)
     manifest = load_manifest(settings.bundle)
+    retain_freed_memory()  # before the first cache buffers: rebuilds then reuse memory (runtime/allocator.py)
     runner = OnnxRunner(
         settings.bundle,
         variant=settings.variant,
