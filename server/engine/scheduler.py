@@ -265,15 +265,15 @@ class Scheduler:
 
     def _wasteful(self, free: int) -> bool:
         """Rebuild when no row is left, when over a third of the rows are free slots and nobody
-        has joined for SHRINK_AFTER_STEPS, when the live rows leave many columns of padding in front, or
-        before the cache outgrows the context."""
+        has joined for SHRINK_AFTER_STEPS, and (left-padded rows only) when the live rows leave many
+        columns of padding in front, or before the cache outgrows the context."""
         alive = len(self.rows) - free
         if free and (alive == 0 or (2 * free > alive and self.free_steps >= SHRINK_AFTER_STEPS)):
             return True
-        live_mask = self.cache.mask[[i for i, s in enumerate(self.rows) if s is not None]]
-        padding = first_used_column(live_mask) if live_mask.size else 0
         if self.cache.ragged:  # nothing is padding in front, and each row stops within the context
             return False
+        live_mask = self.cache.mask[[i for i, s in enumerate(self.rows) if s is not None]]
+        padding = first_used_column(live_mask) if live_mask.size else 0
         return padding >= TRIM_COLUMNS or self.cache.columns >= self.runner.n_positions
 
     def _decode(self) -> None:
