@@ -27,6 +27,7 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from contract.command import prompt_ids
+from contract.positions import position_offset
 from runtime.allocator import retain_freed_memory
 from runtime.onnx_runner import OnnxRunner
 from runtime.sampler import SamplingParams, _draw_by_buckets, _draw_from_sorted_candidates, _sample_nucleus
@@ -50,7 +51,12 @@ def request(
 ) -> GenerationRequest:
     ids = prompt_ids(tokenizer, runner.manifest.command, "t2i_prompt", 20, "high", INTENTS[i % len(INTENTS)])
     params = SamplingParams(temperature=0.8, top_p=0.95)
-    return GenerationRequest(f"r{i}", ids, 1, params, max_new_tokens=new_tokens, sink=sink, seed=i)
+    # as the API builds it (server/api/generation.py): the tiny default counts its output
+    # positions down from `words`, after the prompt's offset
+    offset = position_offset(runner.manifest.command, len(ids))
+    return GenerationRequest(
+        f"r{i}", ids, 1, params, max_new_tokens=new_tokens, sink=sink, seed=i, words=20, position_offset=offset
+    )
 
 
 def timed(name: str, counts: Counter[str], seconds: Counter[str], function: Callable[..., Any]) -> Callable[..., Any]:
