@@ -167,6 +167,8 @@ class OnnxRunner:
                 "asked": provider,
                 "device_sampling": self.sampler is not None,
                 "device_cache": self.cache_surgery is not None,
+                "kv_cache": self.variant.kv_cache,
+                "ragged_rows": self.ragged_rows,
                 "file": str(path),
             },
         )
