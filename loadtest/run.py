@@ -12,7 +12,6 @@ import argparse
 import asyncio
 import sys
 import time
-from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlparse
@@ -61,10 +60,16 @@ async def drive(load: Load) -> list[Result]:
     limits = httpx.Limits(max_connections=load.concurrency, max_keepalive_connections=load.concurrency)
     async with httpx.AsyncClient(timeout=httpx.Timeout(load.timeout_s), limits=limits) as client:
         clock0 = time.perf_counter()
+        # Requests beyond the connection limit wait here, not in httpx's pool: its queue of
+        # waiting requests is walked on every connection release, so an open loop running
+        # past the server's capacity (thousands waiting) spent its CPU on that walk and stopped
+        # sending, and the server sat idle (bench/engine.md, "the tiny model's overload row").
+        gate = asyncio.Semaphore(load.concurrency)
 
-        def fire(i: int, due: float) -> Coroutine[Any, Any, Result]:
+        async def fire(i: int, due: float) -> Result:
             body = load.specs[i % len(load.specs)].body(load.seed + i, load.temperature, load.enforce_length)
-            return send(client, load.url, body, due, clock0)
+            async with gate:
+                return await send(client, load.url, body, due, clock0)
 
         if load.rate is None:
             progress = tqdm(total=load.requests, desc="requests", unit="req", disable=load.quiet)
