@@ -1,12 +1,19 @@
 """In-process scheduler benchmarks behind bench/engine.md's saturation section (no HTTP).
 
-    python bench/scheduler.py rebuilds BUNDLE [--lag 2] [--requests 192] [--no-retain]
+    python bench/scheduler.py rebuilds BUNDLE [--lag 2] [--requests 192] [--no-retain] [--hold J W]
+    python bench/scheduler.py unloaded BUNDLE [--requests 3]
+    python bench/scheduler.py kernels
     python bench/scheduler.py burst BUNDLE [--budgets 0 64 128 256]
     python bench/scheduler.py topp
 
 - rebuilds: a closed loop of 32 requests (20-word t2i prompts, 30-48 new tokens, temperature
   0.8, top_p 0.95) where each finished request's replacement arrives `--lag` steps later (the
-  HTTP round trip): tokens/s, cache rebuilds and in-place joins, and the time each took.
+  HTTP round trip): tokens/s, cache rebuilds and in-place joins, and the time each took, and
+  how many columns the cache spans for how many real tokens per row. `--hold J W`: admission
+  held until J requests wait or W steps pass (an experiment, not the scheduler's policy).
+- unloaded: one request at a time (48 new tokens): ms per step, and ORT's share of it.
+- kernels: ORT's dynamic INT8 MatMul on one GPT-2 small MLP weight at batch 1/8/32,
+  GroupQueryAttention in fp32 and fp16 at batch 32, and the host's read bandwidth (needs onnx).
 - burst: 8 streams decode, then 24 requests arrive at once, five times per prefill budget
   (`max_prefill_tokens`): the running streams' longest gap (median over the bursts) and the
   burst's mean time to first token.
@@ -70,6 +77,25 @@ def timed(name: str, counts: Counter[str], seconds: Counter[str], function: Call
     return wrapper
 
 
+def hold_admission(joiners: int, steps: int) -> None:
+    """While rows decode, admit only when `joiners` requests wait or the oldest has waited
+    `steps` steps (TGI's waiting_served_ratio idea; measured and not kept, bench/engine.md)."""
+    admit = Scheduler._admit
+    held = Counter[str]()
+
+    def held_admit(self: Scheduler, now: float) -> Any:
+        running = sum(1 for s in self.rows if s is not None and not s.finished)
+        waiting = sum(r.n for r in self.waiting)
+        room = running + waiting < self.max_batch_size
+        if running and waiting and waiting < joiners and held["steps"] < steps and room:
+            held["steps"] += 1
+            return []
+        held["steps"] = 0
+        return admit(self, now)
+
+    Scheduler._admit = held_admit  # type: ignore[method-assign]
+
+
 def rebuilds(bundle: Path, lag: int, total: int, retain: bool) -> None:
     runner, tokenizer = load(bundle, retain)
     counts: Counter[str] = Counter()
@@ -89,10 +115,14 @@ def rebuilds(bundle: Path, lag: int, total: int, retain: bool) -> None:
         add(sent)
     sent, steps, pending = 32, 0, deque[int]()
     start = time.perf_counter()
+    span: list[tuple[int, float]] = []  # per step: the cache's columns, the live rows' mean real tokens
     while len(done) < total:
         before = len(done)
         scheduler.step()
         steps += 1
+        live = [i for i, s in enumerate(scheduler.rows) if s is not None]
+        if live:
+            span.append((scheduler.cache.columns, float(scheduler.cache.mask[live].sum(axis=1).mean())))
         pending.extend([steps + lag] * (len(done) - before))
         while pending and pending[0] <= steps and sent < total + 32:
             pending.popleft()
@@ -101,6 +131,9 @@ def rebuilds(bundle: Path, lag: int, total: int, retain: bool) -> None:
     wall = time.perf_counter() - start
     tokens = metrics.registry.get_sample_value("promptgen_generated_tokens_total", {"model": "bench"}) or 0
     print(f"lag {lag}: {tokens / wall:.0f} tokens/s, {steps} steps in {wall:.1f} s")
+    columns, real = np.mean(span, axis=0)
+    layout = "ragged" if scheduler.cache.ragged else "left-padded"
+    print(f"  cache ({layout}): {columns:.1f} columns per step for {real:.1f} real tokens per live row")
     for name in ("rebuild", "in_place"):
         print(f"  {name}: {counts[name]} calls, {seconds[name]:.2f} s")
 
@@ -171,6 +204,100 @@ def topp() -> None:
         print(f"{name}: top-p step {step:.1f} ms; by buckets {bucketed:.1f} ms, one flat sort {flat:.1f} ms")
 
 
+def unloaded(bundle: Path, requests: int) -> None:
+    """One request at a time: ms per scheduler step, and how much of it is ORT's forward."""
+    runner, tokenizer = load(bundle)
+    forward = runner.forward
+    ort_s = [0.0]
+
+    def timed_forward(*args: Any) -> Any:
+        result = forward(*args)
+        ort_s[0] += runner.last_run_s
+        return result
+
+    runner.forward = timed_forward  # type: ignore[method-assign]
+    for i in range(requests + 1):  # the first one warms up
+        done: list[RequestDone] = []
+        scheduler = Scheduler(runner, tokenizer, Metrics(f"u{i}"), max_batch_size=32)
+        ort_s[0], steps, start = 0.0, 0, time.perf_counter()
+        scheduler.add(
+            request(runner, tokenizer, i, 48, lambda e, d=done: d.append(e) if isinstance(e, RequestDone) else None)
+        )
+        while not done:
+            scheduler.step()
+            steps += 1
+        wall = time.perf_counter() - start
+        if i:
+            print(f"request {i}: {1000 * wall / steps:.2f} ms per step over {steps}, ORT {100 * ort_s[0] / wall:.0f}%")
+
+
+def kernels() -> None:
+    """The kernels under a GPT-2 small decode step, alone (needs `onnx`): ORT's dynamic INT8
+    MatMul on one MLP weight by batch, GroupQueryAttention in fp32 and fp16 at batch 32, and
+    the host's read bandwidth."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    def session(graph: Any) -> ort.InferenceSession:
+        opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = 2
+        model = helper.make_model(graph, opset_imports=opsets)
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    def best_ms(function: Callable[[], Any], n: int = 20) -> float:
+        function()
+        return min(timeit(function) for _ in range(n)) * 1000
+
+    def timeit(function: Callable[[], Any]) -> float:
+        start = time.perf_counter()
+        function()
+        return time.perf_counter() - start
+
+    rng = np.random.default_rng(0)
+    k, n = 768, 3072
+    weights = [numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "w"),
+               numpy_helper.from_array(np.full(n, 0.01, np.float32), "s"),
+               numpy_helper.from_array(np.zeros(n, np.int8), "z")]  # fmt: skip
+    node = helper.make_node("DynamicQuantizeMatMul", ["a", "w", "s", "z"], ["y"], domain="com.microsoft")
+    io = ([helper.make_tensor_value_info("a", TensorProto.FLOAT, ["m", k])],
+          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["m", n])])  # fmt: skip
+    matmul = session(helper.make_graph([node], "dqmm", *io, initializer=weights))
+    for m in (1, 8, 32):
+        a = rng.normal(size=(m, k)).astype(np.float32)
+        ms = best_ms(lambda a=a: matmul.run(None, {"a": a}))
+        print(f"DynamicQuantizeMatMul {m} x {k} x {n}: {ms:.3f} ms, {2 * m * k * n / ms / 1e6:.0f} GOP/s")
+    b, heads, dim, capacity = 32, 12, 64, 112
+    for name, dtype, np_dtype in (("fp32", TensorProto.FLOAT, np.float32), ("fp16", TensorProto.FLOAT16, np.float16)):
+        inputs = [helper.make_tensor_value_info("qkv", dtype, [b, 1, 3 * heads * dim]),
+                  helper.make_tensor_value_info("k", dtype, [b, heads, capacity, dim]),
+                  helper.make_tensor_value_info("v", dtype, [b, heads, capacity, dim]),
+                  helper.make_tensor_value_info("seqlens", TensorProto.INT32, [b]),
+                  helper.make_tensor_value_info("total", TensorProto.INT32, [1])]  # fmt: skip
+        outputs = [helper.make_tensor_value_info(x, dtype, None) for x in ("out", "k_out", "v_out")]
+        names = ["qkv", "", "", "k", "v", "seqlens", "total"], ["out", "k_out", "v_out"]
+        gqa = helper.make_node(
+            "GroupQueryAttention", *names, domain="com.microsoft", num_heads=heads, kv_num_heads=heads
+        )
+        attention = session(helper.make_graph([gqa], "gqa", inputs, outputs))
+        # past and present bound to one buffer, as the decoder runs it (written in place)
+        key, value = (ort.OrtValue.ortvalue_from_numpy(rng.random((b, heads, capacity, dim)).astype(np_dtype))
+                      for _ in range(2))  # fmt: skip
+        binding = attention.io_binding()
+        binding.bind_cpu_input("qkv", rng.random((b, 1, 3 * heads * dim)).astype(np_dtype))
+        binding.bind_cpu_input("seqlens", np.full(b, 47, np.int32))
+        binding.bind_cpu_input("total", np.array([48], np.int32))
+        binding.bind_output("out")
+        for port, buffer in (("k", key), ("v", value)):
+            binding.bind_ortvalue_input(port, buffer)
+            binding.bind_ortvalue_output(f"{port}_out", buffer)
+        ms = best_ms(lambda a=attention, io=binding: a.run_with_iobinding(io))
+        print(f"GroupQueryAttention {name}, batch {b}, 48 columns: {ms:.3f} ms per layer")
+    block = np.ones(512 * 2**20 // 8)
+    seconds = min(timeit(block.sum) for _ in range(5))
+    print(f"read bandwidth (one thread, numpy sum of 512 MB): {block.nbytes / seconds / 1e9:.1f} GB/s")
+
+
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -183,6 +310,13 @@ def main() -> None:
     r.add_argument("--lag", type=int, default=2)
     r.add_argument("--requests", type=int, default=192)
     r.add_argument("--no-retain", dest="retain", action="store_false", help="leave glibc's allocator as it is")
+    r.add_argument(
+        "--hold", type=int, nargs=2, metavar=("JOINERS", "STEPS"), help="hold admission (see hold_admission)"
+    )
+    u = sub.add_parser("unloaded")
+    u.add_argument("bundle", type=Path)
+    u.add_argument("--requests", type=int, default=3)
+    sub.add_parser("kernels")
     b = sub.add_parser("burst")
     b.add_argument("bundle", type=Path)
     b.add_argument("--budgets", type=int, nargs="+", default=[0, 64, 128, 256])
@@ -190,7 +324,13 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average at start: {load_average()}")
     if args.command == "rebuilds":
+        if args.hold:
+            hold_admission(*args.hold)
         rebuilds(args.bundle, args.lag, args.requests, args.retain)
+    elif args.command == "unloaded":
+        unloaded(args.bundle, args.requests)
+    elif args.command == "kernels":
+        kernels()
     elif args.command == "burst":
         burst(args.bundle, args.budgets)
     else:
