@@ -60,10 +60,11 @@ async def drive(load: Load) -> list[Result]:
     limits = httpx.Limits(max_connections=load.concurrency, max_keepalive_connections=load.concurrency)
     async with httpx.AsyncClient(timeout=httpx.Timeout(load.timeout_s), limits=limits) as client:
         clock0 = time.perf_counter()
-        # Requests beyond the connection limit wait here, not in httpx's pool: its queue of
-        # waiting requests is walked on every connection release, so an open loop running
-        # past the server's capacity (thousands waiting) spent its CPU on that walk and stopped
-        # sending, and the server sat idle (bench/engine.md, "the tiny model's overload row").
+        # Requests beyond the connection limit wait here, not in httpx's pool: on every request
+        # that starts or ends, httpcore walks all its waiting requests and, for each, all its
+        # connections, so an open loop running past the server's capacity (thousands waiting)
+        # spent its CPU there and stopped sending, and the server sat idle (bench/engine.md,
+        # "the tiny model's overload row").
         gate = asyncio.Semaphore(load.concurrency)
 
         async def fire(i: int, due: float) -> Result:
