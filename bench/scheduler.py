@@ -1,6 +1,6 @@
 """In-process scheduler benchmarks behind bench/engine.md's saturation section (no HTTP).
 
-    python bench/scheduler.py rebuilds BUNDLE [--lag 2] [--requests 192] [--no-retain] [--hold J W]
+    python bench/scheduler.py rebuilds BUNDLE [--lag 2] [--requests 192] [--no-retain] [--no-hold]
     python bench/scheduler.py unloaded BUNDLE [--requests 3]
     python bench/scheduler.py kernels
     python bench/scheduler.py burst BUNDLE [--budgets 0 64 128 256]
@@ -9,8 +9,8 @@
 - rebuilds: a closed loop of 32 requests (20-word t2i prompts, 30-48 new tokens, temperature
   0.8, top_p 0.95) where each finished request's replacement arrives `--lag` steps later (the
   HTTP round trip): tokens/s, cache rebuilds and in-place joins, and the time each took, and
-  how many columns the cache spans for how many real tokens per row. `--hold J W`: admission
-  held until J requests wait or W steps pass (an experiment, not the scheduler's policy).
+  how many columns the cache spans for how many real tokens per row. `--no-hold`: a lone
+  joiner is admitted at once even when the batch is nearly full (scheduler.HOLD_ABOVE).
 - unloaded: one request at a time (48 new tokens): ms per step, and ORT's share of it.
 - kernels: ORT's dynamic INT8 MatMul on one GPT-2 small MLP weight at batch 1/8/32,
   GroupQueryAttention in fp32 and fp16 at batch 32, and the host's read bandwidth (needs onnx).
@@ -75,25 +75,6 @@ def timed(name: str, counts: Counter[str], seconds: Counter[str], function: Call
         return result
 
     return wrapper
-
-
-def hold_admission(joiners: int, steps: int) -> None:
-    """While rows decode, admit only when `joiners` requests wait or the oldest has waited
-    `steps` steps (TGI's waiting_served_ratio idea; measured and not kept, bench/engine.md)."""
-    admit = Scheduler._admit
-    held = Counter[str]()
-
-    def held_admit(self: Scheduler, now: float) -> Any:
-        running = sum(1 for s in self.rows if s is not None and not s.finished)
-        waiting = sum(r.n for r in self.waiting)
-        room = running + waiting < self.max_batch_size
-        if running and waiting and waiting < joiners and held["steps"] < steps and room:
-            held["steps"] += 1
-            return []
-        held["steps"] = 0
-        return admit(self, now)
-
-    Scheduler._admit = held_admit  # type: ignore[method-assign]
 
 
 def rebuilds(bundle: Path, lag: int, total: int, retain: bool) -> None:
@@ -310,9 +291,7 @@ def main() -> None:
     r.add_argument("--lag", type=int, default=2)
     r.add_argument("--requests", type=int, default=192)
     r.add_argument("--no-retain", dest="retain", action="store_false", help="leave glibc's allocator as it is")
-    r.add_argument(
-        "--hold", type=int, nargs=2, metavar=("JOINERS", "STEPS"), help="hold admission (see hold_admission)"
-    )
+    r.add_argument("--no-hold", dest="hold", action="store_false", help="admit at once (scheduler.HOLD_STEPS = 0)")
     u = sub.add_parser("unloaded")
     u.add_argument("bundle", type=Path)
     u.add_argument("--requests", type=int, default=3)
@@ -324,8 +303,8 @@ def main() -> None:
     args = parser.parse_args()
     print(f"load average at start: {load_average()}")
     if args.command == "rebuilds":
-        if args.hold:
-            hold_admission(*args.hold)
+        if not args.hold:
+            scheduler_module.HOLD_STEPS = 0
         rebuilds(args.bundle, args.lag, args.requests, args.retain)
     elif args.command == "unloaded":
         unloaded(args.bundle, args.requests)

@@ -32,7 +32,7 @@ from runtime.sampler import (
 )
 from runtime.sampler_graph import build_sampler_graph, sampler_graph
 from server.engine.request import Event, GenerationRequest, LengthBounds, RequestDone, SampleDone
-from server.engine.scheduler import SHRINK_AFTER_STEPS, Scheduler
+from server.engine.scheduler import HOLD_STEPS, SHRINK_AFTER_STEPS, Scheduler
 from server.metrics import Metrics
 
 # --- sampler -----------------------------------------------------------------------
@@ -405,6 +405,37 @@ def test_free_slots_wait_for_joiners_before_the_batch_shrinks(runner: OnnxRunner
     assert len(scheduler.rows) == 4
     scheduler.step()
     assert len(scheduler.rows) == 2 and None not in scheduler.rows  # free for SHRINK_AFTER_STEPS: dropped
+
+
+def test_a_lone_joiner_waits_for_company_only_while_the_batch_is_nearly_full(
+    runner: OnnxRunner, tokenizer: Tokenizer
+) -> None:
+    """Over HOLD_ABOVE of the rows decoding, one arrival waits up to HOLD_STEPS steps for others
+    to share its prefill, unless the waiting rows fill the free slots; below it, it joins at the
+    next step (scheduler.py)."""
+
+    def busy(running: int) -> Scheduler:
+        scheduler = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=16)
+        bounds = LengthBounds(32, 32)  # EOS banned below 32 words: these run through the test
+        for i in range(running):
+            long = make_request(tokenizer, runner, Collector(), f"long{i}", max_new_tokens=60, length_bounds=bounds)
+            scheduler.add(long)
+        scheduler.step()
+        return scheduler
+
+    def steps_to_join(scheduler: Scheduler, names: list[str]) -> int:
+        for name in names:
+            scheduler.add(make_request(tokenizer, runner, Collector(), name, max_new_tokens=30))
+        steps = 0
+        while scheduler.waiting:
+            scheduler.step()
+            steps += 1
+        return steps
+
+    nearly_full = busy(13)  # 13 of 16 rows decoding: over 3/4
+    assert steps_to_join(nearly_full, ["lone"]) == HOLD_STEPS + 1
+    assert steps_to_join(nearly_full, ["a", "b"]) == 1  # they fill the two free slots: no wait
+    assert steps_to_join(busy(12), ["lone"]) == 1  # 12 of 16: not over 3/4
 
 
 def staggered_greedy_run(runner: OnnxRunner, tokenizer: Tokenizer, bounds: LengthBounds | None) -> dict[str, list[str]]:
