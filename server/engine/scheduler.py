@@ -58,7 +58,7 @@ SHRINK_AFTER_STEPS = 8
 # While the batch is nearly full (over HOLD_ABOVE of its rows decoding), a request that would
 # join alone waits for company: it is admitted when HOLD_JOINERS rows wait, when the waiting rows
 # fill the free slots, or after HOLD_STEPS steps. One prefill then serves several joiners; a
-# GPT-2 small closed loop of 32 gained ~5% in-process (bench/engine.md, "Holding joiners"). A
+# GPT-2 small closed loop of 32 gained ~5% in-process (bench/engine.md, step 8). A
 # batch below that (moderate load) admits at once, so its latency does not pay for it.
 HOLD_ABOVE, HOLD_JOINERS, HOLD_STEPS = 3 / 4, 4, 4
 
