@@ -35,6 +35,7 @@ from tokenizers import Tokenizer
 
 from contract.command import prompt_ids
 from contract.positions import position_offset
+from loadtest.roofline import best_seconds
 from runtime.allocator import retain_freed_memory
 from runtime.onnx_runner import OnnxRunner
 from runtime.sampler import SamplingParams, _draw_by_buckets, _draw_from_sorted_candidates, _sample_nucleus
@@ -226,15 +227,6 @@ def kernels() -> None:
         model = helper.make_model(graph, opset_imports=opsets)
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
-    def best_ms(function: Callable[[], Any], n: int = 20) -> float:
-        function()
-        return min(timeit(function) for _ in range(n)) * 1000
-
-    def timeit(function: Callable[[], Any]) -> float:
-        start = time.perf_counter()
-        function()
-        return time.perf_counter() - start
-
     rng = np.random.default_rng(0)
     k, n = 768, 3072
     weights = [numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), "w"),
@@ -246,7 +238,7 @@ def kernels() -> None:
     matmul = session(helper.make_graph([node], "dqmm", *io, initializer=weights))
     for m in (1, 8, 32):
         a = rng.normal(size=(m, k)).astype(np.float32)
-        ms = best_ms(lambda a=a: matmul.run(None, {"a": a}))
+        ms = 1000 * best_seconds(lambda a=a: matmul.run(None, {"a": a}), 20)
         print(f"DynamicQuantizeMatMul {m} x {k} x {n}: {ms:.3f} ms, {2 * m * k * n / ms / 1e6:.0f} GOP/s")
     b, heads, dim, capacity = 32, 12, 64, 112
     for name, dtype, np_dtype in (("fp32", TensorProto.FLOAT, np.float32), ("fp16", TensorProto.FLOAT16, np.float16)):
@@ -272,10 +264,10 @@ def kernels() -> None:
         for port, buffer in (("k", key), ("v", value)):
             binding.bind_ortvalue_input(port, buffer)
             binding.bind_ortvalue_output(f"{port}_out", buffer)
-        ms = best_ms(lambda a=attention, io=binding: a.run_with_iobinding(io))
+        ms = 1000 * best_seconds(lambda a=attention, io=binding: a.run_with_iobinding(io), 20)
         print(f"GroupQueryAttention {name}, batch {b}, 48 columns: {ms:.3f} ms per layer")
     block = np.ones(512 * 2**20 // 8)
-    seconds = min(timeit(block.sum) for _ in range(5))
+    seconds = best_seconds(block.sum, 5)
     print(f"read bandwidth (one thread, numpy sum of 512 MB): {block.nbytes / seconds / 1e9:.1f} GB/s")
 
 
