@@ -13,7 +13,8 @@
   joiner is admitted at once even when the batch is nearly full (scheduler.HOLD_ABOVE).
 - unloaded: one request at a time (48 new tokens): ms per step, and ORT's share of it.
 - kernels: ORT's dynamic INT8 MatMul on one GPT-2 small MLP weight at batch 1/8/32,
-  GroupQueryAttention in fp32 and fp16 at batch 32, and the host's read bandwidth (needs onnx).
+  GroupQueryAttention over a GPT-2 small batch of 32 ragged rows (12 layers) with the cache in
+  fp32, fp16 and int8, and the host's read bandwidth (needs onnx).
 - burst: 8 streams decode, then 24 requests arrive at once, five times per prefill budget
   (`max_prefill_tokens`): the running streams' longest gap (median over the bursts) and the
   burst's mean time to first token.
@@ -215,8 +216,8 @@ def unloaded(bundle: Path, requests: int) -> None:
 
 def kernels() -> None:
     """The kernels under a GPT-2 small decode step, alone (needs `onnx`): ORT's dynamic INT8
-    MatMul on one MLP weight by batch, GroupQueryAttention in fp32 and fp16 at batch 32, and
-    the host's read bandwidth."""
+    MatMul on one MLP weight by batch, GroupQueryAttention over a batch of 32 by the cache's
+    dtype, and the host's read bandwidth."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -240,35 +241,68 @@ def kernels() -> None:
         a = rng.normal(size=(m, k)).astype(np.float32)
         ms = 1000 * best_seconds(lambda a=a: matmul.run(None, {"a": a}), 20)
         print(f"DynamicQuantizeMatMul {m} x {k} x {n}: {ms:.3f} ms, {2 * m * k * n / ms / 1e6:.0f} GOP/s")
-    b, heads, dim, capacity = 32, 12, 64, 112
-    for name, dtype, np_dtype in (("fp32", TensorProto.FLOAT, np.float32), ("fp16", TensorProto.FLOAT16, np.float16)):
-        inputs = [helper.make_tensor_value_info("qkv", dtype, [b, 1, 3 * heads * dim]),
-                  helper.make_tensor_value_info("k", dtype, [b, heads, capacity, dim]),
-                  helper.make_tensor_value_info("v", dtype, [b, heads, capacity, dim]),
-                  helper.make_tensor_value_info("seqlens", TensorProto.INT32, [b]),
-                  helper.make_tensor_value_info("total", TensorProto.INT32, [1])]  # fmt: skip
-        outputs = [helper.make_tensor_value_info(x, dtype, None) for x in ("out", "k_out", "v_out")]
-        names = ["qkv", "", "", "k", "v", "seqlens", "total"], ["out", "k_out", "v_out"]
-        gqa = helper.make_node(
-            "GroupQueryAttention", *names, domain="com.microsoft", num_heads=heads, kv_num_heads=heads
-        )
-        attention = session(helper.make_graph([gqa], "gqa", inputs, outputs))
-        # past and present bound to one buffer, as the decoder runs it (written in place)
-        key, value = (ort.OrtValue.ortvalue_from_numpy(rng.random((b, heads, capacity, dim)).astype(np_dtype))
-                      for _ in range(2))  # fmt: skip
-        binding = attention.io_binding()
-        binding.bind_cpu_input("qkv", rng.random((b, 1, 3 * heads * dim)).astype(np_dtype))
-        binding.bind_cpu_input("seqlens", np.full(b, 47, np.int32))
-        binding.bind_cpu_input("total", np.array([48], np.int32))
-        binding.bind_output("out")
-        for port, buffer in (("k", key), ("v", value)):
-            binding.bind_ortvalue_input(port, buffer)
-            binding.bind_ortvalue_output(f"{port}_out", buffer)
-        ms = 1000 * best_seconds(lambda a=attention, io=binding: a.run_with_iobinding(io), 20)
-        print(f"GroupQueryAttention {name}, batch {b}, 48 columns: {ms:.3f} ms per layer")
+    for cache in ("fp32", "fp16", "int8"):
+        ms = 1000 * attention_seconds(cache, session, rng)
+        print(f"GroupQueryAttention, cache {cache}: {ms:.2f} ms for 12 layers x 32 rows of 20-80 columns")
     block = np.ones(512 * 2**20 // 8)
     seconds = best_seconds(block.sum, 5)
     print(f"read bandwidth (one thread, numpy sum of 512 MB): {block.nbytes / seconds / 1e9:.1f} GB/s")
+
+
+def attention_seconds(cache: str, session: Callable[[Any], Any], rng: np.random.Generator) -> float:
+    """GroupQueryAttention as a GPT-2 small decode step runs it: 12 layers, each with its own cache
+    buffer (32 rows of GPT-2 small do not fit the CPU's caches), 32 rows of 20-80 columns in 128
+    (a ragged batch), past and present bound to one buffer (written in place). The cache in
+    fp32, fp16 (the activations too: the kernel's half type is all or nothing), or int8 with
+    per-channel scales (export/kv_int8.py)."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    b, heads, dim, capacity, layers = 32, 12, 64, 128, 12
+    dtype, np_dtype = (TensorProto.FLOAT16, np.float16) if cache == "fp16" else (TensorProto.FLOAT, np.float32)
+    cache_type = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16, "int8": TensorProto.INT8}[cache]
+    quantized = cache == "int8"
+    scale_inputs = ["", "", "", "", "", "scale", "scale"] if quantized else []  # k_scale, v_scale at 12, 13
+    attributes = dict(kv_cache_bit_width=8, k_quant_type="PER_CHANNEL", v_quant_type="PER_CHANNEL")
+    nodes = [
+        helper.make_node(
+            "GroupQueryAttention",
+            ["qkv", "", "", f"k{i}", f"v{i}", "seqlens", "total", *scale_inputs],
+            [f"out{i}", f"k{i}_out", f"v{i}_out"],
+            domain="com.microsoft",
+            num_heads=heads,
+            kv_num_heads=heads,
+            **(attributes if quantized else {}),
+        )
+        for i in range(layers)
+    ]
+    ports = [f"{kv}{i}" for i in range(layers) for kv in "kv"]
+    inputs = [
+        helper.make_tensor_value_info("qkv", dtype, [b, 1, 3 * heads * dim]),
+        helper.make_tensor_value_info("seqlens", TensorProto.INT32, [b]),
+        helper.make_tensor_value_info("total", TensorProto.INT32, [1]),
+        *[helper.make_tensor_value_info(port, cache_type, [b, heads, capacity, dim]) for port in ports],
+    ]
+    outputs = [helper.make_tensor_value_info(f"out{i}", dtype, None) for i in range(layers)]
+    outputs += [helper.make_tensor_value_info(f"{port}_out", cache_type, None) for port in ports]
+    scale = [numpy_helper.from_array(np.full((1, heads, 1, dim), 0.02, np.float32), "scale")] if quantized else []
+    attention = session(helper.make_graph(nodes, "gqa", inputs, outputs, initializer=scale))
+    lengths = np.random.default_rng(1).integers(20, 81, b)  # the same rows for every dtype
+    binding = attention.io_binding()
+    binding.bind_cpu_input("qkv", rng.random((b, 1, 3 * heads * dim)).astype(np_dtype))
+    binding.bind_cpu_input("seqlens", (lengths - 1).astype(np.int32))
+    binding.bind_cpu_input("total", np.array([lengths.max()], np.int32))
+    buffers = []
+    for port in ports:
+        values = (
+            rng.integers(-100, 100, (b, heads, capacity, dim)) if quantized else rng.random((b, heads, capacity, dim))
+        )
+        buffers.append(ort.OrtValue.ortvalue_from_numpy(values.astype(np.int8 if quantized else np_dtype)))
+        binding.bind_ortvalue_input(port, buffers[-1])
+        binding.bind_ortvalue_output(f"{port}_out", buffers[-1])
+    for i in range(layers):
+        binding.bind_output(f"out{i}")
+    return best_seconds(lambda: attention.run_with_iobinding(binding), 20)
 
 
 def load_average() -> str:

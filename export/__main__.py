@@ -60,7 +60,9 @@ def run_bundle(args: argparse.Namespace) -> int:
     from export.bundle import ExportError, build_bundle
 
     try:
-        result = build_bundle(args.checkpoint, args.out, args.variants, args.int8_min_agreement, args.name)
+        result = build_bundle(
+            args.checkpoint, args.out, args.variants, args.int8_min_agreement, args.name, args.kv_int8
+        )
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -97,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
     bundle.add_argument("--variants", type=variant_list, default=("fp32", "int8", "fp16"), help="comma-separated")
     bundle.add_argument("--name", help="bundle name in the manifest (default: the checkpoint directory's name)")
     bundle.add_argument("--int8-min-agreement", **agreement)
+    bundle.add_argument(
+        "--kv-int8",
+        choices=("on", "off"),
+        default="on",
+        help="the int8 variant's KV cache in int8 where the graph can hold one (GPT-2; default: on)",
+    )
     bundle.set_defaults(func=run_bundle)
 
     verify = subparsers.add_parser("verify", help="re-check a bundle's hashes and every variant's outputs")

@@ -28,7 +28,8 @@ from contract.manifest import (
     present_names,
     sha256_file,
 )
-from export.onnx_graph import OPSET, export_decoder, io_shapes, kv_cache_kind
+from export.kv_int8 import KV_INT8_MODES, kv_scales, quantize_kv_cache, wants_int8_kv
+from export.onnx_graph import OPSET, export_decoder, io_shapes, kv_cache_kind, kv_dtype
 from export.variants import DERIVE, INT8_SCHEMES, VARIANTS, to_int8
 from export.verify import MIN_INT8_AGREEMENT, verify_variants
 from training.checkpoint import Checkpoint, load_checkpoint
@@ -86,7 +87,7 @@ def variant_entry(variant: str, path: Path, info: ModelInfo, kv_cache: str) -> V
         name=variant,
         file=path.name,
         dtype=spec.dtype,
-        kv_dtype=spec.kv_dtype,
+        kv_dtype=kv_dtype(path),
         provider=spec.provider,
         opset=OPSET,
         sha256=sha256_file(path),
@@ -126,11 +127,16 @@ def build_bundle(
     variants: tuple[str, ...] = DEFAULT_VARIANTS,
     int8_min_agreement: float = MIN_INT8_AGREEMENT,
     name: str | None = None,
+    kv_int8: str = "on",
 ) -> BundleResult:
+    """`kv_int8`: `on` gives the INT8 variant an int8 KV cache where the graph can hold one
+    (export/kv_int8.py), `off` keeps it fp32."""
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
         raise ExportError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    if kv_int8 not in KV_INT8_MODES:
+        raise ExportError(f"unknown kv-int8 mode {kv_int8!r}; choose from {list(KV_INT8_MODES)}")
     print(f"[1/4] loading checkpoint {checkpoint_dir}", flush=True)
     checkpoint = load_checkpoint(checkpoint_dir)
     info = model_info(checkpoint)
@@ -143,6 +149,15 @@ def build_bundle(
         if variant != "fp32":
             print(f"[3/4] deriving {variant}", flush=True)
             files[variant] = DERIVE[variant](fp32_path, staging / f"decoder_{variant}.onnx")
+    kv_cache = kv_cache_kind(checkpoint.model)
+    # An int8 KV cache goes with the first (fastest) scheme only; if that misses the gate, the
+    # retries start with the same scheme and an fp32 cache.
+    int8_kv = "int8" in variants and wants_int8_kv(kv_int8, kv_cache)
+    retries = INT8_SCHEMES[0 if int8_kv else 1 :]
+    if int8_kv:
+        print("[3/4] calibrating int8's KV cache on the model's own continuations", flush=True)
+        scales = kv_scales(checkpoint.model, checkpoint.tokenizer, checkpoint.command, info.eos_token_id)
+        quantize_kv_cache(files["int8"], scales)
 
     # The manifest is drafted with every candidate first: verification loads each variant
     # through the server's runner, exactly as the server will; failures are then dropped.
@@ -153,7 +168,7 @@ def build_bundle(
         tokenizer_file=TOKENIZER_FILE,
         tokenizer_sha256=sha256_file(staging / TOKENIZER_FILE),
         command=checkpoint.command,
-        variants=[variant_entry(v, files[v], info, kv_cache_kind(checkpoint.model)) for v in variants],
+        variants=[variant_entry(v, files[v], info, kv_cache) for v in variants],
         generation=dict(checkpoint.generation),
         provenance={**checkpoint.provenance, "export": export_provenance(checkpoint_dir)},
     )
@@ -162,14 +177,14 @@ def build_bundle(
     results = verify_variants(staging, manifest, reference, checkpoint.tokenizer, int8_min_agreement)
     if "int8" in results:
         results["int8"]["scheme"] = INT8_SCHEMES[0]
-    for scheme in INT8_SCHEMES[1:]:
+    for scheme in retries:
         if "int8" not in results or results["int8"]["passed"]:
             break
         # All-int8 dynamic is the fast variant, but rounds some models' activations too coarsely;
         # the next scheme (export/variants.py) is slower or larger and beats serving FP32.
-        print(f"[4/4] int8 missed the gate: again as {scheme}", flush=True)
+        print(f"[4/4] int8 missed the gate: again as {scheme}, KV cache in fp32", flush=True)
         to_int8(fp32_path, files["int8"], scheme)
-        entry = variant_entry("int8", files["int8"], info, kv_cache_kind(checkpoint.model))
+        entry = variant_entry("int8", files["int8"], info, kv_cache)
         manifest.variants = [entry if v.name == "int8" else v for v in manifest.variants]
         retry = replace(manifest, variants=[entry])
         results["int8"] = verify_variants(staging, retry, reference, checkpoint.tokenizer, int8_min_agreement)["int8"]

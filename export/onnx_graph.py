@@ -33,7 +33,7 @@ from pathlib import Path
 
 import onnx
 import torch
-from onnx import helper
+from onnx import TensorProto, helper
 from transformers import DynamicCache, PreTrainedModel
 
 from contract.manifest import (
@@ -355,6 +355,16 @@ def export_decoder(model: PreTrainedModel, path: Path | str, opset: int = OPSET)
     onnx.checker.check_model(graph)
     onnx.save(graph, str(path))
     return path
+
+
+KV_DTYPE_NAMES = {TensorProto.FLOAT: "float32", TensorProto.FLOAT16: "float16", TensorProto.INT8: "int8"}
+
+
+def kv_dtype(path: Path | str) -> str:
+    """The dtype of the graph's KV cache at its boundary (the manifest's `Variant.kv_dtype`)."""
+    graph = onnx.load(str(path), load_external_data=False).graph
+    first = past_names(1)[0]
+    return KV_DTYPE_NAMES[next(v for v in graph.input if v.name == first).type.tensor_type.elem_type]
 
 
 def io_shapes(path: Path | str) -> dict[str, list[str | int]]:

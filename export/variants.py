@@ -32,18 +32,19 @@ from contract.manifest import LOGITS
 
 @dataclass(frozen=True)
 class VariantSpec:
+    """The KV cache's dtype is not here: the graph says it (onnx_graph.kv_dtype). FP16's is fp16,
+    half the cache's memory and traffic on the device; INT8's is fp32, or int8 (kv_int8.py)."""
+
     name: str
     dtype: str  # weights
-    kv_dtype: str  # past/present at the graph boundary
     provider: str
 
 
 VARIANTS = {
-    "fp32": VariantSpec("fp32", "float32", "float32", "CPUExecutionProvider"),
-    "int8": VariantSpec("int8", "int8", "float32", "CPUExecutionProvider"),
-    # KV in fp16 halves the cache's memory and its traffic on the device; logits stay fp32
-    # (the contract), since sampling wants full-precision softmax over a 50k vocabulary.
-    "fp16": VariantSpec("fp16", "float16", "float16", "CUDAExecutionProvider"),
+    "fp32": VariantSpec("fp32", "float32", "CPUExecutionProvider"),
+    "int8": VariantSpec("int8", "int8", "CPUExecutionProvider"),
+    # Logits stay fp32 (the contract): sampling wants full-precision softmax over a 50k vocabulary.
+    "fp16": VariantSpec("fp16", "float16", "CUDAExecutionProvider"),
 }
 
 # LayerNorm's variance and Softmax's exponentials overflow or lose the small terms in fp16;

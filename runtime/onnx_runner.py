@@ -53,7 +53,7 @@ from runtime.sampler_graph import SAMPLER_OUTPUT, sampler_graph
 
 log = logging.getLogger(__name__)
 
-KV_DTYPES = {"float32": np.float32, "float16": np.float16}
+KV_DTYPES = {"float32": np.float32, "float16": np.float16, "int8": np.int8}  # int8: export/kv_int8.py
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 # Spare columns an in-place KV buffer is given beyond what it holds: it grows (one copy of the
@@ -156,6 +156,8 @@ class OnnxRunner:
         # does it on zero-copy views instead (`device_cache=True` forces the graph, for tests).
         self.cache_surgery: ort.InferenceSession | None = None
         if device_cache or (device_cache is None and self.device == "cuda"):
+            if self.kv_dtype == np.int8:  # the int8 variant's cache is a CPU layout (export/kv_int8.py)
+                raise BundleError(f"variant {self.variant.name} keeps an int8 KV cache, served on CPU only")
             self.cache_surgery = ort.InferenceSession(cache_graph(self.variant.kv_dtype), options, providers=providers)
         # Rows of their own lengths (kv_cache.py): a ragged graph whose cache the host rebuilds.
         self.ragged_rows = self.variant.kv_cache == KV_RAGGED and self.cache_surgery is None and self.device == "cpu"

@@ -17,9 +17,10 @@ from onnx import numpy_helper
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from contract.command import EOS_TOKEN, CommandSpec, count_words, encode_text, prompt_ids
-from contract.manifest import load_manifest
+from contract.manifest import KV_CONCAT, load_manifest
 from export import bundle as export_bundle
 from export.__main__ import main as export_main
+from export.kv_int8 import wants_int8_kv
 from export.variants import BLOCKWISE, DYNAMIC
 from export.verify import FIXED_INTENTS, MIN_INT8_AGREEMENT
 from training.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
@@ -79,6 +80,25 @@ def test_trained_model_int8_agrees_with_fp32(trained_checkpoint: Path, tmp_path:
     assert manifest.variant("fp16").verification["checks"]["fixed"]["max_rel_logit_error"] <= 1e-2
 
 
+def test_an_int8_kv_cache_on_a_trained_model_passes_the_int8_gate(trained_checkpoint: Path, tmp_path: Path) -> None:
+    """By default the INT8 variant keeps keys and values in int8 with calibrated per-channel
+    scales, in the graph and in the manifest, and still agrees with PyTorch on the fixed prompts
+    (whose intents the calibration never saw). `--kv-int8 off` keeps the cache in fp32."""
+    out = tmp_path / "bundle"
+    args = ["bundle", "--checkpoint", str(trained_checkpoint), "--out", str(out), "--variants", "fp32,int8"]
+    assert export_main(args) == 0
+    int8 = load_manifest(out).variant("int8")
+    assert int8.kv_dtype == "int8" and int8.verification["scheme"] == DYNAMIC
+    assert int8.verification["checks"]["fixed"]["agreement_beyond_near_ties"] >= MIN_INT8_AGREEMENT
+    graph = onnx.load(str(out / int8.file)).graph
+    assert {v.type.tensor_type.elem_type for v in graph.input if v.name.startswith("past")} == {onnx.TensorProto.INT8}
+    scales = [numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith(".scale")]
+    assert len(scales) == 2 * 2 and all(s.shape == (1, 2, 1, 32) and (s > 0).all() for s in scales)
+    assert export_main([*args, "--kv-int8", "off"]) == 0
+    assert load_manifest(out).variant("int8").kv_dtype == "float32"
+    assert not wants_int8_kv("on", KV_CONCAT)  # a concatenating (Llama) graph's attention has no int8 cache
+
+
 def test_a_failing_variant_is_left_out_and_the_command_fails(
     trained_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -133,9 +153,10 @@ def test_int8_that_misses_the_gate_is_retried_with_each_slower_scheme(
     args = ["bundle", "--checkpoint", str(trained_checkpoint), "--out", str(out), "--variants", "fp32,int8"]
     assert export_main([*args, "--int8-min-agreement", "1.01"]) == 1
     captured = capsys.readouterr()
-    assert "int8 missed the gate: again as dynamic_keep_sensitive" in captured.out
-    assert "int8 missed the gate: again as blockwise" in captured.out
-    assert captured.out.count("int8: fixed:") == 3
+    # First with an int8 KV cache, then the same scheme with an fp32 one, then each slower scheme.
+    for scheme in ("dynamic", "dynamic_keep_sensitive", "blockwise"):
+        assert f"int8 missed the gate: again as {scheme}, KV cache in fp32" in captured.out
+    assert captured.out.count("int8: fixed:") == 4
     assert [v.name for v in load_manifest(out).variants] == ["fp32"]
 
 
@@ -157,7 +178,8 @@ def test_int8_falls_through_to_blockwise_which_ships(
     monkeypatch.setattr(export_bundle, "INT8_SCHEMES", (DYNAMIC, BLOCKWISE))
     out = tmp_path / "bundle"
     args = ["bundle", "--checkpoint", str(trained_checkpoint), "--out", str(out), "--variants", "fp32,int8"]
-    assert export_main(args) == 0
+    # an fp32 cache: else the first retry is the intact dynamic scheme with it, which passes
+    assert export_main([*args, "--kv-int8", "off"]) == 0
     int8 = load_manifest(out).variant("int8")
     assert int8.verification["scheme"] == BLOCKWISE
     assert int8.verification["checks"]["fixed"]["agreement_beyond_near_ties"] >= MIN_INT8_AGREEMENT

@@ -6,6 +6,7 @@ text is gibberish: these tests check behaviour, never text quality).
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from tokenizers import Tokenizer
 
 from contract.command import count_words, prompt_ids
-from contract.manifest import load_manifest
+from contract.manifest import BundleError, load_manifest, sha256_file
 from runtime.cache_graph import build_cache_graph, cache_graph
 from runtime.kv_cache import BatchCache, can_write_in_place, empty_cache, live, rebuild, write_in_place
 from runtime.onnx_runner import OnnxRunner
@@ -160,6 +161,36 @@ def runner(tiny_bundle: Path) -> OnnxRunner:
 
 
 @pytest.fixture(scope="module")
+def int8_cache_runner(tiny_bundle: Path, tiny_checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> OnnxRunner:
+    """The tiny bundle's fp32 graph with an int8 KV cache calibrated by export/kv_int8.py. Its
+    weights stay fp32 (the int8 variant quantises activations per batch), so each row's logits
+    do not depend on its batch mates and the cache's layout is what a test sees."""
+    from export.kv_int8 import kv_scales, quantize_kv_cache
+    from training.checkpoint import load_checkpoint
+
+    bundle = tmp_path_factory.mktemp("int8_cache") / "bundle"
+    shutil.copytree(tiny_bundle, bundle)
+    checkpoint = load_checkpoint(tiny_checkpoint)
+    manifest = load_manifest(bundle)
+    scales = kv_scales(checkpoint.model, checkpoint.tokenizer, checkpoint.command, manifest.model.eos_token_id)
+    fp32 = manifest.variant("fp32")
+    quantize_kv_cache(bundle / fp32.file, scales)
+    fp32.kv_dtype, fp32.sha256 = "int8", sha256_file(bundle / fp32.file)
+    manifest.write(bundle)
+    return OnnxRunner(bundle, variant="fp32", provider="cpu", intra_op_threads=1)
+
+
+def test_an_int8_cache_is_int8_on_the_host_and_refuses_device_surgery(int8_cache_runner: OnnxRunner) -> None:
+    runner = int8_cache_runner
+    assert runner.kv_dtype == np.int8 and runner.ragged_rows
+    _, cache = prefill(runner, [3, 4, 5])
+    values = live(runner, cache.past[0], 3)
+    assert values.dtype == np.int8 and np.abs(values.astype(np.int32)).max() > 0
+    with pytest.raises(BundleError, match="int8 KV cache, served on CPU only"):
+        OnnxRunner(runner.bundle_dir, variant="fp32", provider="cpu", device_cache=True)
+
+
+@pytest.fixture(scope="module")
 def tokenizer(tiny_bundle: Path) -> Tokenizer:
     return Tokenizer.from_file(str(tiny_bundle / "tokenizer.json"))
 
@@ -238,11 +269,15 @@ def test_rebuilt_batch_decodes_like_each_row_alone(runner: OnnxRunner) -> None:
     np.testing.assert_allclose(logits, np.stack([alone[0], alone[2], alone[2]]), atol=1e-4)
 
 
-def test_ragged_rows_decode_like_each_row_alone_and_cost_their_own_columns(runner: OnnxRunner) -> None:
+@pytest.mark.parametrize("cache", ["fp32", "int8"])
+def test_ragged_rows_decode_like_each_row_alone_and_cost_their_own_columns(
+    cache: str, request: pytest.FixtureRequest
+) -> None:
     """A ragged cache (kv_cache.py): prompts padded on the right, rows from column 0 with their
     own lengths. Prefill, decode steps, a free slot, a joiner written in place (longer than
     every row: the mask widens) and a rebuild that drops the longest row (the width shrinks)
-    all give each row the logits it gets alone."""
+    all give each row the logits it gets alone, with the cache in fp32 or in int8."""
+    runner: OnnxRunner = request.getfixturevalue("runner" if cache == "fp32" else "int8_cache_runner")
     assert runner.ragged_rows
     prompts = [[3, 4, 5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15]]
     follow = [21, 22, 23]
@@ -645,7 +680,7 @@ def test_bundle_is_loaded_through_the_checked_manifest(tiny_bundle: Path) -> Non
     manifest = load_manifest(tiny_bundle)
     runner = OnnxRunner(tiny_bundle, manifest=manifest, provider="cpu")
     assert runner.variant.name == "int8"  # auto on CPU
-    assert runner.kv_dtype == np.float32 and runner.provider == "CPUExecutionProvider"
+    assert runner.kv_dtype == np.int8 and runner.provider == "CPUExecutionProvider"  # export/kv_int8.py
 
 
 def test_readyz_follows_the_engine_heartbeat(tiny_bundle: Path) -> None:
