@@ -30,12 +30,24 @@ class BenchModel:
     parameters: int
 
 
+EXPORT_CODE = Path(__file__).resolve().parent.parent / "export"
+
+
+def exported_before(manifest: Path, code: Path = EXPORT_CODE) -> bool:
+    """Whether a work folder's bundle predates this code's export: another bundle format, or
+    written before a file of `code` last changed (the same format can hold another graph or
+    KV cache dtype). A fresh checkout's files are older than anything exported from them."""
+    if json.loads(manifest.read_text()).get("format_version") != FORMAT_VERSION:
+        return True
+    return manifest.stat().st_mtime < max((f.stat().st_mtime for f in code.glob("*.py")), default=0.0)
+
+
 def export_bundle(checkpoint: Path, out: Path) -> Path:
     """The bundle by export's own CLI (fp32 and int8; the INT8 gate is off: a random model's
-    flat logits say nothing about quantisation). One left by an older export (an older bundle
-    format: another graph) is exported again, so the bench measures what this code exports."""
+    flat logits say nothing about quantisation). One left by an older export is exported
+    again, so the bench measures what this code exports."""
     manifest = out / "manifest.json"
-    if manifest.is_file() and json.loads(manifest.read_text()).get("format_version") != FORMAT_VERSION:
+    if manifest.is_file() and exported_before(manifest):
         shutil.rmtree(out)
     if not manifest.is_file():
         command = [sys.executable, "-m", "export", "bundle", "--checkpoint", str(checkpoint), "--out", str(out),

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,9 +14,10 @@ from pathlib import Path
 import pytest
 from server_process import ServerProcess, free_port
 
+from contract.manifest import FORMAT_VERSION
 from loadtest.arrivals import poisson_arrivals
 from loadtest.mix import MixError, load_mix
-from loadtest.models import export_bundle
+from loadtest.models import export_bundle, exported_before
 from loadtest.report import percentile
 
 SAMPLE_MIX = Path(__file__).resolve().parents[1] / "loadtest" / "mixes" / "sample.jsonl"
@@ -185,6 +187,17 @@ def test_bench_exports_again_a_bundle_of_an_older_format(tmp_path: Path) -> None
     with pytest.raises(subprocess.CalledProcessError):  # the export runs (and fails: no checkpoint)
         export_bundle(tmp_path / "no_checkpoint", stale)
     assert not (stale / "manifest.json").exists()
+
+
+def test_a_bundle_written_before_the_export_code_changed_counts_as_stale(tmp_path: Path) -> None:
+    code, manifest = tmp_path / "export", tmp_path / "manifest.json"
+    code.mkdir()
+    (code / "onnx_graph.py").write_text("")
+    manifest.write_text(json.dumps({"format_version": FORMAT_VERSION}))
+    os.utime(code / "onnx_graph.py", (1_000, 1_000))
+    assert not exported_before(manifest, code)
+    os.utime(manifest, (500, 500))  # exported, then the export code changed
+    assert exported_before(manifest, code)
 
 
 def test_unreachable_server_is_a_one_line_error_with_exit_2() -> None:
