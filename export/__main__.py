@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         "--kv-int8",
         choices=("on", "off"),
         default="on",
-        help="the int8 variant's KV cache in int8 where the graph can hold one (GPT-2; default: on)",
+        help="a GPT-2 model's int8 variant keeps its KV cache in int8 (default: on)",
     )
     bundle.set_defaults(func=run_bundle)
 

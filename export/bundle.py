@@ -129,8 +129,8 @@ def build_bundle(
     name: str | None = None,
     kv_int8: str = "on",
 ) -> BundleResult:
-    """`kv_int8`: `on` gives the INT8 variant an int8 KV cache where the graph can hold one
-    (export/kv_int8.py), `off` keeps it fp32."""
+    """`kv_int8`: `on` gives a GPT-2 INT8 variant an int8 KV cache (export/kv_int8.py), `off`
+    keeps it fp32."""
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown or not variants:
@@ -150,10 +150,10 @@ def build_bundle(
             print(f"[3/4] deriving {variant}", flush=True)
             files[variant] = DERIVE[variant](fp32_path, staging / f"decoder_{variant}.onnx")
     kv_cache = kv_cache_kind(checkpoint.model)
-    # An int8 KV cache goes with the first (fastest) scheme only; if that misses the gate, the
-    # retries start with the same scheme and an fp32 cache.
-    int8_kv = "int8" in variants and wants_int8_kv(kv_int8, kv_cache)
-    retries = INT8_SCHEMES[0 if int8_kv else 1 :]
+    # INT8 attempts, fastest first: each weight scheme (export/variants.py) with an int8 KV cache
+    # where the model gets one, then with an fp32 one; the first to pass the gate ships.
+    int8_kv = "int8" in variants and wants_int8_kv(kv_int8, info.architecture)
+    attempts = [(scheme, kv) for scheme in INT8_SCHEMES for kv in ((True, False) if int8_kv else (False,))]
     if int8_kv:
         print("[3/4] calibrating int8's KV cache on the model's own continuations", flush=True)
         scales = kv_scales(checkpoint.model, checkpoint.tokenizer, checkpoint.command, info.eos_token_id)
@@ -177,13 +177,16 @@ def build_bundle(
     results = verify_variants(staging, manifest, reference, checkpoint.tokenizer, int8_min_agreement)
     if "int8" in results:
         results["int8"]["scheme"] = INT8_SCHEMES[0]
-    for scheme in retries:
+    for scheme, with_int8_kv in attempts[1:]:
         if "int8" not in results or results["int8"]["passed"]:
             break
         # All-int8 dynamic is the fast variant, but rounds some models' activations too coarsely;
         # the next scheme (export/variants.py) is slower or larger and beats serving FP32.
-        print(f"[4/4] int8 missed the gate: again as {scheme}, KV cache in fp32", flush=True)
+        cache = "int8" if with_int8_kv else "fp32"
+        print(f"[4/4] int8 missed the gate: again as {scheme}, KV cache in {cache}", flush=True)
         to_int8(fp32_path, files["int8"], scheme)
+        if with_int8_kv:
+            quantize_kv_cache(files["int8"], scales)
         entry = variant_entry("int8", files["int8"], info, kv_cache)
         manifest.variants = [entry if v.name == "int8" else v for v in manifest.variants]
         retry = replace(manifest, variants=[entry])

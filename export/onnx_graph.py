@@ -7,17 +7,16 @@ The graph serves both prefill (past length 0) and decode (one new token per row)
              past_key_values.{i}.key/value
     outputs  logits [B,vocab] (each row's last real token only), present.{i}.key/value
 
-where the KV tensors are, by the wrapper's `kv_cache` (contract/manifest.py): `ragged` (GPT-2)
-one buffer [B,n_kv_head,capacity,head_dim] bound as past and present, each row written after
-its own last column (rows may have lengths of their own, or be left-padded); `concat` (Llama)
-past [B,n_kv_head,P,head_dim] and present [B,n_kv_head,P+S,head_dim], left-padded batches, so
-the last position is every row's newest token. The LM head runs on one position per row
-instead of the whole prompt.
+where each KV tensor is one buffer [B,n_kv_head,capacity,head_dim] bound as past and present
+(`ragged`, contract/manifest.py): the graph writes each row's new columns after its own last
+one, so rows may have lengths of their own, or be left-padded. The LM head runs on one position
+per row instead of the whole prompt.
 
-A plain `torch.onnx.export(dynamo=False)` of a wrapper with flat past tensors matches torch
-to ~1e-7 (docs/architecture.md). transformers 5 wants a Cache object, so the concat wrapper
-builds a DynamicCache from the flat tensors; the tracer only ever sees plain tensors at the
-boundary. GPT-2 is written out block by block around ONNX Runtime's GroupQueryAttention instead.
+Both families are written out block by block around ONNX Runtime's GroupQueryAttention, from
+the model's own modules (projections, norms, MLP, rotary embedding), traced by the legacy
+`torch.onnx.export(dynamo=False)`; verification compares the graph with PyTorch's own forward.
+Bundles of format 1-3 hold `concat` graphs (present = concat(past, new), Llama's until format
+4's export); the runtime still serves them.
 
 One wrapper per decoder family (WRAPPERS, keyed by the manifest's architecture): GPT-2 (learned
 positions, LayerNorm, GELU MLP) and Llama (RoPE, RMSNorm, SwiGLU, grouped-query attention:
@@ -34,51 +33,21 @@ from pathlib import Path
 import onnx
 import torch
 from onnx import TensorProto, helper
-from transformers import DynamicCache, PreTrainedModel
+from transformers import PreTrainedModel
+from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from contract.manifest import (
     ATTENTION_MASK,
     INPUT_IDS,
-    KV_CONCAT,
     KV_RAGGED,
     LOGITS,
     POSITION_IDS,
     past_names,
     present_names,
 )
-from training.model import architecture, cache_argument, kv_shape
+from training.model import architecture, kv_shape
 
 OPSET = 17  # the first opset with LayerNormalization as one op
-
-
-class DecoderWithPast(torch.nn.Module):
-    """A decoder with flat past/present tensors and last-position logits: the graph's signature.
-    `body` is the family's stack of blocks (GPT-2's `transformer`, Llama's `model`).
-    Its KV cache is `concat`: present = concat(past, new), a new tensor every step."""
-
-    kv_cache = KV_CONCAT
-
-    def __init__(self, model: PreTrainedModel, body: torch.nn.Module) -> None:
-        super().__init__()
-        self.model, self.body = model, body
-        self.n_layer = model.config.num_hidden_layers
-
-    def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
-    ) -> tuple[torch.Tensor, ...]:
-        cache = DynamicCache(
-            ddp_cache_data=[(past[2 * i], past[2 * i + 1]) for i in range(self.n_layer)], config=self.model.config
-        )
-        out = self.body(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            position_ids=position_ids,
-            use_cache=True,
-            **{cache_argument(self.body): cache},
-        )
-        logits = self.model.lm_head(out.last_hidden_state[:, -1, :])
-        present = [t for layer in cache.layers for t in (layer.keys, layer.values)]
-        return (logits, *present)
 
 
 class GroupQueryAttention(torch.autograd.Function):
@@ -91,7 +60,8 @@ class GroupQueryAttention(torch.autograd.Function):
     its columns up to seqlens_k[b] only, so each row may have its own length (a ragged cache,
     kv_cache.py); left-padded rows all have the same one, and their padding columns are masked
     by `bias` (0 or -10000 per key column). Query, key and
-    value come packed in one [B, S, 3 * hidden] tensor (the QKV projection's output as is).
+    value come packed in one [B, S, (num_heads + 2 * kv_num_heads) * head_dim] tensor (GPT-2's
+    QKV projection's output as is; Llama's three projections, RoPE applied, concatenated).
     The eager forward is only for the tracer (shapes); verification compares the exported
     graph with PyTorch's own GPT-2, not with this.
     """
@@ -106,8 +76,10 @@ class GroupQueryAttention(torch.autograd.Function):
         total_length: torch.Tensor,
         bias: torch.Tensor,
         num_heads: int,
+        kv_num_heads: int,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return torch.zeros_like(qkv[..., : qkv.shape[-1] // 3]), past_key.clone(), past_value.clone()
+        attended = qkv.shape[-1] * num_heads // (num_heads + 2 * kv_num_heads)
+        return torch.zeros_like(qkv[..., :attended]), past_key.clone(), past_value.clone()
 
     @staticmethod
     def symbolic(
@@ -119,17 +91,19 @@ class GroupQueryAttention(torch.autograd.Function):
         total_length: torch.Value,
         bias: torch.Value,
         num_heads: int,
+        kv_num_heads: int,
     ) -> tuple[torch.Value, ...]:
         # The legacy exporter cannot leave an input empty: fill_optional_inputs does it after.
         args = (qkv, past_key, past_value, seqlens_k, total_length, bias)
         op = "com.microsoft::GroupQueryAttention"
         attended, present_key, present_value = g.op(
-            op, *args, num_heads_i=num_heads, kv_num_heads_i=num_heads, outputs=3
+            op, *args, num_heads_i=num_heads, kv_num_heads_i=kv_num_heads, outputs=3
         )
         # Typed, so that ONNX shape inference carries on past the contrib op and the graph's
         # outputs keep their static sizes (logits [batch, vocab], the manifest's `shapes`).
         sizes = qkv.type().varyingSizes()
-        attended.setType(qkv.type().with_sizes([*sizes[:-1], sizes[-1] // 3 if sizes[-1] else None]))
+        width = sizes[-1] * num_heads // (num_heads + 2 * kv_num_heads) if sizes[-1] else None
+        attended.setType(qkv.type().with_sizes([*sizes[:-1], width]))
         present_key.setType(past_key.type())
         present_value.setType(past_value.type())
         return attended, present_key, present_value
@@ -183,11 +157,33 @@ class GPT2BlockInPlace(torch.nn.Module):
         bias: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         attended, present_key, present_value = GroupQueryAttention.apply(
-            self.c_attn(self.ln_1(hidden)), past_key, past_value, seqlens_k, total, bias, self.n_head
+            self.c_attn(self.ln_1(hidden)), past_key, past_value, seqlens_k, total, bias, self.n_head, self.n_head
         )
         hidden = hidden + self.c_proj(attended)
         hidden = hidden + self.mlp(self.ln_2(hidden))
         return hidden, present_key, present_value
+
+
+def ragged_lengths(
+    attention_mask: torch.Tensor, hidden: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What GroupQueryAttention needs from the mask [B,P+S] (the `ragged` contract): each row's
+    last real column (its own length - 1 for a row that starts at column 0, P+S-1 for a
+    left-padded row, whose last column is always real) as `last` and as int32 `seqlens_k`,
+    total_sequence_length = P+S, and the additive bias [B,1,S,P+S] (MASKED on padding)."""
+    # Traced from tensors, not Python ints, so they stay dynamic in the graph.
+    total = torch.ones_like(attention_mask[0]).sum()
+    last = (attention_mask * (torch.ones_like(attention_mask).cumsum(-1) - 1)).amax(-1)
+    keep = attention_mask[:, None, None, :].to(hidden.dtype)  # [B,1,1,P+S]
+    bias = (1.0 - keep) * MASKED + torch.zeros_like(hidden[:, None, :, :1])  # [B,1,S,P+S]
+    return last, last.to(torch.int32), total.to(torch.int32), bias
+
+
+def last_token(hidden: torch.Tensor, last: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+    """Each row's hidden state [B, hidden] at its last real token: at its own index in a
+    right-padded prefill (last < S-1), at the last position otherwise (decode, left padding)."""
+    index = torch.minimum(last, torch.ones_like(input_ids[0]).sum() - 1)
+    return hidden.gather(1, index[:, None, None].expand(-1, 1, hidden.shape[-1]))[:, 0, :]
 
 
 class GPT2DecoderInPlace(torch.nn.Module):
@@ -218,36 +214,86 @@ class GPT2DecoderInPlace(torch.nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         hidden = self.wte(input_ids) + self.wpe(position_ids)
-        # Traced from tensors, not Python ints, so they stay dynamic in the graph.
-        total = torch.ones_like(attention_mask[0]).sum()
-        # Each row's last real column: its own length - 1 for rows that start at column 0
-        # (ragged), total - 1 for left-padded rows (their last column is always real).
-        last = (attention_mask * (torch.ones_like(attention_mask).cumsum(-1) - 1)).amax(-1)
-        seqlens_k = last.to(torch.int32)
-        keep = attention_mask[:, None, None, :].to(hidden.dtype)  # [B,1,1,P+S]
-        bias = (1.0 - keep) * MASKED + torch.zeros_like(hidden[:, None, :, :1])  # [B,1,S,P+S]
+        last, seqlens_k, total, bias = ragged_lengths(attention_mask, hidden)
         present = []
         for i, block in enumerate(self.blocks):
-            hidden, key, value = block(hidden, past[2 * i], past[2 * i + 1], seqlens_k, total.to(torch.int32), bias)
+            hidden, key, value = block(hidden, past[2 * i], past[2 * i + 1], seqlens_k, total, bias)
             present += [key, value]
-        # The row's last real token: at its own index in a right-padded prefill (seqlens_k < S-1),
-        # the last position otherwise (decode, left padding).
-        index = torch.minimum(last, torch.ones_like(input_ids[0]).sum() - 1)
-        hidden = hidden.gather(1, index[:, None, None].expand(-1, 1, hidden.shape[-1]))
-        logits = self.lm_head(self.ln_f(hidden[:, 0, :]))
+        logits = self.lm_head(self.ln_f(last_token(hidden, last, input_ids)))
         return (logits, *present)
 
 
-class LlamaDecoderWithPast(DecoderWithPast):
-    """RoPE from position_ids, grouped-query attention (the cache holds n_kv_head heads), SwiGLU."""
+class LlamaBlockInPlace(torch.nn.Module):
+    """One Llama block (HF's LlamaDecoderLayer) around GroupQueryAttention: RMSNorm, the three
+    projections with RoPE on query and key (HF's own apply_rotary_pos_emb), grouped-query
+    attention over n_kv_head key/value heads, SwiGLU."""
+
+    def __init__(self, layer: torch.nn.Module, n_head: int, n_kv_head: int, head_dim: int) -> None:
+        super().__init__()
+        attention = layer.self_attn
+        self.input_layernorm, self.post_attention_layernorm = layer.input_layernorm, layer.post_attention_layernorm
+        self.q_proj, self.k_proj, self.v_proj = attention.q_proj, attention.k_proj, attention.v_proj
+        self.o_proj, self.mlp = attention.o_proj, layer.mlp
+        self.n_head, self.n_kv_head, self.head_dim = n_head, n_kv_head, head_dim
+
+    def forward(
+        self,
+        hidden: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        past_key: torch.Tensor,
+        past_value: torch.Tensor,
+        seqlens_k: torch.Tensor,
+        total: torch.Tensor,
+        bias: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.input_layernorm(hidden)
+        batch, seq = x.shape[:2]
+        query = self.q_proj(x).view(batch, seq, self.n_head, self.head_dim).transpose(1, 2)
+        key = self.k_proj(x).view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)
+        query, key = apply_rotary_pos_emb(query, key, *rope)
+        qkv = torch.cat([query.transpose(1, 2).flatten(2), key.transpose(1, 2).flatten(2), self.v_proj(x)], dim=-1)
+        attended, present_key, present_value = GroupQueryAttention.apply(
+            qkv, past_key, past_value, seqlens_k, total, bias, self.n_head, self.n_kv_head
+        )
+        hidden = hidden + self.o_proj(attended)
+        hidden = hidden + self.mlp(self.post_attention_layernorm(hidden))
+        return hidden, present_key, present_value
+
+
+class LlamaDecoderInPlace(torch.nn.Module):
+    """A Llama-family decoder block by block around GroupQueryAttention, `ragged` like
+    GPT2DecoderInPlace (the same lengths from the mask, the same last-token logits); RoPE's
+    angles come from position_ids through the model's own rotary embedding."""
+
+    kv_cache = KV_RAGGED
 
     def __init__(self, model: PreTrainedModel) -> None:
-        super().__init__(model, model.model)
+        super().__init__()
+        config, body = model.config, model.model
+        n_kv_head, head_dim = kv_shape(config)
+        self.embed_tokens, self.rotary_emb = body.embed_tokens, body.rotary_emb
+        self.norm, self.lm_head = body.norm, model.lm_head
+        self.blocks = torch.nn.ModuleList(
+            LlamaBlockInPlace(layer, config.num_attention_heads, n_kv_head, head_dim) for layer in body.layers
+        )
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+    ) -> tuple[torch.Tensor, ...]:
+        hidden = self.embed_tokens(input_ids)
+        rope = self.rotary_emb(hidden, position_ids)
+        last, seqlens_k, total, bias = ragged_lengths(attention_mask, hidden)
+        present = []
+        for i, block in enumerate(self.blocks):
+            hidden, key, value = block(hidden, rope, past[2 * i], past[2 * i + 1], seqlens_k, total, bias)
+            present += [key, value]
+        logits = self.lm_head(self.norm(last_token(hidden, last, input_ids)))
+        return (logits, *present)
 
 
-WRAPPERS: dict[str, type[DecoderWithPast] | type[GPT2DecoderInPlace]] = {
+WRAPPERS: dict[str, type[GPT2DecoderInPlace] | type[LlamaDecoderInPlace]] = {
     "gpt2": GPT2DecoderInPlace,
-    "llama": LlamaDecoderWithPast,
+    "llama": LlamaDecoderInPlace,
 }
 
 
@@ -318,16 +364,7 @@ def export_decoder(model: PreTrainedModel, path: Path | str, opset: int = OPSET)
         LOGITS: {0: "batch"},
     }
     # An in-place cache's past and present are one buffer: both have its capacity in columns.
-    past_axis, present_axis = (
-        ("capacity", "capacity") if kv_cache_kind(model) != KV_CONCAT else ("past_seq", "total_seq")
-    )
-    dynamic_axes |= {name: {0: "batch", 2: past_axis} for name in past_names(n_layer)}
-    dynamic_axes |= {name: {0: "batch", 2: present_axis} for name in present_names(n_layer)}
-    # Eager attention traces to plain MatMul/Softmax that every ONNX Runtime provider runs.
-    # Restored afterwards, so the PyTorch reference that verification compares against
-    # keeps its own attention kernel: an independent implementation, not the traced one.
-    attention = model.config._attn_implementation
-    model.config._attn_implementation = "eager"
+    dynamic_axes |= {name: {0: "batch", 2: "capacity"} for name in [*past_names(n_layer), *present_names(n_layer)]}
     # eval() matters twice: no dropout, and torch.onnx.export restores the wrapper's own
     # training flag on the way out, so a training-mode wrapper would leave the model training.
     decoder = WRAPPERS[architecture(model)](model).eval()
@@ -336,21 +373,18 @@ def export_decoder(model: PreTrainedModel, path: Path | str, opset: int = OPSET)
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter, on purpose (see top)
-        try:
-            torch.onnx.export(
-                decoder,
-                sample_inputs(model),
-                str(path),
-                input_names=inputs,
-                output_names=outputs,
-                dynamic_axes=dynamic_axes,
-                opset_version=opset,
-                custom_opsets={"com.microsoft": 1},
-                do_constant_folding=True,
-                dynamo=False,
-            )
-        finally:
-            model.config._attn_implementation = attention
+        torch.onnx.export(
+            decoder,
+            sample_inputs(model),
+            str(path),
+            input_names=inputs,
+            output_names=outputs,
+            dynamic_axes=dynamic_axes,
+            opset_version=opset,
+            custom_opsets={"com.microsoft": 1},
+            do_constant_folding=True,
+            dynamo=False,
+        )
     graph = fill_optional_inputs(gemm_to_matmul(onnx.load(str(path))))
     onnx.checker.check_model(graph)
     onnx.save(graph, str(path))

@@ -174,7 +174,7 @@ def test_llama_bundle_is_served_over_http(gguf_student: Path, tmp_path: Path) ->
     assert manifest.model.architecture == "llama" and manifest.command.format == PLAIN_WORDS
     assert (manifest.model.n_kv_head, manifest.model.head_dim) == (2, 16)
     fp32 = next(v for v in manifest.variants if v.name == "fp32")
-    assert fp32.verification["passed"]
+    assert fp32.verification["passed"] and fp32.kv_cache == "ragged"
 
     server = ServerProcess(result.bundle_dir, tmp_path / "server.log", variant="fp32")
     try:
@@ -187,6 +187,18 @@ def test_llama_bundle_is_served_over_http(gguf_student: Path, tmp_path: Path) ->
         assert response.status_code == 200, response.text
     finally:
         server.stop()
+
+
+def test_llama_ragged_rows_decode_like_each_row_alone(gguf_student: Path, tmp_path: Path) -> None:
+    """The Llama graph is written around GroupQueryAttention like GPT-2's (export/onnx_graph.py):
+    its rows keep lengths of their own, and RoPE sees each row's own positions."""
+    from export.bundle import build_bundle
+    from runtime.onnx_runner import OnnxRunner
+    from tests.ragged_rows import check_ragged_rows
+
+    result = build_bundle(gguf_student, tmp_path / "bundle", variants=("fp32",))
+    assert result.bundle_dir is not None, result.failures
+    check_ragged_rows(OnnxRunner(result.bundle_dir, variant="fp32", provider="cpu", intra_op_threads=1))
 
 
 def test_hub_id_is_refused_offline_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

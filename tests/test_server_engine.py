@@ -35,6 +35,7 @@ from runtime.sampler_graph import build_sampler_graph, sampler_graph
 from server.engine.request import Event, GenerationRequest, LengthBounds, RequestDone, SampleDone
 from server.engine.scheduler import HOLD_STEPS, SHRINK_AFTER_STEPS, Scheduler
 from server.metrics import Metrics
+from tests.ragged_rows import check_ragged_rows, prefill
 
 # --- sampler -----------------------------------------------------------------------
 
@@ -195,13 +196,6 @@ def tokenizer(tiny_bundle: Path) -> Tokenizer:
     return Tokenizer.from_file(str(tiny_bundle / "tokenizer.json"))
 
 
-def prefill(runner: OnnxRunner, ids: list[int]) -> tuple[np.ndarray, BatchCache]:
-    array = np.array([ids], np.int64)
-    past = runner.empty_past(1)
-    logits, present = runner.forward(array, np.ones_like(array), np.arange(len(ids))[None, :], past)
-    return logits, BatchCache(present, np.ones_like(array))
-
-
 def test_a_batch_from_empty_adopts_its_prefill_cache(runner: OnnxRunner) -> None:
     """Joining an empty batch once each, in order, the prefill's cache becomes the batch's
     without a copy; its padding columns are zeroed; it decodes like each row alone."""
@@ -273,60 +267,8 @@ def test_rebuilt_batch_decodes_like_each_row_alone(runner: OnnxRunner) -> None:
 def test_ragged_rows_decode_like_each_row_alone_and_cost_their_own_columns(
     cache: str, request: pytest.FixtureRequest
 ) -> None:
-    """A ragged cache (kv_cache.py): prompts padded on the right, rows from column 0 with their
-    own lengths. Prefill, decode steps, a free slot, a joiner written in place (longer than
-    every row: the mask widens) and a rebuild that drops the longest row (the width shrinks)
-    all give each row the logits it gets alone, with the cache in fp32 or in int8."""
-    runner: OnnxRunner = request.getfixturevalue("runner" if cache == "fp32" else "int8_cache_runner")
-    assert runner.ragged_rows
-    prompts = [[3, 4, 5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15]]
-    follow = [21, 22, 23]
-
-    def alone(ids: list[int], steps: int) -> list[np.ndarray]:
-        logits, cache = prefill(runner, ids)
-        out = [logits[0]]
-        for token in follow[:steps]:
-            mask = np.concatenate([cache.mask, np.ones((1, 1), np.int64)], axis=1)
-            logits, cache.past = runner.forward(np.array([[token]]), mask, cache.positions(), cache.past)
-            cache.mask, out = mask, [*out, logits[0]]
-        return out
-
-    expected = [alone(ids, 3) for ids in prompts]
-    input_ids, mask, positions = pad(prompts, runner.eos_token_id, right=True)
-    logits, present = runner.forward(input_ids, mask, positions, runner.empty_past(3))
-    np.testing.assert_allclose(logits, np.stack([e[0] for e in expected]), atol=1e-4)
-    cache = rebuild(runner, empty_cache(runner), np.array([], np.int64), BatchCache(present, mask, True), np.arange(3))
-    every = np.ones(3, bool)
-    for step in range(2):
-        step_mask = cache.step_mask(every)
-        assert step_mask.shape[1] == 8 + step  # the longest row and its new token, not more
-        logits, present = runner.forward(np.full((3, 1), follow[step]), step_mask, cache.positions(), cache.past)
-        cache.advance(present, step_mask, every)
-        np.testing.assert_allclose(logits, np.stack([e[step + 1] for e in expected]), atol=1e-4)
-
-    # row 1 leaves; its free slot stays of length 0 while the others decode
-    live_rows = np.array([True, False, True])
-    step_mask = cache.step_mask(live_rows)
-    logits, present = runner.forward(np.full((3, 1), follow[2]), step_mask, cache.positions(), cache.past)
-    cache.advance(present, step_mask, live_rows)
-    np.testing.assert_allclose(logits[[0, 2]], np.stack([expected[0][3], expected[2][3]]), atol=1e-4)
-    assert cache.mask.sum(axis=1).tolist() == [10, 0, 7]
-
-    # a joiner longer than every row takes the free slot from column 0
-    longest = list(range(30, 42))
-    _, joining = prefill(runner, longest)
-    joining.ragged = True
-    assert can_write_in_place(runner, cache, joining)
-    write_in_place(runner, cache, [1], joining, [0])
-    step_mask = cache.step_mask(every)
-    assert step_mask.shape[1] == len(longest) + 1
-    logits, present = runner.forward(np.full((3, 1), 50), step_mask, cache.positions(), cache.past)
-    cache.advance(present, step_mask, every)
-    np.testing.assert_allclose(logits[1], alone(longest + [50], 0)[0], atol=1e-4)
-
-    # the joiner leaves: the rebuilt cache is as wide as its longest row
-    cache = rebuild(runner, cache, np.array([0, 2]))
-    assert cache.ragged and cache.mask.shape == (2, 11) and cache.mask.sum(axis=1).tolist() == [11, 8]
+    """tests/ragged_rows.py on the tiny GPT-2, its cache in fp32 or in int8."""
+    check_ragged_rows(request.getfixturevalue("runner" if cache == "fp32" else "int8_cache_runner"))
 
 
 # --- scheduler -----------------------------------------------------------------------
