@@ -12,8 +12,9 @@ GPT-2 INT8 variant's default (wants_int8_kv says why not Llama's).
 
 The scales: each layer's largest |key| and |value| per (head, channel) over the model's own
 greedy continuations of real serving prompts, with SCALE_MARGIN of headroom; a value beyond it
-saturates at +-127 (ONNX Runtime clamps, it does not wrap). The calibration intents are not
-verification's (export/verify.py), so the INT8 gate judges the cache on prompts it never saw.
+saturates at the end of the int8 range (ONNX Runtime clamps, it does not wrap). The calibration
+intents are not verification's (export/verify.py), so the INT8 gate judges the cache on prompts
+it never saw.
 """
 
 from __future__ import annotations
