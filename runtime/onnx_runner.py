@@ -170,6 +170,7 @@ class OnnxRunner:
                 "device_sampling": self.sampler is not None,
                 "device_cache": self.cache_surgery is not None,
                 "kv_cache": self.variant.kv_cache,
+                "kv_dtype": self.variant.kv_dtype,
                 "ragged_rows": self.ragged_rows,
                 "file": str(path),
             },

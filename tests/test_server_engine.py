@@ -6,6 +6,7 @@ text is gibberish: these tests check behaviour, never text quality).
 
 from __future__ import annotations
 
+import logging
 import shutil
 import subprocess
 import sys
@@ -181,9 +182,15 @@ def int8_cache_runner(tiny_bundle: Path, tiny_checkpoint: Path, tmp_path_factory
     return OnnxRunner(bundle, variant="fp32", provider="cpu", intra_op_threads=1)
 
 
-def test_an_int8_cache_is_int8_on_the_host_and_refuses_device_surgery(int8_cache_runner: OnnxRunner) -> None:
+def test_an_int8_cache_is_int8_on_the_host_and_refuses_device_surgery(
+    int8_cache_runner: OnnxRunner, caplog: pytest.LogCaptureFixture
+) -> None:
     runner = int8_cache_runner
     assert runner.kv_dtype == np.int8 and runner.ragged_rows
+    with caplog.at_level(logging.INFO, logger="runtime.onnx_runner"):
+        OnnxRunner(runner.bundle_dir, variant="fp32", provider="cpu")
+    ready = next(r for r in caplog.records if r.getMessage() == "runner ready")
+    assert (ready.kv_dtype, ready.kv_cache, ready.ragged_rows) == ("int8", "ragged", True)  # what an operator reads
     _, cache = prefill(runner, [3, 4, 5])
     values = live(runner, cache.past[0], 3)
     assert values.dtype == np.int8 and np.abs(values.astype(np.int32)).max() > 0
