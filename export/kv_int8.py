@@ -11,7 +11,8 @@ default 9-16%, with the same realistic-intent scores (bench/engine.md, step 9). 
 GPT-2 INT8 variant's default (wants_int8_kv says why not Llama's).
 
 The scales: each layer's largest |key| and |value| per (head, channel) over the model's own
-greedy continuations of real serving prompts, with SCALE_MARGIN of headroom; a value beyond it
+greedy continuations of real serving prompts (word-list intents and intents as users type them),
+with SCALE_MARGIN of headroom; a value beyond it
 saturates at the end of the int8 range (ONNX Runtime clamps, it does not wrap). The calibration
 intents are not verification's (export/verify.py), so the INT8 gate judges the cache on prompts
 it never saw.
@@ -44,6 +45,12 @@ CALIBRATION_INTENTS = (
     "jazz club poster",
     "desert road trip",
     "board game cafe",
+    # as users type them: casing, accents, names, numbers (none of them in the realistic held-out
+    # set, training/intents/realistic_eval.tsv): their keys and values must fit the scales too
+    "Día de Reyes bakery specials",
+    "Nürburgring track day 2025",
+    "AirPods case engraving",
+    "Hokkaidō ski resort deals",
 )
 
 
