@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import onnx
 import torch
@@ -48,6 +49,14 @@ from contract.manifest import (
 from training.model import architecture, kv_shape
 
 OPSET = 17  # the first opset with LayerNormalization as one op
+
+
+class AttentionLengths(NamedTuple):
+    """GroupQueryAttention's length inputs, the same for every block (ragged_lengths)."""
+
+    seqlens_k: torch.Tensor  # [B] int32: each row's last real column
+    total: torch.Tensor  # scalar int32: the mask's width, P+S
+    bias: torch.Tensor  # [B,1,S,P+S]: 0, or MASKED on a padding column
 
 
 class GroupQueryAttention(torch.autograd.Function):
@@ -148,35 +157,27 @@ class GPT2BlockInPlace(torch.nn.Module):
         self.mlp = GPT2MLP(block.mlp)
 
     def forward(
-        self,
-        hidden: torch.Tensor,
-        past_key: torch.Tensor,
-        past_value: torch.Tensor,
-        seqlens_k: torch.Tensor,
-        total: torch.Tensor,
-        bias: torch.Tensor,
+        self, hidden: torch.Tensor, past_key: torch.Tensor, past_value: torch.Tensor, lengths: AttentionLengths
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         attended, present_key, present_value = GroupQueryAttention.apply(
-            self.c_attn(self.ln_1(hidden)), past_key, past_value, seqlens_k, total, bias, self.n_head, self.n_head
+            self.c_attn(self.ln_1(hidden)), past_key, past_value, *lengths, self.n_head, self.n_head
         )
         hidden = hidden + self.c_proj(attended)
         hidden = hidden + self.mlp(self.ln_2(hidden))
         return hidden, present_key, present_value
 
 
-def ragged_lengths(
-    attention_mask: torch.Tensor, hidden: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What GroupQueryAttention needs from the mask [B,P+S] (the `ragged` contract): each row's
-    last real column (its own length - 1 for a row that starts at column 0, P+S-1 for a
-    left-padded row, whose last column is always real) as `last` and as int32 `seqlens_k`,
-    total_sequence_length = P+S, and the additive bias [B,1,S,P+S] (MASKED on padding)."""
+def ragged_lengths(attention_mask: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, AttentionLengths]:
+    """What the mask [B,P+S] says (the `ragged` contract): each row's last real column `last`
+    (its own length - 1 for a row that starts at column 0, P+S-1 for a left-padded row, whose
+    last column is always real), and GroupQueryAttention's inputs from it: that as int32
+    seqlens_k, total_sequence_length = P+S, and the additive bias [B,1,S,P+S] (MASKED on padding)."""
     # Traced from tensors, not Python ints, so they stay dynamic in the graph.
     total = torch.ones_like(attention_mask[0]).sum()
     last = (attention_mask * (torch.ones_like(attention_mask).cumsum(-1) - 1)).amax(-1)
     keep = attention_mask[:, None, None, :].to(hidden.dtype)  # [B,1,1,P+S]
     bias = (1.0 - keep) * MASKED + torch.zeros_like(hidden[:, None, :, :1])  # [B,1,S,P+S]
-    return last, last.to(torch.int32), total.to(torch.int32), bias
+    return last, AttentionLengths(last.to(torch.int32), total.to(torch.int32), bias)
 
 
 def last_token(hidden: torch.Tensor, last: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -214,10 +215,10 @@ class GPT2DecoderInPlace(torch.nn.Module):
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
         hidden = self.wte(input_ids) + self.wpe(position_ids)
-        last, seqlens_k, total, bias = ragged_lengths(attention_mask, hidden)
+        last, lengths = ragged_lengths(attention_mask, hidden)
         present = []
         for i, block in enumerate(self.blocks):
-            hidden, key, value = block(hidden, past[2 * i], past[2 * i + 1], seqlens_k, total, bias)
+            hidden, key, value = block(hidden, past[2 * i], past[2 * i + 1], lengths)
             present += [key, value]
         logits = self.lm_head(self.ln_f(last_token(hidden, last, input_ids)))
         return (logits, *present)
@@ -242,9 +243,7 @@ class LlamaBlockInPlace(torch.nn.Module):
         rope: tuple[torch.Tensor, torch.Tensor],
         past_key: torch.Tensor,
         past_value: torch.Tensor,
-        seqlens_k: torch.Tensor,
-        total: torch.Tensor,
-        bias: torch.Tensor,
+        lengths: AttentionLengths,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x = self.input_layernorm(hidden)
         batch, seq = x.shape[:2]
@@ -253,7 +252,7 @@ class LlamaBlockInPlace(torch.nn.Module):
         query, key = apply_rotary_pos_emb(query, key, *rope)
         qkv = torch.cat([query.transpose(1, 2).flatten(2), key.transpose(1, 2).flatten(2), self.v_proj(x)], dim=-1)
         attended, present_key, present_value = GroupQueryAttention.apply(
-            qkv, past_key, past_value, seqlens_k, total, bias, self.n_head, self.n_kv_head
+            qkv, past_key, past_value, *lengths, self.n_head, self.n_kv_head
         )
         hidden = hidden + self.o_proj(attended)
         hidden = hidden + self.mlp(self.post_attention_layernorm(hidden))
@@ -282,10 +281,10 @@ class LlamaDecoderInPlace(torch.nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         hidden = self.embed_tokens(input_ids)
         rope = self.rotary_emb(hidden, position_ids)
-        last, seqlens_k, total, bias = ragged_lengths(attention_mask, hidden)
+        last, lengths = ragged_lengths(attention_mask, hidden)
         present = []
         for i, block in enumerate(self.blocks):
-            hidden, key, value = block(hidden, rope, past[2 * i], past[2 * i + 1], seqlens_k, total, bias)
+            hidden, key, value = block(hidden, rope, past[2 * i], past[2 * i + 1], lengths)
             present += [key, value]
         logits = self.lm_head(self.norm(last_token(hidden, last, input_ids)))
         return (logits, *present)
