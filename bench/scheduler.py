@@ -14,7 +14,8 @@
 - unloaded: one request at a time (48 new tokens): ms per step, and ORT's share of it.
 - kernels: ORT's dynamic INT8 MatMul on one GPT-2 small MLP weight at batch 1/8/32,
   GroupQueryAttention over a GPT-2 small batch of 32 ragged rows (12 layers) with the cache in
-  fp32, fp16 and int8, and the host's read bandwidth (needs onnx).
+  fp32, fp16 and int8 and with padded query chunks, numpy reading 49 of C columns per row (the
+  gap effect), and the host's read bandwidth (needs onnx).
 - burst: 8 streams decode, then 24 requests arrive at once, five times per prefill budget
   (`max_prefill_tokens`): the running streams' longest gap (median over the bursts) and the
   burst's mean time to first token.
@@ -244,17 +245,29 @@ def kernels() -> None:
     for cache in ("fp32", "fp16", "int8"):
         ms = 1000 * attention_seconds(cache, session, rng)
         print(f"GroupQueryAttention, cache {cache}: {ms:.2f} ms for 12 layers x 32 rows of 20-80 columns")
+    for chunk in (8, 16):
+        ms = 1000 * attention_seconds("fp32", session, rng, chunk)
+        print(f"GroupQueryAttention, cache fp32, queries padded to {chunk} (query_seqlens 1): {ms:.2f} ms")
+    # Reading the first 49 columns of 4,608 chunks [C, 64] (12 layers x 384 rows x heads): the
+    # columns a row holds are contiguous, the gap after them breaks the prefetcher's stream.
+    for columns in (49, 50, 52, 64, 128):
+        chunks = rng.random((4608, columns, 64)).astype(np.float32)
+        used, out = chunks[:, :49, :], np.empty((4608, 64), np.float32)
+        seconds = best_seconds(lambda used=used, out=out: np.add.reduce(used, axis=1, out=out), 7)
+        print(f"numpy, 49 of {columns} columns per chunk: {used.nbytes / seconds / 1e9:.1f} GB/s")
     block = np.ones(512 * 2**20 // 8)
     seconds = best_seconds(block.sum, 5)
     print(f"read bandwidth (one thread, numpy sum of 512 MB): {block.nbytes / seconds / 1e9:.1f} GB/s")
 
 
-def attention_seconds(cache: str, session: Callable[[Any], Any], rng: np.random.Generator) -> float:
+def attention_seconds(cache: str, session: Callable[[Any], Any], rng: np.random.Generator, chunk: int = 1) -> float:
     """GroupQueryAttention as a GPT-2 small decode step runs it: 12 layers, each with its own cache
     buffer (32 rows of GPT-2 small do not fit the CPU's caches), 32 rows of 20-80 columns in 128
     (a ragged batch), past and present bound to one buffer (written in place). The cache in
     fp32, fp16 (the activations too: the kernel's half type is all or nothing), or int8 with
-    per-channel scales (export/kv_int8.py)."""
+    per-channel scales (export/kv_int8.py). `chunk` > 1: each row's query is a right-padded chunk of
+    that many rows with one real token (the op's `query_seqlens` input), as a decode row would be in
+    a step shared with a prompt of that length."""
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
@@ -262,12 +275,22 @@ def attention_seconds(cache: str, session: Callable[[Any], Any], rng: np.random.
     dtype, np_dtype = (TensorProto.FLOAT16, np.float16) if cache == "fp16" else (TensorProto.FLOAT, np.float32)
     cache_type = {"fp32": TensorProto.FLOAT, "fp16": TensorProto.FLOAT16, "int8": TensorProto.INT8}[cache]
     quantized = cache == "int8"
-    scale_inputs = ["", "", "", "", "", "scale", "scale"] if quantized else []  # k_scale, v_scale at 12, 13
+
+    def inputs_of(layer: int) -> list[str]:
+        names = ["qkv", "", "", f"k{layer}", f"v{layer}", "seqlens", "total"] + [""] * 10
+        if quantized:
+            names[12:14] = ["scale", "scale"]  # k_scale, v_scale
+        if chunk > 1:
+            names[16] = "query_seqlens"
+        while not names[-1]:
+            names.pop()
+        return names
+
     attributes = dict(kv_cache_bit_width=8, k_quant_type="PER_CHANNEL", v_quant_type="PER_CHANNEL")
     nodes = [
         helper.make_node(
             "GroupQueryAttention",
-            ["qkv", "", "", f"k{i}", f"v{i}", "seqlens", "total", *scale_inputs],
+            inputs_of(i),
             [f"out{i}", f"k{i}_out", f"v{i}_out"],
             domain="com.microsoft",
             num_heads=heads,
@@ -278,18 +301,22 @@ def attention_seconds(cache: str, session: Callable[[Any], Any], rng: np.random.
     ]
     ports = [f"{kv}{i}" for i in range(layers) for kv in "kv"]
     inputs = [
-        helper.make_tensor_value_info("qkv", dtype, [b, 1, 3 * heads * dim]),
+        helper.make_tensor_value_info("qkv", dtype, [b, chunk, 3 * heads * dim]),
         helper.make_tensor_value_info("seqlens", TensorProto.INT32, [b]),
         helper.make_tensor_value_info("total", TensorProto.INT32, [1]),
         *[helper.make_tensor_value_info(port, cache_type, [b, heads, capacity, dim]) for port in ports],
     ]
+    if chunk > 1:
+        inputs.append(helper.make_tensor_value_info("query_seqlens", TensorProto.INT32, [b]))
     outputs = [helper.make_tensor_value_info(f"out{i}", dtype, None) for i in range(layers)]
     outputs += [helper.make_tensor_value_info(f"{port}_out", cache_type, None) for port in ports]
     scale = [numpy_helper.from_array(np.full((1, heads, 1, dim), 0.02, np.float32), "scale")] if quantized else []
     attention = session(helper.make_graph(nodes, "gqa", inputs, outputs, initializer=scale))
     lengths = np.random.default_rng(1).integers(20, 81, b)  # the same rows for every dtype
     binding = attention.io_binding()
-    binding.bind_cpu_input("qkv", rng.random((b, 1, 3 * heads * dim)).astype(np_dtype))
+    binding.bind_cpu_input("qkv", rng.random((b, chunk, 3 * heads * dim)).astype(np_dtype))
+    if chunk > 1:
+        binding.bind_cpu_input("query_seqlens", np.ones(b, np.int32))
     binding.bind_cpu_input("seqlens", (lengths - 1).astype(np.int32))
     binding.bind_cpu_input("total", np.array([lengths.max()], np.int32))
     buffers = []
