@@ -21,9 +21,10 @@ from contract.command import CommandError, CommandSpec
 # key/value head per query head, head_dim = n_embd / n_head).
 # 3: each variant says how its graph treats the KV cache (`kv_cache`, below); format 1 and 2
 # bundles are still read, as `concat`, which is what their graphs do.
-# 4: the `ragged` kind (GPT-2 exported by this version); format 3 `in_place` bundles are still read.
-FORMAT_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+# 4: the `ragged` kind; format 3 `in_place` bundles are still read.
+# 5: a CPU variant may have a `mixed_file` (below); format 4 bundles are still read.
+FORMAT_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 MANIFEST_FILE = "manifest.json"
 
 # The decoder graph's interface (docs/architecture.md, "Contracts"). Past/present key/values are
@@ -32,6 +33,17 @@ INPUT_IDS = "input_ids"
 ATTENTION_MASK = "attention_mask"
 POSITION_IDS = "position_ids"
 LOGITS = "logits"
+# A variant's `mixed_file` (format 5) is its `ragged` graph with a second part: prompts joining the
+# batch, prefilled in the same forward as the batch's step, so a step that admits requests reads
+# the weights once. Its extra inputs: the prompts right-padded, [J, S'] ids, mask and positions,
+# and their own cache buffers (prompt_past_names, bound in place as prompt_present_names too);
+# its logits are [B + J, vocab], the batch's rows then the prompts'. A separate file, not the one
+# graph for every step: the second part costs a step without prompts ~1.5 ms of extra operators at
+# GPT-2 small's batch of 32 (bench/engine.md, step 11).
+PROMPT_IDS = "prompt_ids"
+PROMPT_MASK = "prompt_mask"
+PROMPT_POSITIONS = "prompt_position_ids"
+PROMPT_INPUTS = (PROMPT_IDS, PROMPT_MASK, PROMPT_POSITIONS)
 
 
 # How a decoder graph treats its KV cache (Variant.kv_cache):
@@ -55,6 +67,14 @@ def past_names(n_layer: int) -> list[str]:
 
 def present_names(n_layer: int) -> list[str]:
     return [f"present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+
+
+def prompt_past_names(n_layer: int) -> list[str]:
+    return [f"prompt_past.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
+
+
+def prompt_present_names(n_layer: int) -> list[str]:
+    return [f"prompt_present.{i}.{kv}" for i in range(n_layer) for kv in ("key", "value")]
 
 
 class BundleError(RuntimeError):
@@ -108,6 +128,10 @@ class Variant:
     # ("batch", "past_seq"), a number for a fixed one. Optional: older manifests lack it.
     shapes: dict[str, list[str | int]] = field(default_factory=dict)
     kv_cache: str = KV_CONCAT  # KV_CACHE_KINDS; absent before format 3, whose graphs all concatenate
+    # The same weights as a graph that also prefills joining prompts (PROMPT_INPUTS); "" for none
+    # (before format 5, and where the variant is not served on CPU).
+    mixed_file: str = ""
+    mixed_sha256: str = ""
 
 
 @dataclass(frozen=True)
@@ -216,6 +240,7 @@ def load_manifest(bundle_dir: Path | str, verify_hashes: bool = True) -> Manifes
     if verify_hashes:
         files = [(manifest.tokenizer_file, manifest.tokenizer_sha256)]
         files += [(v.file, v.sha256) for v in manifest.variants]
+        files += [(v.mixed_file, v.mixed_sha256) for v in manifest.variants if v.mixed_file]
         for name, expected in files:
             file = bundle_dir / name
             if not file.is_file():

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from contract.command import EOS_TOKEN
 from contract.manifest import (
     ATTENTION_MASK,
@@ -38,6 +40,9 @@ from training.tokenizer import TOKENIZER_FILE
 from training.torch_runner import TorchRunner
 
 DEFAULT_VARIANTS = ("fp32", "int8", "fp16")
+# Variants served on CPU, whose ragged rows let joiners prefill in the batch's step: they get a
+# mixed graph too (fp16 is for CUDA, where the cache keeps left-padded rows).
+MIXED_VARIANTS = ("fp32", "int8")
 
 
 class ExportError(RuntimeError):
@@ -83,6 +88,7 @@ def export_provenance(checkpoint_dir: Path) -> dict[str, Any]:
 
 def variant_entry(variant: str, path: Path, info: ModelInfo, kv_cache: str) -> Variant:
     spec = VARIANTS[variant]
+    mixed = mixed_path(path)
     return Variant(
         name=variant,
         file=path.name,
@@ -95,7 +101,34 @@ def variant_entry(variant: str, path: Path, info: ModelInfo, kv_cache: str) -> V
         outputs=[LOGITS, *present_names(info.n_layer)],
         shapes=io_shapes(path),
         kv_cache=kv_cache,
+        mixed_file=mixed.name if mixed.is_file() else "",
+        mixed_sha256=sha256_file(mixed) if mixed.is_file() else "",
     )
+
+
+def mixed_path(path: Path) -> Path:
+    """Where a variant's graph at `path` has its mixed twin (contract/manifest.py, `mixed_file`)."""
+    return path.with_name(f"{path.stem}_mixed{path.suffix}")
+
+
+def derive(variant: str, fp32_path: Path, scheme: str | None = None, scales: list[np.ndarray] | None = None) -> Path:
+    """decoder_{variant}.onnx from the fp32 graph (DERIVE; INT8 under `scheme` when given), and its
+    mixed twin from the mixed fp32 one where the variant is served on CPU (MIXED_VARIANTS): the
+    same weights, one scheme, one set of KV scales."""
+    path = fp32_path.with_name(f"decoder_{variant}.onnx")
+    pairs = [(fp32_path, path)]
+    if variant in MIXED_VARIANTS and mixed_path(fp32_path).is_file():
+        pairs.append((mixed_path(fp32_path), mixed_path(path)))
+    for source, out in pairs:
+        if variant == "fp32":
+            continue
+        if scheme is not None:
+            to_int8(source, out, scheme)
+        else:
+            DERIVE[variant](source, out)
+        if variant == "int8" and scales is not None:
+            quantize_kv_cache(out, scales)
+    return path
 
 
 def replace_dir(new: Path, target: Path) -> None:
@@ -144,20 +177,22 @@ def build_bundle(
 
     print(f"[2/4] exporting the fp32 decoder graph (opset {OPSET})", flush=True)
     fp32_path = export_decoder(checkpoint.model, staging / "decoder_fp32.onnx")
-    files = {"fp32": fp32_path}
-    for variant in variants:
-        if variant != "fp32":
-            print(f"[3/4] deriving {variant}", flush=True)
-            files[variant] = DERIVE[variant](fp32_path, staging / f"decoder_{variant}.onnx")
-    kv_cache = kv_cache_kind(checkpoint.model)
+    if any(v in MIXED_VARIANTS for v in variants):
+        export_decoder(checkpoint.model, mixed_path(fp32_path), mixed=True)
     # INT8 attempts, fastest first: each weight scheme (export/variants.py) with an int8 KV cache
     # where the model gets one, then with an fp32 one; the first to pass the gate ships.
     int8_kv = "int8" in variants and wants_int8_kv(kv_int8, info.architecture)
     attempts = [(scheme, kv) for scheme in INT8_SCHEMES for kv in ((True, False) if int8_kv else (False,))]
+    scales = None
     if int8_kv:
         print("[3/4] calibrating int8's KV cache on the model's own continuations", flush=True)
         scales = kv_scales(checkpoint.model, checkpoint.tokenizer, checkpoint.command, info.eos_token_id)
-        quantize_kv_cache(files["int8"], scales)
+    files = {}
+    for variant in variants:
+        if variant != "fp32":
+            print(f"[3/4] deriving {variant}", flush=True)
+        files[variant] = derive(variant, fp32_path, scales=scales)
+    kv_cache = kv_cache_kind(checkpoint.model)
 
     # The manifest is drafted with every candidate first: verification loads each variant
     # through the server's runner, exactly as the server will; failures are then dropped.
@@ -184,9 +219,7 @@ def build_bundle(
         # the next scheme (export/variants.py) is slower or larger and beats serving FP32.
         cache = "int8" if with_int8_kv else "fp32"
         print(f"[4/4] int8 missed the gate: again as {scheme}, KV cache in {cache}", flush=True)
-        to_int8(fp32_path, files["int8"], scheme)
-        if with_int8_kv:
-            quantize_kv_cache(files["int8"], scales)
+        derive("int8", fp32_path, scheme, scales if with_int8_kv else None)
         entry = variant_entry("int8", files["int8"], info, kv_cache)
         manifest.variants = [entry if v.name == "int8" else v for v in manifest.variants]
         retry = replace(manifest, variants=[entry])
@@ -196,9 +229,10 @@ def build_bundle(
     for entry in manifest.variants:
         entry.verification = results[entry.name]
     manifest.variants = [v for v in manifest.variants if v.name not in failures]
-    for variant, path in files.items():
-        if variant in failures or variant not in variants:
-            path.unlink()  # failed, or fp32 kept only as the others' source
+    for variant, path in [*files.items(), ("fp32", fp32_path)]:
+        if variant in failures or variant not in variants:  # failed, or fp32 kept only as the others' source
+            path.unlink(missing_ok=True)
+            mixed_path(path).unlink(missing_ok=True)
     if not manifest.variants:
         shutil.rmtree(staging)
         return BundleResult(None, None, failures)

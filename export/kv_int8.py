@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 from transformers import PreTrainedModel
 
 from contract.command import RELEVANCE_LEVELS, CommandSpec, TokenizerLike, prompt_ids
-from contract.manifest import past_names, present_names
+from contract.manifest import past_names, present_names, prompt_past_names, prompt_present_names
 from runtime.decode import generate
 from runtime.padding import pad
 from training.torch_runner import TorchRunner
@@ -98,23 +98,28 @@ def kv_scales(model: PreTrainedModel, tokenizer: TokenizerLike, spec: CommandSpe
 
 def quantize_kv_cache(path: Path, scales: list[np.ndarray]) -> Path:
     """Rewrite the graph at `path` in place: every GroupQueryAttention keeps its cache in int8
-    with its layer's scales, and the past/present tensors at the graph boundary become int8."""
+    with its layer's scales, and the past/present tensors at the graph boundary become int8.
+    A `mixed` graph's prompt attention shares its layer's scales: its cache joins the batch's."""
     model = onnx.load(str(path))
     graph = model.graph
-    names = past_names(len(scales) // 2)
+    n_layer = len(scales) // 2
+    names = past_names(n_layer)
     if len(names) != len(scales):
         raise ValueError(f"{len(scales)} scales for a cache of {len(names)} tensors")
-    scale_of = dict(zip(names, scales, strict=True))
+    graph.initializer.extend(
+        numpy_helper.from_array(scale, name=f"{name}.scale") for name, scale in zip(names, scales, strict=True)
+    )
+    scale_name = {name: f"{name}.scale" for name in names}
+    scale_name |= {prompt: f"{name}.scale" for prompt, name in zip(prompt_past_names(n_layer), names, strict=True)}
     attention = [n for n in graph.node if n.op_type == "GroupQueryAttention" and n.domain == "com.microsoft"]
-    if 2 * len(attention) != len(names):
-        raise ValueError(f"{path} has {len(attention)} GroupQueryAttention nodes for {len(names)} cache tensors")
+    caches = {i.name for i in graph.input} & set(scale_name)  # a `ragged` graph has no prompt cache
+    if not set(names) <= caches or {n.input[3] for n in attention} | {n.input[4] for n in attention} != caches:
+        raise ValueError(f"{path}'s GroupQueryAttention nodes do not read the cache of {n_layer} layers")
     for node in attention:
         past_key, past_value = node.input[3], node.input[4]
         inputs = list(node.input) + [""] * (12 - len(node.input))  # up to head_sink, left empty
-        for name in (past_key, past_value):
-            graph.initializer.append(numpy_helper.from_array(scale_of[name], name=f"{name}.scale"))
         del node.input[:]
-        node.input.extend([*inputs[:12], f"{past_key}.scale", f"{past_value}.scale"])  # k_scale, v_scale
+        node.input.extend([*inputs[:12], scale_name[past_key], scale_name[past_value]])  # k_scale, v_scale
         node.attribute.extend(
             [
                 helper.make_attribute("kv_cache_bit_width", 8),
@@ -122,7 +127,7 @@ def quantize_kv_cache(path: Path, scales: list[np.ndarray]) -> Path:
                 helper.make_attribute("v_quant_type", "PER_CHANNEL"),
             ]
         )
-    boundary = set(names) | set(present_names(len(names) // 2))
+    boundary = set(scale_name) | set(present_names(n_layer)) | set(prompt_present_names(n_layer))
     for value in [*graph.input, *graph.output, *graph.value_info]:
         if value.name in boundary:
             value.type.tensor_type.elem_type = TensorProto.INT8

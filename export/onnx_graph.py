@@ -43,8 +43,11 @@ from contract.manifest import (
     KV_RAGGED,
     LOGITS,
     POSITION_IDS,
+    PROMPT_INPUTS,
     past_names,
     present_names,
+    prompt_past_names,
+    prompt_present_names,
 )
 from training.model import architecture, kv_shape
 
@@ -147,26 +150,6 @@ class GPT2MLP(torch.nn.Module):
         return self.c_proj(self.act(self.c_fc(x)))
 
 
-class GPT2BlockInPlace(torch.nn.Module):
-    """One GPT-2 block (HF's GPT2Block, eager attention) around GroupQueryAttention."""
-
-    def __init__(self, block: torch.nn.Module, n_head: int) -> None:
-        super().__init__()
-        self.ln_1, self.ln_2, self.n_head = block.ln_1, block.ln_2, n_head
-        self.c_attn, self.c_proj = Projection(block.attn.c_attn), Projection(block.attn.c_proj)
-        self.mlp = GPT2MLP(block.mlp)
-
-    def forward(
-        self, hidden: torch.Tensor, past_key: torch.Tensor, past_value: torch.Tensor, lengths: AttentionLengths
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        attended, present_key, present_value = GroupQueryAttention.apply(
-            self.c_attn(self.ln_1(hidden)), past_key, past_value, *lengths, self.n_head, self.n_head
-        )
-        hidden = hidden + self.c_proj(attended)
-        hidden = hidden + self.mlp(self.ln_2(hidden))
-        return hidden, present_key, present_value
-
-
 def ragged_lengths(attention_mask: torch.Tensor, hidden: torch.Tensor) -> tuple[torch.Tensor, AttentionLengths]:
     """What the mask [B,P+S] says (the `ragged` contract): each row's last real column `last`
     (its own length - 1 for a row that starts at column 0, P+S-1 for a left-padded row, whose
@@ -187,11 +170,126 @@ def last_token(hidden: torch.Tensor, last: torch.Tensor, input_ids: torch.Tensor
     return hidden.gather(1, index[:, None, None].expand(-1, 1, hidden.shape[-1]))[:, 0, :]
 
 
+def flatten(rows: torch.Tensor, prompts: torch.Tensor | None) -> torch.Tensor:
+    """The batch's rows [B,S,w] and the prompts [J,S',w] as one sequence [1, B*S + J*S', w];
+    the rows as they are in a graph without prompts."""
+    if prompts is None:
+        return rows
+    return torch.cat([rows.reshape(1, -1, rows.shape[-1]), prompts.reshape(1, -1, prompts.shape[-1])], dim=1)
+
+
+class StepParts(NamedTuple):
+    """What one forward holds: the batch's rows [B,S] and, in a `mixed` graph (a variant's
+    `mixed_file`, contract/manifest.py), prompts joining the batch [J,S']. The two go through
+    every weight MatMul as one flat sequence (`flatten`), so the weights are read once for
+    both; only attention and the last-token pick see them apart, each part on its own cache.
+    Why not one attention call over a [B+J, S'] view: the decode rows' one token would be padded
+    to S' there, and scattering to and from that view copies ~8 MB per layer at GPT-2 small's
+    batch of 32 (bench/engine.md)."""
+
+    row_ids: torch.Tensor  # [B,S]: its shape is the split point
+    row_last: torch.Tensor  # [B]: each row's last real column (ragged_lengths)
+    row_lengths: AttentionLengths
+    prompt_ids: torch.Tensor | None = None  # [J,S']
+    prompt_last: torch.Tensor | None = None  # [J]
+    prompt_lengths: AttentionLengths | None = None
+
+    @classmethod
+    def of(
+        cls, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor, prompts: Prompts | None
+    ) -> StepParts:
+        row_last, row_lengths = ragged_lengths(attention_mask, rows)
+        if prompts is None:
+            return cls(input_ids, row_last, row_lengths)
+        prompt_last, prompt_lengths = ragged_lengths(prompts.attention_mask, prompts.hidden)
+        return cls(input_ids, row_last, row_lengths, prompts.input_ids, prompt_last, prompt_lengths)
+
+    def split(self, flat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """[1, T, w] -> the rows' [B,S,w] and the prompts' [J,S',w] (flatten's inverse)."""
+        if self.prompt_ids is None:
+            return flat, None
+        batch, seq = self.row_ids.shape
+        prompts, prompt_seq = self.prompt_ids.shape
+        cut = batch * seq
+        return flat[:, :cut].reshape(batch, seq, -1), flat[:, cut:].reshape(prompts, prompt_seq, -1)
+
+    def last_tokens(self, flat: torch.Tensor) -> torch.Tensor:
+        """[B (+ J), hidden]: each row's hidden state at its last real token, then each prompt's."""
+        rows, prompts = self.split(flat)
+        last = last_token(rows, self.row_last, self.row_ids)
+        if prompts is None or self.prompt_last is None or self.prompt_ids is None:
+            return last
+        return torch.cat([last, last_token(prompts, self.prompt_last, self.prompt_ids)])
+
+
+class Prompts(NamedTuple):
+    """A mixed graph's prompt inputs, embedded (`hidden`) by the wrapper."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    hidden: torch.Tensor
+
+
+def attend(
+    qkv: torch.Tensor, caches: tuple[torch.Tensor, ...], parts: StepParts, num_heads: int, kv_num_heads: int
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """One layer's attention: the rows on the batch cache, the prompts (if any) on theirs.
+    `caches` is (key, value[, prompt key, prompt value]); the same come back as present."""
+    rows, prompts = parts.split(qkv)
+    rows, key, value = GroupQueryAttention.apply(rows, *caches[:2], *parts.row_lengths, num_heads, kv_num_heads)
+    if prompts is None or parts.prompt_lengths is None:
+        return rows, (key, value)
+    prompts, prompt_key, prompt_value = GroupQueryAttention.apply(
+        prompts, *caches[2:], *parts.prompt_lengths, num_heads, kv_num_heads
+    )
+    return flatten(rows, prompts), (key, value, prompt_key, prompt_value)
+
+
+def split_inputs(
+    rest: tuple[torch.Tensor, ...], mixed: bool
+) -> tuple[tuple[torch.Tensor, ...] | None, tuple[torch.Tensor, ...]]:
+    """The inputs after position_ids: a mixed graph's three prompt inputs, then the past (the
+    batch's 2L tensors, then the prompts' 2L)."""
+    return (rest[:3], rest[3:]) if mixed else (None, rest)
+
+
+def layer_caches(past: tuple[torch.Tensor, ...], layer: int, mixed: bool) -> tuple[torch.Tensor, ...]:
+    """Layer i's (key, value[, prompt key, prompt value]) from the graph's past inputs."""
+    n = len(past) // 2 if mixed else len(past)
+    batch = (past[2 * layer], past[2 * layer + 1])
+    return (*batch, past[n + 2 * layer], past[n + 2 * layer + 1]) if mixed else batch
+
+
+def present_outputs(logits: torch.Tensor, caches: list[tuple[torch.Tensor, ...]]) -> tuple[torch.Tensor, ...]:
+    """The graph's outputs in the contract's order: logits, the batch's present, the prompts'."""
+    return (logits, *[c for layer in caches for c in layer[:2]], *[c for layer in caches for c in layer[2:]])
+
+
+class GPT2BlockInPlace(torch.nn.Module):
+    """One GPT-2 block (HF's GPT2Block, eager attention) around GroupQueryAttention."""
+
+    def __init__(self, block: torch.nn.Module, n_head: int) -> None:
+        super().__init__()
+        self.ln_1, self.ln_2, self.n_head = block.ln_1, block.ln_2, n_head
+        self.c_attn, self.c_proj = Projection(block.attn.c_attn), Projection(block.attn.c_proj)
+        self.mlp = GPT2MLP(block.mlp)
+
+    def forward(
+        self, hidden: torch.Tensor, caches: tuple[torch.Tensor, ...], parts: StepParts
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        attended, present = attend(self.c_attn(self.ln_1(hidden)), caches, parts, self.n_head, self.n_head)
+        hidden = hidden + self.c_proj(attended)
+        hidden = hidden + self.mlp(self.ln_2(hidden))
+        return hidden, present
+
+
 class GPT2DecoderInPlace(torch.nn.Module):
     """GPT-2 written out block by block with GroupQueryAttention, so that its KV cache is
     `ragged` (in place, with rows of their own lengths): past_key_values.{i}.* are buffers of
     capacity >= P+S columns, the graph writes each row's S new columns after its last past one,
-    and present.{i}.* is that same buffer (the runner binds both to it).
+    and present.{i}.* is that same buffer (the runner binds both to it). `mixed`: the graph also
+    prefills joining prompts on buffers of their own (StepParts; contract/manifest.py).
 
     attention_mask [B,P+S] is the only source of the lengths: row b's seqlens_k is the index of
     its last 1 (P+S-1 for a left-padded row, its own length - 1 for a row that starts at column
@@ -202,7 +300,7 @@ class GPT2DecoderInPlace(torch.nn.Module):
 
     kv_cache = KV_RAGGED
 
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, mixed: bool = False) -> None:
         super().__init__()
         config = model.config
         if config.scale_attn_by_inverse_layer_idx or config.reorder_and_upcast_attn or not config.scale_attn_weights:
@@ -210,18 +308,20 @@ class GPT2DecoderInPlace(torch.nn.Module):
         gpt2 = model.transformer
         self.wte, self.wpe, self.ln_f, self.lm_head = gpt2.wte, gpt2.wpe, gpt2.ln_f, model.lm_head
         self.blocks = torch.nn.ModuleList(GPT2BlockInPlace(b, config.num_attention_heads) for b in gpt2.h)
+        self.mixed = mixed
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *rest: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        hidden = self.wte(input_ids) + self.wpe(position_ids)
-        last, lengths = ragged_lengths(attention_mask, hidden)
-        present = []
+        prompt, past = split_inputs(rest, self.mixed)
+        rows = self.wte(input_ids) + self.wpe(position_ids)
+        prompts = None if prompt is None else Prompts(*prompt, self.wte(prompt[0]) + self.wpe(prompt[2]))
+        parts = StepParts.of(input_ids, attention_mask, rows, prompts)
+        hidden, caches = flatten(rows, None if prompts is None else prompts.hidden), []
         for i, block in enumerate(self.blocks):
-            hidden, key, value = block(hidden, past[2 * i], past[2 * i + 1], lengths)
-            present += [key, value]
-        logits = self.lm_head(self.ln_f(last_token(hidden, last, input_ids)))
-        return (logits, *present)
+            hidden, present = block(hidden, layer_caches(past, i, self.mixed), parts)
+            caches.append(present)
+        return present_outputs(self.lm_head(self.ln_f(parts.last_tokens(hidden))), caches)
 
 
 class LlamaBlockInPlace(torch.nn.Module):
@@ -241,32 +341,29 @@ class LlamaBlockInPlace(torch.nn.Module):
         self,
         hidden: torch.Tensor,
         rope: tuple[torch.Tensor, torch.Tensor],
-        past_key: torch.Tensor,
-        past_value: torch.Tensor,
-        lengths: AttentionLengths,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        caches: tuple[torch.Tensor, ...],
+        parts: StepParts,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
         x = self.input_layernorm(hidden)
         batch, seq = x.shape[:2]
         query = self.q_proj(x).view(batch, seq, self.n_head, self.head_dim).transpose(1, 2)
         key = self.k_proj(x).view(batch, seq, self.n_kv_head, self.head_dim).transpose(1, 2)
         query, key = apply_rotary_pos_emb(query, key, *rope)
         qkv = torch.cat([query.transpose(1, 2).flatten(2), key.transpose(1, 2).flatten(2), self.v_proj(x)], dim=-1)
-        attended, present_key, present_value = GroupQueryAttention.apply(
-            qkv, past_key, past_value, *lengths, self.n_head, self.n_kv_head
-        )
+        attended, present = attend(qkv, caches, parts, self.n_head, self.n_kv_head)
         hidden = hidden + self.o_proj(attended)
         hidden = hidden + self.mlp(self.post_attention_layernorm(hidden))
-        return hidden, present_key, present_value
+        return hidden, present
 
 
 class LlamaDecoderInPlace(torch.nn.Module):
-    """A Llama-family decoder block by block around GroupQueryAttention, `ragged` like
-    GPT2DecoderInPlace (the same lengths from the mask, the same last-token logits); RoPE's
-    angles come from position_ids through the model's own rotary embedding."""
+    """A Llama-family decoder block by block around GroupQueryAttention, `ragged` (and `mixed`)
+    like GPT2DecoderInPlace (the same lengths from the masks, the same last-token logits); RoPE's
+    angles come from the position ids through the model's own rotary embedding."""
 
     kv_cache = KV_RAGGED
 
-    def __init__(self, model: PreTrainedModel) -> None:
+    def __init__(self, model: PreTrainedModel, mixed: bool = False) -> None:
         super().__init__()
         config, body = model.config, model.model
         n_kv_head, head_dim = kv_shape(config)
@@ -275,19 +372,23 @@ class LlamaDecoderInPlace(torch.nn.Module):
         self.blocks = torch.nn.ModuleList(
             LlamaBlockInPlace(layer, config.num_attention_heads, n_kv_head, head_dim) for layer in body.layers
         )
+        self.mixed = mixed
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *past: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor, *rest: torch.Tensor
     ) -> tuple[torch.Tensor, ...]:
-        hidden = self.embed_tokens(input_ids)
-        rope = self.rotary_emb(hidden, position_ids)
-        last, lengths = ragged_lengths(attention_mask, hidden)
-        present = []
+        prompt, past = split_inputs(rest, self.mixed)
+        rows = self.embed_tokens(input_ids)
+        prompts = None if prompt is None else Prompts(*prompt, self.embed_tokens(prompt[0]))
+        parts = StepParts.of(input_ids, attention_mask, rows, prompts)
+        hidden = flatten(rows, None if prompts is None else prompts.hidden)
+        positions = flatten(position_ids[..., None], None if prompts is None else prompts.position_ids[..., None])
+        rope = self.rotary_emb(hidden, positions[..., 0])
+        caches = []
         for i, block in enumerate(self.blocks):
-            hidden, key, value = block(hidden, rope, past[2 * i], past[2 * i + 1], lengths)
-            present += [key, value]
-        logits = self.lm_head(self.norm(last_token(hidden, last, input_ids)))
-        return (logits, *present)
+            hidden, present = block(hidden, rope, layer_caches(past, i, self.mixed), parts)
+            caches.append(present)
+        return present_outputs(self.lm_head(self.norm(parts.last_tokens(hidden))), caches)
 
 
 WRAPPERS: dict[str, type[GPT2DecoderInPlace] | type[LlamaDecoderInPlace]] = {
@@ -301,9 +402,12 @@ def kv_cache_kind(model: PreTrainedModel) -> str:
     return WRAPPERS[architecture(model)].kv_cache
 
 
-def sample_inputs(model: PreTrainedModel, batch: int = 2, past: int = 3, seq: int = 4) -> tuple[torch.Tensor, ...]:
-    """Tracing inputs with a past and a left-padded row, so no shape- or padding-specific
-    shortcut (empty cache, all-ones mask) can be baked into the traced graph."""
+def sample_inputs(
+    model: PreTrainedModel, mixed: bool, batch: int = 2, past: int = 3, seq: int = 4
+) -> tuple[torch.Tensor, ...]:
+    """Tracing inputs with a past and a left-padded row (and for a mixed graph, prompts of other
+    sizes, one right-padded), so no shape- or padding-specific shortcut (empty cache, all-ones
+    mask, two parts of one size) can be baked into the traced graph."""
     config = model.config
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(0, config.vocab_size, (batch, seq), generator=generator)
@@ -313,7 +417,15 @@ def sample_inputs(model: PreTrainedModel, batch: int = 2, past: int = 3, seq: in
     n_kv_head, head_dim = kv_shape(config)
     n_layer = config.num_hidden_layers
     kv = [torch.randn(batch, n_kv_head, past, head_dim, generator=generator) for _ in range(2 * n_layer)]
-    return (input_ids, attention_mask, position_ids, *kv)
+    if not mixed:
+        return (input_ids, attention_mask, position_ids, *kv)
+    prompts, prompt_seq = batch + 1, seq + 1
+    prompt_ids = torch.randint(0, config.vocab_size, (prompts, prompt_seq), generator=generator)
+    prompt_mask = torch.ones(prompts, prompt_seq, dtype=torch.long)
+    prompt_mask[1, 3:] = 0
+    prompt_positions = torch.arange(prompt_seq).expand(prompts, -1)
+    prompt_kv = [torch.zeros(prompts, n_kv_head, prompt_seq, head_dim) for _ in range(2 * n_layer)]
+    return (input_ids, attention_mask, position_ids, prompt_ids, prompt_mask, prompt_positions, *kv, *prompt_kv)
 
 
 def gemm_to_matmul(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -350,8 +462,9 @@ def fill_optional_inputs(model: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
-def export_decoder(model: PreTrainedModel, path: Path | str, opset: int = OPSET) -> Path:
-    """Export the FP32 decoder graph to `path` and check it with the ONNX checker."""
+def export_decoder(model: PreTrainedModel, path: Path | str, opset: int = OPSET, mixed: bool = False) -> Path:
+    """Export the FP32 decoder graph to `path` and check it with the ONNX checker. `mixed`: the
+    graph that also prefills joining prompts (contract/manifest.py, a variant's `mixed_file`)."""
     path = Path(path)
     n_layer = model.config.num_hidden_layers
     inputs = [INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *past_names(n_layer)]
@@ -364,9 +477,15 @@ def export_decoder(model: PreTrainedModel, path: Path | str, opset: int = OPSET)
     }
     # An in-place cache's past and present are one buffer: both have its capacity in columns.
     dynamic_axes |= {name: {0: "batch", 2: "capacity"} for name in [*past_names(n_layer), *present_names(n_layer)]}
+    if mixed:
+        prompt, prompt_cache = PROMPT_INPUTS, [*prompt_past_names(n_layer), *prompt_present_names(n_layer)]
+        inputs = [*inputs[:3], *prompt, *inputs[3:], *prompt_past_names(n_layer)]
+        outputs += prompt_present_names(n_layer)
+        dynamic_axes |= {name: {0: "prompts", 1: "prompt_seq"} for name in prompt} | {LOGITS: {0: "rows"}}  # B + J
+        dynamic_axes |= {name: {0: "prompts", 2: "prompt_capacity"} for name in prompt_cache}
     # eval() matters twice: no dropout, and torch.onnx.export restores the wrapper's own
     # training flag on the way out, so a training-mode wrapper would leave the model training.
-    decoder = WRAPPERS[architecture(model)](model).eval()
+    decoder = WRAPPERS[architecture(model)](model, mixed).eval()
     # The tracer warns about every Python branch on a shape; tracing with a past and a padded
     # row picks the general branch, and verification runs other shapes against PyTorch.
     with torch.no_grad(), warnings.catch_warnings():
@@ -374,7 +493,7 @@ def export_decoder(model: PreTrainedModel, path: Path | str, opset: int = OPSET)
         warnings.simplefilter("ignore", DeprecationWarning)  # the legacy exporter, on purpose (see top)
         torch.onnx.export(
             decoder,
-            sample_inputs(model),
+            sample_inputs(model, mixed),
             str(path),
             input_names=inputs,
             output_names=outputs,

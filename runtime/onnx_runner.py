@@ -17,7 +17,10 @@ The KV cache, in place or not, is the variant's `kv_cache` (contract/manifest.py
 - `ragged` (GPT-2 exported by this version): `in_place`, and the graph takes each row's length
   from its attention mask, so the batch's rows can start at column 0 with lengths of their own
   (`ragged_rows`: on CPU, where the cache is host memory; kv_cache.py).
-- `concat` (older bundles, Llama-family students): the graph returns present = concat(past,
+  A variant may also have a mixed graph (contract/manifest.py, `mixed_file`): with
+  `mixed_prefill` the runner loads it as a second session on the same weights, and a forward
+  given `Prompts` runs it, prefilling them in the batch's step (server/engine/scheduler.py).
+- `concat` (older bundles): the graph returns present = concat(past,
   new), a new [B, n_kv_head, P+1, head_dim] buffer per layer every step; present is bound
   straight back as the next past (no numpy round trip), from ORT's recycling memory arena.
 Either way the batch is only rebuilt when its membership changes (see kv_cache.py), and the
@@ -29,6 +32,7 @@ from __future__ import annotations
 import ctypes
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -42,11 +46,14 @@ from contract.manifest import (
     KV_RAGGED,
     LOGITS,
     POSITION_IDS,
+    PROMPT_INPUTS,
     BundleError,
     Manifest,
     load_manifest,
     past_names,
     present_names,
+    prompt_past_names,
+    prompt_present_names,
 )
 from runtime.cache_graph import CACHE_OUTPUT, cache_graph
 from runtime.sampler_graph import SAMPLER_OUTPUT, sampler_graph
@@ -60,6 +67,18 @@ CPU = "CPUExecutionProvider"
 # cache) at most once every KV_ROOM steps, and the room costs memory only (the kernel reads
 # the live columns alone).
 KV_ROOM = 64
+
+
+@dataclass
+class Prompts:
+    """Prompts prefilled in the same forward as the batch's step (a `mixed` graph): [J, S'] ids,
+    mask and positions, right-padded, and their own cache buffers (`OnnxRunner.empty_past(J)`),
+    which the graph fills in place. The runner swaps in larger ones first if S' outgrows them."""
+
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    position_ids: np.ndarray
+    past: list[ort.OrtValue]
 
 
 def choose_provider(requested: str) -> str:
@@ -101,6 +120,7 @@ class OnnxRunner:
         spinning: bool = False,
         device_cache: bool | None = None,
         profile_prefix: str | None = None,
+        mixed_prefill: bool = True,
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest if manifest is not None else load_manifest(self.bundle_dir)
@@ -143,7 +163,7 @@ class OnnxRunner:
         path = self.bundle_dir / self.variant.file
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.last_run_s = 0.0  # the last decoder run's time inside ORT (the engine bench splits a step with it)
-        self._check_interface()
+        self._check_interface(self.session, mixed=False)
         # ORT falls back to CPU silently when CUDA cannot start; report what it actually uses.
         self.provider = self.session.get_providers()[0]
         self.device = "cuda" if self.provider == CUDA else "cpu"
@@ -161,6 +181,14 @@ class OnnxRunner:
             self.cache_surgery = ort.InferenceSession(cache_graph(self.variant.kv_dtype), options, providers=providers)
         # Rows of their own lengths (kv_cache.py): a ragged graph whose cache the host rebuilds.
         self.ragged_rows = self.variant.kv_cache == KV_RAGGED and self.cache_surgery is None and self.device == "cpu"
+        # Joiners prefilled in the batch's forward (the variant's mixed graph, contract/manifest.py):
+        # their cache joins the ragged rows as it comes (kv_cache.py). A second session on the same
+        # weights, run only at steps that admit requests; the others keep the plain graph.
+        self.mixed_session: ort.InferenceSession | None = None
+        if mixed_prefill and self.variant.mixed_file and self.ragged_rows:
+            mixed_path = self.bundle_dir / self.variant.mixed_file
+            self.mixed_session = ort.InferenceSession(str(mixed_path), options, providers=providers)
+            self._check_interface(self.mixed_session, mixed=True)
         log.info(
             "runner ready",
             extra={
@@ -172,19 +200,27 @@ class OnnxRunner:
                 "kv_cache": self.variant.kv_cache,
                 "kv_dtype": self.variant.kv_dtype,
                 "ragged_rows": self.ragged_rows,
+                "mixed_prefill": self.mixed_session is not None,
                 "file": str(path),
             },
         )
 
-    def _check_interface(self) -> None:
+    def _check_interface(self, session: ort.InferenceSession, mixed: bool) -> None:
         expected_in = [INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *self.past_names]
         expected_out = [LOGITS, *self.present_names]
-        actual_in = [i.name for i in self.session.get_inputs()]
-        actual_out = [o.name for o in self.session.get_outputs()]
+        if mixed:
+            expected_in += [*PROMPT_INPUTS, *prompt_past_names(self.n_layer)]
+            expected_out += prompt_present_names(self.n_layer)
+        actual_in = [i.name for i in session.get_inputs()]
+        actual_out = [o.name for o in session.get_outputs()]
         if sorted(actual_in) != sorted(expected_in) or sorted(actual_out) != sorted(expected_out):
-            raise BundleError(
-                f"{self.variant.file} does not have the decoder interface: inputs {actual_in}, outputs {actual_out}"
-            )
+            file, kind = (self.variant.mixed_file, "mixed decoder") if mixed else (self.variant.file, "decoder")
+            raise BundleError(f"{file} does not have the {kind} interface: inputs {actual_in}, outputs {actual_out}")
+
+    @property
+    def mixed_prefill(self) -> bool:
+        """Whether a step can prefill joining prompts in the batch's forward (`Prompts`)."""
+        return self.mixed_session is not None
 
     # --- the runner contract (runtime/runner.py) --------------------------------------
 
@@ -275,26 +311,44 @@ class OnnxRunner:
         position_ids: np.ndarray,
         past: list[ort.OrtValue],
         logits_device: str,
+        prompts: Prompts | None,
     ) -> tuple[ort.OrtValue, list[ort.OrtValue]]:
         if self.in_place:
             past = self._with_room(past, attention_mask.shape[1] - input_ids.shape[1], attention_mask.shape[1])
-        binding = self.session.io_binding()
-        binding.bind_cpu_input(INPUT_IDS, np.ascontiguousarray(input_ids, dtype=np.int64))
-        binding.bind_cpu_input(ATTENTION_MASK, np.ascontiguousarray(attention_mask, dtype=np.int64))
-        binding.bind_cpu_input(POSITION_IDS, np.ascontiguousarray(position_ids, dtype=np.int64))
-        for name, value in zip(self.past_names, past, strict=True):
+        session = self.session
+        if prompts is not None:
+            if self.mixed_session is None:
+                raise ValueError(f"variant {self.variant.name} has no mixed graph to prefill prompts in a step")
+            session = self.mixed_session
+        binding = session.io_binding()
+        binding.bind_output(LOGITS, logits_device)  # first: outputs come back in the order bound
+        self._bind_ids(binding, (INPUT_IDS, ATTENTION_MASK, POSITION_IDS), input_ids, attention_mask, position_ids)
+        self._bind_cache(binding, self.past_names, self.present_names, past)
+        if prompts is not None:
+            self._bind_ids(binding, PROMPT_INPUTS, prompts.input_ids, prompts.attention_mask, prompts.position_ids)
+            prompts.past = self._with_room(prompts.past, 0, prompts.input_ids.shape[1])
+            names = (prompt_past_names(self.n_layer), prompt_present_names(self.n_layer))
+            self._bind_cache(binding, *names, prompts.past)
+        start = time.perf_counter()
+        session.run_with_iobinding(binding)
+        self.last_run_s = time.perf_counter() - start
+        outputs = binding.get_outputs()
+        return outputs[0], past if self.in_place else list(outputs[1:])
+
+    def _bind_ids(self, binding: ort.IOBinding, names: tuple[str, ...], *arrays: np.ndarray) -> None:
+        for name, array in zip(names, arrays, strict=True):
+            binding.bind_cpu_input(name, np.ascontiguousarray(array, dtype=np.int64))
+
+    def _bind_cache(
+        self, binding: ort.IOBinding, past: list[str], present: list[str], values: list[ort.OrtValue]
+    ) -> None:
+        for name, value in zip(past, values, strict=True):
             binding.bind_ortvalue_input(name, value)
-        binding.bind_output(LOGITS, logits_device)
-        for name, value in zip(self.present_names, past, strict=True):
+        for name, value in zip(present, values, strict=True):
             if self.in_place:
                 binding.bind_ortvalue_output(name, value)  # the same buffer: the kernel writes in place
             else:
                 binding.bind_output(name, self.device)
-        start = time.perf_counter()
-        self.session.run_with_iobinding(binding)
-        self.last_run_s = time.perf_counter() - start
-        outputs = binding.get_outputs()
-        return outputs[0], past if self.in_place else list(outputs[1:])
 
     def forward(
         self,
@@ -302,12 +356,14 @@ class OnnxRunner:
         attention_mask: np.ndarray,
         position_ids: np.ndarray,
         past: list[ort.OrtValue],
+        prompts: Prompts | None = None,
     ) -> tuple[np.ndarray, list[ort.OrtValue]]:
         """One forward with IO binding: ids, mask and positions go in from host memory
         (tiny), past is bound where it lives, present is left on the device for the next
         step, and the last-position logits [B, vocab] come back to the host, where the
-        per-request samplers run."""
-        logits, present = self._run_decoder(input_ids, attention_mask, position_ids, past, "cpu")
+        per-request samplers run. With `prompts` (a `mixed` graph), the logits are [B + J, vocab]
+        and the prompts' cache is in `prompts.past`."""
+        logits, present = self._run_decoder(input_ids, attention_mask, position_ids, past, "cpu", prompts)
         return logits.numpy().astype(np.float32, copy=False), present
 
     def step_and_sample(
@@ -317,12 +373,13 @@ class OnnxRunner:
         position_ids: np.ndarray,
         past: list[ort.OrtValue],
         sampling: dict[str, np.ndarray | ort.OrtValue],
+        prompts: Prompts | None = None,
     ) -> tuple[np.ndarray, list[ort.OrtValue]]:
         """A forward whose logits stay on the device and go straight into the sampler
         graph; only the token ids [B] are copied back. `sampling` holds the sampler's
         per-row inputs (runtime/sampler.py: device_inputs)."""
         assert self.sampler is not None, "device sampling is off for this runner"
-        logits, present = self._run_decoder(input_ids, attention_mask, position_ids, past, self.device)
+        logits, present = self._run_decoder(input_ids, attention_mask, position_ids, past, self.device, prompts)
         binding = self.sampler.io_binding()
         binding.bind_ortvalue_input("all_logits", logits)
         for name, value in sampling.items():

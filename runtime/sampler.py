@@ -25,7 +25,7 @@ import numpy as np
 import onnxruntime as ort
 
 from contract.command import CommandSpec, TokenizerLike
-from runtime.onnx_runner import OnnxRunner
+from runtime.onnx_runner import OnnxRunner, Prompts
 from runtime.runner import Runner
 
 # top_p is exact but sorting the vocabulary per row per step is slow (numpy sorts 32 rows of
@@ -302,10 +302,12 @@ class Sampler:
         rows: list[Row],
         logits_rows: np.ndarray,
         keep_logits: bool = False,
+        prompts: Prompts | None = None,
     ) -> SampledStep:
         """One forward, then a token for each of `rows` from logits row `logits_rows[i]` (the n
         samples of one request read their shared prefill row). `keep_logits` forces the host
-        path, which brings the logits back."""
+        path, which brings the logits back. `prompts` are prefilled in the same forward (an
+        OnnxRunner with a `mixed` graph); their logits rows follow the batch's."""
         inputs = None
         if self.device is not None and not keep_logits:
             inputs = device_inputs(rows)
@@ -316,9 +318,14 @@ class Sampler:
                 "vocab_bias": self._vocab_bias,
                 **inputs,
             }
-            tokens, present = self.device.step_and_sample(input_ids, attention_mask, position_ids, past, sampling)
+            step = (input_ids, attention_mask, position_ids, past, sampling, prompts)
+            tokens, present = self.device.step_and_sample(*step)
             return SampledStep(tokens, present, None, time.perf_counter() - start)
-        logits, present = self.runner.forward(input_ids, attention_mask, position_ids, past)
+        if prompts is None:
+            logits, present = self.runner.forward(input_ids, attention_mask, position_ids, past)
+        else:
+            assert isinstance(self.runner, OnnxRunner), "only a mixed ONNX graph prefills prompts in a step"
+            logits, present = self.runner.forward(input_ids, attention_mask, position_ids, past, prompts)
         forward_s = time.perf_counter() - start
         tokens = sample(logits[logits_rows], rows, self.never)
         return SampledStep(tokens, present, logits, forward_s)

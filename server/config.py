@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     max_prefill_tokens: int = Field(
         128, ge=0, description="while rows decode, most padded prompt tokens one step prefills (0: no bound)"
     )
+    mixed_prefill: bool = Field(
+        True,
+        description="prefill joining requests in the running rows' decode step where the variant has a mixed graph "
+        "(CPU; off: one forward of their own, and the mixed graph is not loaded)",
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="default per-request deadline (504 when passed)")
     max_request_timeout_s: float = Field(300.0, gt=0, description="the longest deadline a request may ask for")
     grace_period_s: float = Field(20.0, ge=0, description="on SIGTERM, how long in-flight requests may finish")

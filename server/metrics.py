@@ -31,7 +31,11 @@ class Metrics:
         self.queue_time = histogram("queue_time_seconds", "Time from arrival to joining the batch.")
         self.time_to_first_token = histogram("time_to_first_token_seconds", "Time from arrival to the first token.")
         self.inter_token_latency = histogram("inter_token_latency_seconds", "Time between tokens of one sample.")
-        self.forward_time = histogram("forward_duration_seconds", "Model forward time per step.", ("phase",))
+        self.forward_time = histogram(
+            "forward_duration_seconds",
+            "Model forward time per step (phase: prefill, decode, or mixed: a decode step that also prefills joiners).",
+            ("phase",),
+        )
         self.batch_size = histogram("batch_size", "Rows per model forward.", ("phase",), buckets=BATCH_BUCKETS)
 
         self.queued = Gauge(f"{PREFIX}_requests_queued", "Requests waiting for a slot.", ("model",), registry=r)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from runtime.kv_cache import BatchCache, can_write_in_place, empty_cache, rebuild, write_in_place
-from runtime.onnx_runner import OnnxRunner
+from runtime.onnx_runner import OnnxRunner, Prompts
 from runtime.padding import pad
 
 
@@ -70,3 +70,31 @@ def check_ragged_rows(runner: OnnxRunner) -> None:
     # the joiner leaves: the rebuilt cache is as wide as its longest row
     cache = rebuild(runner, cache, np.array([0, 2]))
     assert cache.ragged and cache.mask.shape == (2, 11) and cache.mask.sum(axis=1).tolist() == [11, 8]
+
+
+def check_mixed_step(runner: OnnxRunner) -> None:
+    """A `mixed` graph's step: decoding the batch's rows while prefilling joining prompts in the
+    same forward gives the rows the logits of a plain decode step, and the prompts the logits and
+    the cache of a prefill of their own."""
+    assert runner.mixed_prefill
+    rows = [[3, 4, 5, 6, 7, 8, 9], [10, 11]]
+    input_ids, mask, positions = pad(rows, runner.eos_token_id, right=True)
+    _, present = runner.forward(input_ids, mask, positions, runner.empty_past(2))
+    cache = BatchCache(present, mask, True)
+    every = np.ones(2, bool)
+    step_mask = cache.step_mask(every)
+    step = (np.array([[21], [22]]), step_mask, cache.positions(), cache.past)
+    decoded, _ = runner.forward(*step)  # writes each row's new column; the mixed step writes the same
+
+    joining = [[30, 31, 32], [33, 34, 35, 36, 37], [38]]
+    prompt_ids, prompt_mask, prompt_positions = pad(joining, runner.eos_token_id, right=True)
+    alone, alone_cache = runner.forward(prompt_ids, prompt_mask, prompt_positions, runner.empty_past(3))
+    prompts = Prompts(prompt_ids, prompt_mask, prompt_positions, runner.empty_past(3))
+    mixed, _ = runner.forward(*step, prompts)
+    assert mixed.shape[0] == 2 + 3
+    np.testing.assert_allclose(mixed[:2], decoded, atol=1e-4)
+    np.testing.assert_allclose(mixed[2:], alone, atol=1e-4)
+    for ours, theirs in zip(prompts.past, alone_cache, strict=True):  # each prompt's real columns
+        ours_host, theirs_host = runner.to_host(ours), runner.to_host(theirs)
+        for j, ids in enumerate(joining):
+            np.testing.assert_allclose(ours_host[j, :, : len(ids)], theirs_host[j, :, : len(ids)], atol=1e-5)

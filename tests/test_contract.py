@@ -151,7 +151,7 @@ def test_format_1_manifest_is_read_with_the_gpt2_kv_shape(tmp_path: Path) -> Non
     Format 3 names each variant's KV cache kind; older bundles' graphs all concatenate."""
     bundle = _write_bundle(tmp_path)
     data = json.loads((bundle / "manifest.json").read_text())
-    assert data["format_version"] == 4 and data["model"]["n_kv_head"] == 2 and data["model"]["head_dim"] == 32
+    assert data["format_version"] == 5 and data["model"]["n_kv_head"] == 2 and data["model"]["head_dim"] == 32
     data["format_version"] = 1
     del data["model"]["n_kv_head"], data["model"]["head_dim"]
     for variant in data["variants"]:

@@ -28,6 +28,9 @@ def test_bundle_lists_every_variant_with_its_contract(tiny_bundle: Path) -> None
         assert variant.inputs[3:] == past_names(manifest.model.n_layer)
         assert variant.outputs == ["logits", *present_names(manifest.model.n_layer)]
         assert variant.verification["passed"]
+        # the CPU variants have a mixed graph too, held to the same gates (export/verify.py)
+        assert bool(variant.mixed_file) == (variant.name != "fp16") == ("mixed" in variant.verification)
+        assert not variant.mixed_file or (tiny_bundle / variant.mixed_file).is_file()
     assert manifest.variant("fp16").kv_dtype == "float16"
     assert manifest.variant("int8").provider == "CPUExecutionProvider"
 
@@ -68,16 +71,18 @@ def test_verify_passes_on_the_bundle_and_refuses_a_tampered_one(
     tiny_checkpoint: Path, tiny_bundle: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert export_main(["verify", str(tiny_bundle), "--checkpoint", str(tiny_checkpoint)]) == 0
-    assert "fp32: fixed: max|dlogit|" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "fp32: fixed: max|dlogit|" in out and "int8 (mixed graph): fixed: max|dlogit|" in out
 
-    tampered = tmp_path / "tampered"
-    shutil.copytree(tiny_bundle, tampered)
-    with open(tampered / "decoder_int8.onnx", "ab") as f:
-        f.write(b"\0")
-    with pytest.raises(BundleError, match="decoder_int8.onnx has sha256"):
-        load_manifest(tampered)
-    assert export_main(["verify", str(tampered)]) == 2
-    assert "decoder_int8.onnx has sha256" in capsys.readouterr().err
+    for file in ("decoder_int8.onnx", "decoder_int8_mixed.onnx"):
+        tampered = tmp_path / file
+        shutil.copytree(tiny_bundle, tampered)
+        with open(tampered / file, "ab") as f:
+            f.write(b"\0")
+        with pytest.raises(BundleError, match=f"{file} has sha256"):
+            load_manifest(tampered)
+        assert export_main(["verify", str(tampered)]) == 2
+        assert f"{file} has sha256" in capsys.readouterr().err
 
 
 def test_manifest_carries_the_checkpoint_command_and_provenance(tiny_checkpoint: Path, tiny_bundle: Path) -> None:

@@ -24,7 +24,7 @@ from contract.positions import (
     word_start_ids,
 )
 from runtime.decode import generate
-from runtime.onnx_runner import OnnxRunner
+from runtime.onnx_runner import OnnxRunner, Prompts
 from runtime.sampler import SamplingParams
 from server.engine.request import Event, GenerationRequest
 from server.engine.scheduler import Scheduler
@@ -88,10 +88,20 @@ class RecordingRunner(OnnxRunner):
     """The real runner; it also keeps the position ids of every forward, to compare."""
 
     seen: list[np.ndarray]
+    joined: list[np.ndarray]  # the positions of prompts prefilled in a decode step (mixed graph)
 
-    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: Any) -> Any:
+    def forward(
+        self,
+        input_ids: np.ndarray,
+        attention_mask: np.ndarray,
+        position_ids: np.ndarray,
+        past: Any,
+        prompts: Prompts | None = None,
+    ) -> Any:
         self.seen.append(position_ids.copy())
-        return super().forward(input_ids, attention_mask, position_ids, past)
+        if prompts is not None:
+            self.joined.append(prompts.position_ids.copy())
+        return super().forward(input_ids, attention_mask, position_ids, past, prompts)
 
 
 @pytest.fixture(scope="module")
@@ -134,8 +144,8 @@ def test_decode_loop_and_scheduler_feed_the_positions_training_uses(recording: R
     assert fed == training_positions(recording, tokenizer, prompt, words, out)[: len(fed)]
     assert len(set(fed[len(prompt) :])) > 1  # it did count down
 
-    # the server's scheduler, with a second request joining mid-way
-    recording.seen = []
+    # the server's scheduler, with a second request joining mid-way (in "r"'s decode step)
+    recording.seen, recording.joined = [], []
     scheduler = Scheduler(recording, tokenizer, Metrics("test"), max_batch_size=4)
     events: list[Event] = []
     offset = position_offset(spec, len(prompt))
@@ -147,7 +157,8 @@ def test_decode_loop_and_scheduler_feed_the_positions_training_uses(recording: R
     scheduler.step()
     sequence = scheduler.active["r"].sequences[0]
     other = prompt_ids(tokenizer, spec, spec.tasks[0], 3, "low", "tea")
-    scheduler.add(GenerationRequest("o", other, 1, params, 5, events.append, 1, words=3))
+    other_offset = position_offset(spec, len(other))
+    scheduler.add(GenerationRequest("o", other, 1, params, 5, events.append, 1, position_offset=other_offset, words=3))
     while scheduler.has_work():
         scheduler.step()
     generated = sequence.generated
@@ -155,3 +166,4 @@ def test_decode_loop_and_scheduler_feed_the_positions_training_uses(recording: R
     decode = [int(p[0, 0]) for p in recording.seen[1:] if p.shape[1] == 1]  # request "r" keeps row 0
     expected = training_positions(recording, tokenizer, prompt, words, generated)[len(prompt) :]
     assert len(generated) > 5 and decode[: len(generated) - 1] == expected[: len(generated) - 1]
+    assert recording.mixed_prefill and [p.tolist() for p in recording.joined] == [[prompt_positions(spec, len(other))]]

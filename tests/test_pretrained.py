@@ -189,16 +189,19 @@ def test_llama_bundle_is_served_over_http(gguf_student: Path, tmp_path: Path) ->
         server.stop()
 
 
-def test_llama_ragged_rows_decode_like_each_row_alone(gguf_student: Path, tmp_path: Path) -> None:
+def test_llama_ragged_rows_and_mixed_steps_decode_like_each_row_alone(gguf_student: Path, tmp_path: Path) -> None:
     """The Llama graph is written around GroupQueryAttention like GPT-2's (export/onnx_graph.py):
-    its rows keep lengths of their own, and RoPE sees each row's own positions."""
+    its rows keep lengths of their own, and RoPE sees each row's own positions, in the mixed
+    graph's flat sequence too."""
     from export.bundle import build_bundle
     from runtime.onnx_runner import OnnxRunner
-    from tests.ragged_rows import check_ragged_rows
+    from tests.ragged_rows import check_mixed_step, check_ragged_rows
 
     result = build_bundle(gguf_student, tmp_path / "bundle", variants=("fp32",))
     assert result.bundle_dir is not None, result.failures
-    check_ragged_rows(OnnxRunner(result.bundle_dir, variant="fp32", provider="cpu", intra_op_threads=1))
+    runner = OnnxRunner(result.bundle_dir, variant="fp32", provider="cpu", intra_op_threads=1)
+    check_ragged_rows(runner)
+    check_mixed_step(runner)
 
 
 def test_hub_id_is_refused_offline_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -36,7 +36,7 @@ from runtime.sampler_graph import build_sampler_graph, sampler_graph
 from server.engine.request import Event, GenerationRequest, LengthBounds, RequestDone, SampleDone
 from server.engine.scheduler import HOLD_STEPS, SHRINK_AFTER_STEPS, Scheduler
 from server.metrics import Metrics
-from tests.ragged_rows import check_ragged_rows, prefill
+from tests.ragged_rows import check_mixed_step, check_ragged_rows, prefill
 
 # --- sampler -----------------------------------------------------------------------
 
@@ -176,8 +176,10 @@ def int8_cache_runner(tiny_bundle: Path, tiny_checkpoint: Path, tmp_path_factory
     manifest = load_manifest(bundle)
     scales = kv_scales(checkpoint.model, checkpoint.tokenizer, checkpoint.command, manifest.model.eos_token_id)
     fp32 = manifest.variant("fp32")
-    quantize_kv_cache(bundle / fp32.file, scales)
+    for file in (fp32.file, fp32.mixed_file):
+        quantize_kv_cache(bundle / file, scales)
     fp32.kv_dtype, fp32.sha256 = "int8", sha256_file(bundle / fp32.file)
+    fp32.mixed_sha256 = sha256_file(bundle / fp32.mixed_file)
     manifest.write(bundle)
     return OnnxRunner(bundle, variant="fp32", provider="cpu", intra_op_threads=1)
 
@@ -278,6 +280,14 @@ def test_ragged_rows_decode_like_each_row_alone_and_cost_their_own_columns(
     check_ragged_rows(request.getfixturevalue("runner" if cache == "fp32" else "int8_cache_runner"))
 
 
+@pytest.mark.parametrize("cache", ["fp32", "int8"])
+def test_a_mixed_step_decodes_the_rows_and_prefills_the_prompts_as_apart(
+    cache: str, request: pytest.FixtureRequest
+) -> None:
+    """tests/ragged_rows.py's mixed step on the tiny GPT-2's mixed graph, its cache in fp32 or int8."""
+    check_mixed_step(request.getfixturevalue("runner" if cache == "fp32" else "int8_cache_runner"))
+
+
 # --- scheduler -----------------------------------------------------------------------
 
 
@@ -302,7 +312,14 @@ def make_request(
     return GenerationRequest(request_id, ids, sink=collector.sink(request_id), **{**defaults, **fields})  # type: ignore[arg-type]
 
 
-def test_short_request_joins_at_the_next_step_and_finishes_first(runner: OnnxRunner, tokenizer: Tokenizer) -> None:
+@pytest.mark.parametrize("mixed", [True, False])
+def test_short_request_joins_at_the_next_step_and_finishes_first(
+    mixed: bool, tiny_bundle: Path, tokenizer: Tokenizer
+) -> None:
+    """Mixed: the joiner's prompt is prefilled in the running row's decode step (its first token),
+    and it decodes its second at the next; else its prefill and a decode step make one step."""
+    runner = OnnxRunner(tiny_bundle, variant="fp32", provider="cpu", intra_op_threads=1, mixed_prefill=mixed)
+    assert runner.mixed_prefill == mixed
     metrics = Metrics("test")
     scheduler = Scheduler(runner, tokenizer, metrics, max_batch_size=8)
     collector = Collector()
@@ -316,7 +333,10 @@ def test_short_request_joins_at_the_next_step_and_finishes_first(runner: OnnxRun
     while not collector.done("short"):
         scheduler.step()
         steps += 1
-    assert steps == 1  # prefill (1st token) and one decode step (2nd token) in the same iteration
+    assert steps == (2 if mixed else 1)
+    count = metrics.registry.get_sample_value
+    phases = {p: count("promptgen_batch_size_count", {"model": "test", "phase": p}) for p in ("prefill", "mixed")}
+    assert phases == ({"prefill": 1, "mixed": 1} if mixed else {"prefill": 2, "mixed": 0})
     assert "long" in scheduler.active and not collector.done("long")
     while scheduler.has_work():
         scheduler.step()
@@ -347,8 +367,12 @@ def test_a_burst_joins_running_rows_in_bounded_prefills(runner: OnnxRunner, toke
     while scheduler.has_work():
         scheduler.step()
     assert all(collector.done(f"burst{i}") for i in range(8))
-    prefills = metrics.registry.get_sample_value("promptgen_batch_size_count", {"model": "test", "phase": "prefill"})
-    assert prefills == 4  # the first request alone, then the burst in three
+
+    def forwards(phase: str) -> float | None:
+        return metrics.registry.get_sample_value("promptgen_batch_size_count", {"model": "test", "phase": phase})
+
+    assert runner.mixed_prefill  # the first request alone, then the burst in three decode steps
+    assert (forwards("prefill"), forwards("mixed")) == (1, 3)
 
     # with nothing decoding there is no one to stall: a burst fills the batch in one prefill
     idle = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=16, max_prefill_tokens=prompt)

@@ -75,6 +75,7 @@ def build_state(settings: Settings) -> ServerState:
         manifest=manifest,
         device_sampling=settings.device_sampling,
         spinning=settings.ort_spinning,
+        mixed_prefill=settings.mixed_prefill,
     )
     tokenizer = Tokenizer.from_file(str(settings.bundle / manifest.tokenizer_file))
     model_name = settings.model_name or manifest.name

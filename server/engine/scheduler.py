@@ -40,7 +40,7 @@ from runtime.kv_cache import (
     rebuild,
     write_in_place,
 )
-from runtime.onnx_runner import OnnxRunner
+from runtime.onnx_runner import OnnxRunner, Prompts
 from runtime.padding import pad
 from runtime.sampler import Sampler, command_token_ids
 from server.engine.faults import FaultInjector
@@ -61,6 +61,10 @@ SHRINK_AFTER_STEPS = 8
 # GPT-2 small closed loop of 32 gained ~5% in-process (bench/engine.md, step 8). A
 # batch below that (moderate load) admits at once, so its latency does not pay for it.
 HOLD_ABOVE, HOLD_JOINERS, HOLD_STEPS = 3 / 4, 4, 4
+
+
+# Joiners after their prefill, for _place: their cache, each sample's row in it, their samples.
+Joined = tuple[BatchCache | None, np.ndarray | None, list[Sequence]]
 
 
 @dataclass
@@ -118,8 +122,9 @@ class Scheduler:
         self._generated = metrics.generated_tokens.labels(metrics.model)
         self._queued = metrics.queued.labels(metrics.model)
         self._running = metrics.running.labels(metrics.model)
-        self._forward = {p: metrics.forward_time.labels(metrics.model, p) for p in ("prefill", "decode")}
-        self._batch_size = {p: metrics.batch_size.labels(metrics.model, p) for p in ("prefill", "decode")}
+        phases = ("prefill", "decode", "mixed")  # mixed: a decode step that also prefills joiners
+        self._forward = {p: metrics.forward_time.labels(metrics.model, p) for p in phases}
+        self._batch_size = {p: metrics.batch_size.labels(metrics.model, p) for p in phases}
 
     # --- bookkeeping ----------------------------------------------------------------
 
@@ -188,10 +193,13 @@ class Scheduler:
         now = time.monotonic()
         self.expire(now)
         joining = self._admit(now)
-        joining_cache, joining_rows, new_rows = self._prefill(joining) if joining else (None, None, [])
-        self._place(joining_cache, joining_rows, new_rows)
-        if any(s is not None for s in self.rows):
-            self._decode()
+        self._free_finished()
+        if joining and self.runner.mixed_prefill and any(s is not None for s in self.rows):
+            self._place(*self._decode(joining))  # one forward: the batch's step and the joiners' prefill
+        else:
+            self._place(*(self._prefill(joining) if joining else (None, None, [])))
+            if any(s is not None for s in self.rows):
+                self._decode()
         self._finish()
 
     def _admit(self, now: float) -> list[Admitted]:
@@ -228,29 +236,35 @@ class Scheduler:
             return False
         return waiting < min(HOLD_JOINERS, free)
 
-    def _prefill(self, joining: list[Admitted]) -> tuple[BatchCache, np.ndarray, list[Sequence]]:
-        """One forward over the new prompts, padded to a common length (on the right where the
-        cache's rows are ragged, kv_cache.py)."""
-        prompts = [a.request.prompt_ids for a in joining]
+    def _prompts(self, joining: list[Admitted]) -> tuple[Prompts, np.ndarray, list[Sequence]]:
+        """The joiners' prompts padded to a common length (on the right where the cache's rows are
+        ragged, kv_cache.py) with empty cache buffers, their samples, and each sample's prompt row:
+        sample i of request r reads row r (n samples, one prefill)."""
+        prompt_ids = [a.request.prompt_ids for a in joining]
         offsets = [a.request.position_offset for a in joining]
-        ragged = self.cache.ragged
-        input_ids, mask, positions = pad(prompts, self.runner.eos_token_id, offsets, right=ragged)
-        empty = self.runner.empty_past(len(prompts))
-
-        # Sample i of request r reads prefill row r: n samples, one prefill.
+        padded = pad(prompt_ids, self.runner.eos_token_id, offsets, right=self.cache.ragged)
         new_rows = [s for a in joining for s in a.sequences]
-        prefill_row = np.array([r for r, a in enumerate(joining) for _ in a.sequences], np.int64)
-        present = self._forward_and_sample("prefill", input_ids, mask, positions, empty, new_rows, prefill_row)
-        self.metrics.prompt_tokens.labels(self.metrics.model).inc(sum(len(p) for p in prompts))
-        return BatchCache(present, mask, ragged), prefill_row, new_rows
+        prompt_row = np.array([r for r, a in enumerate(joining) for _ in a.sequences], np.int64)
+        self.metrics.prompt_tokens.labels(self.metrics.model).inc(sum(len(p) for p in prompt_ids))
+        return Prompts(*padded, self.runner.empty_past(len(joining))), prompt_row, new_rows
 
-    def _place(self, joining: BatchCache | None, joining_rows: np.ndarray | None, new_rows: list[Sequence]) -> None:
-        """Finished rows free their slots; joining rows take free slots in place when they
-        fit, else the batch is rebuilt. Also rebuilds when free slots or all-padding
-        columns would cost more compute than the copy (see kv_cache.py)."""
+    def _prefill(self, joining: list[Admitted]) -> Joined:
+        """One forward over the new prompts alone."""
+        prompts, prompt_row, new_rows = self._prompts(joining)
+        inputs = (prompts.input_ids, prompts.attention_mask, prompts.position_ids, prompts.past)
+        present = self._forward_and_sample("prefill", *inputs, new_rows, prompt_row)
+        return BatchCache(present, prompts.attention_mask, self.cache.ragged), prompt_row, new_rows
+
+    def _free_finished(self) -> None:
+        """Finished rows free their slots (their columns stay until a joiner or a rebuild)."""
         for i, sequence in enumerate(self.rows):
             if sequence is not None and sequence.finished:
                 self.rows[i] = None
+
+    def _place(self, joining: BatchCache | None, joining_rows: np.ndarray | None, new_rows: list[Sequence]) -> None:
+        """Joining rows take free slots in place when they fit, else the batch is rebuilt. Also
+        rebuilds when free slots or all-padding columns would cost more compute than the copy
+        (see kv_cache.py)."""
         joins = [j for j, s in enumerate(new_rows) if not s.finished]
         free = [i for i, s in enumerate(self.rows) if s is None]
         fits = joins and len(free) >= len(joins)
@@ -295,18 +309,30 @@ class Scheduler:
         padding = first_used_column(live_mask) if live_mask.size else 0
         return padding >= TRIM_COLUMNS or self.cache.columns >= self.runner.n_positions
 
-    def _decode(self) -> None:
+    def _decode(
+        self, joining: list[Admitted] | None = None
+    ) -> tuple[BatchCache | None, np.ndarray | None, list[Sequence]]:
+        """One decode step for the batch's rows. With `joining` (a runner with mixed prefill), the
+        same forward prefills their prompts, and their cache is returned for _place."""
         eos = self.runner.eos_token_id
         input_ids = np.array([[s.generated[-1] if s is not None else eos] for s in self.rows], np.int64)
         live = np.array([s is not None for s in self.rows])
         positions = self._positions()
         positions[~live] = 0  # a free slot's dummy token must stay a valid position
         mask = self.cache.step_mask(live)
-        rows = [s for s in self.rows if s is not None]
+        rows, logits_rows = [s for s in self.rows if s is not None], np.flatnonzero(live)
+        if not joining:
+            present = self._forward_and_sample("decode", input_ids, mask, positions, self.cache.past, rows, logits_rows)
+            self.cache.advance(present, mask, live)
+            return None, None, []
+        # The prompts' logits rows follow the batch's (contract/manifest.py, `mixed`).
+        prompts, prompt_row, new_rows = self._prompts(joining)
+        step = (input_ids, mask, positions, self.cache.past)
         present = self._forward_and_sample(
-            "decode", input_ids, mask, positions, self.cache.past, rows, np.flatnonzero(live)
+            "mixed", *step, rows + new_rows, np.concatenate([logits_rows, len(self.rows) + prompt_row]), prompts
         )
         self.cache.advance(present, mask, live)
+        return BatchCache(prompts.past, prompts.attention_mask, True), prompt_row, new_rows
 
     def _positions(self) -> np.ndarray:
         """The position of each row's next token (contract/positions.py): the words it has left
@@ -327,13 +353,14 @@ class Scheduler:
         past: list[ort.OrtValue],
         rows: list[Sequence],
         logits_rows: np.ndarray,
+        prompts: Prompts | None = None,
     ) -> list[ort.OrtValue]:
         """One forward, then one token for each of `rows` (sampled from logits row
         `logits_rows[i]`), appended. The runtime's sampler samples on the device when the
         runner can and every row's parameters allow it, else on the host."""
         prepared = [s.prepare() for s in rows]
         self.faults.before_forward()
-        result = self.sampler.run(input_ids, mask, positions, past, prepared, logits_rows)
+        result = self.sampler.run(input_ids, mask, positions, past, prepared, logits_rows, prompts=prompts)
         self._forward[phase].observe(result.forward_s)  # with device sampling: the sampling too
         self._batch_size[phase].observe(len(np.unique(logits_rows)))  # prompts in a prefill, live rows in a decode
         self._append(result.tokens, rows)
