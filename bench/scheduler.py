@@ -1,10 +1,11 @@
 """In-process scheduler benchmarks behind bench/engine.md's saturation section (no HTTP).
 
-    python bench/scheduler.py rebuilds BUNDLE [--lag 2] [--requests 192] [--no-retain] [--no-hold]
-    python bench/scheduler.py unloaded BUNDLE [--requests 3]
+    python bench/scheduler.py rebuilds BUNDLE [--lag 2] [--requests 192] [--no-retain] [--no-hold] [--no-mix]
+    python bench/scheduler.py unloaded BUNDLE [--requests 3] [--no-mix]
     python bench/scheduler.py kernels
-    python bench/scheduler.py burst BUNDLE [--budgets 0 64 128 256]
+    python bench/scheduler.py burst BUNDLE [--budgets 0 64 128 256] [--no-mix]
     python bench/scheduler.py topp
+    python bench/scheduler.py mixed BUNDLE [--prompts 4] [--prompt-len 25]
 
 - rebuilds: a closed loop of 32 requests (20-word t2i prompts, 30-48 new tokens, temperature
   0.8, top_p 0.95) where each finished request's replacement arrives `--lag` steps later (the
@@ -19,6 +20,12 @@
 - burst: 8 streams decode, then 24 requests arrive at once, five times per prefill budget
   (`max_prefill_tokens`): the running streams' longest gap (median over the bursts) and the
   burst's mean time to first token.
+- --no-mix: a bundle with a mixed graph (contract/manifest.py, `mixed_file`) prefills joiners in
+  a forward of their own, as one without does, so one bundle measures both.
+- mixed: a join step's forwards at batch 1, 8 and 32 (the batch's decode step and the joiners'
+  prefill apart, against one forward of the mixed graph), best of 15 each; and the decode step
+  through the mixed graph beside a one-token prompt: what every step would cost if the mixed
+  graph served all steps (docs/architecture.md says why it does not).
 - topp: the host top-p sampler on 32 rows of 7,106 tokens, flat and peaked, by either sort.
 Run it alone on the machine (two busy processes on two cores slow each other).
 """
@@ -39,7 +46,9 @@ from contract.command import prompt_ids
 from contract.positions import position_offset
 from loadtest.roofline import best_seconds
 from runtime.allocator import retain_freed_memory
-from runtime.onnx_runner import OnnxRunner
+from runtime.kv_cache import BatchCache
+from runtime.onnx_runner import OnnxRunner, Prompts
+from runtime.padding import pad
 from runtime.sampler import SamplingParams, _draw_by_buckets, _draw_from_sorted_candidates, _sample_nucleus
 from server.engine import scheduler as scheduler_module
 from server.engine.request import Event, GenerationRequest, RequestDone
@@ -49,10 +58,14 @@ from server.metrics import Metrics
 INTENTS = ("holiday sale in paris", "summer hiking boots", "coffee shop opening")
 
 
+MIX = [True]  # --no-mix: a `mixed` bundle's joiners prefill in a forward of their own
+
+
 def load(bundle: Path, retain: bool = True) -> tuple[OnnxRunner, Tokenizer]:
     if retain:  # as the server does (runtime/allocator.py); --no-retain measures without it
         retain_freed_memory()
-    runner = OnnxRunner(bundle, variant="int8", provider="cpu")
+    runner = OnnxRunner(bundle, variant="int8", provider="cpu", mixed_prefill=MIX[0])
+    print(f"{bundle}: kv_cache {runner.variant.kv_cache}, mixed prefill {runner.mixed_prefill}")
     return runner, Tokenizer.from_file(str(bundle / runner.manifest.tokenizer_file))
 
 
@@ -215,6 +228,50 @@ def unloaded(bundle: Path, requests: int) -> None:
             print(f"request {i}: {1000 * wall / steps:.2f} ms per step over {steps}, ORT {100 * ort_s[0] / wall:.0f}%")
 
 
+def mixed(bundle: Path, prompts: int, prompt_len: int) -> None:
+    """One join step's forwards (INT8): the batch's decode step and the joiners' prefill apart
+    (two forwards, what a bundle without a mixed graph does) against one mixed forward; and the
+    decode step through the mixed graph beside a one-token prompt (one graph for every step)."""
+    runner, _ = load(bundle)
+    if not runner.mixed_prefill:
+        raise SystemExit(f"{bundle} has no mixed graph for its int8 variant")
+    rng = np.random.default_rng(0)
+    joining = pad(rng.integers(0, runner.vocab_size, (prompts, prompt_len)).tolist(), runner.eos_token_id, right=True)
+    token = np.ones((1, 1), np.int64)
+    for batch in (1, 8, 32):
+        rows = [rng.integers(0, runner.vocab_size, int(n)).tolist() for n in rng.integers(20, 60, batch)]
+        input_ids, mask, positions = pad(rows, runner.eos_token_id, right=True)
+        _, past = runner.forward(input_ids, mask, positions, runner.empty_past(batch))
+        cache = BatchCache(past, mask, True)
+        # Each rewrites the same new column of each row, so repeating a step leaves the cache as it was.
+        step = (np.full((batch, 1), 5), cache.step_mask(np.ones(batch, bool)), cache.positions(), cache.past)
+        forwards = {
+            "decode": lambda s=step: runner.forward(*s),
+            "prefill": lambda: runner.forward(*joining, runner.empty_past(prompts)),
+            "mixed": lambda s=step: runner.forward(*s, Prompts(*joining, runner.empty_past(prompts))),
+            "beside": lambda s=step: runner.forward(*s, Prompts(token, token, token - 1, runner.empty_past(1))),
+        }
+        ms = interleaved_best(forwards, 15)
+        print(
+            f"batch {batch} + {prompts} prompts of {prompt_len}: decode {ms['decode']:.2f} ms + prefill "
+            f"{ms['prefill']:.2f} ms = {ms['decode'] + ms['prefill']:.2f} ms apart, {ms['mixed']:.2f} ms mixed; "
+            f"the decode step through the mixed graph beside a one-token prompt {ms['beside']:.2f} ms"
+        )
+
+
+def interleaved_best(forwards: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Each call's fastest time in ms, the calls taken in turn (after one warm-up each), so that
+    the machine's drift over the run falls on all of them alike."""
+    best = dict.fromkeys(forwards, float("inf"))
+    for round in range(repeats + 1):
+        for name, forward in forwards.items():
+            start = time.perf_counter()
+            forward()
+            if round:
+                best[name] = min(best[name], 1e3 * (time.perf_counter() - start))
+    return best
+
+
 def kernels() -> None:
     """The kernels under a GPT-2 small decode step, alone (needs `onnx`): ORT's dynamic INT8
     MatMul on one MLP weight by batch, GroupQueryAttention over a batch of 32 by the cache's
@@ -353,7 +410,14 @@ def main() -> None:
     b.add_argument("bundle", type=Path)
     b.add_argument("--budgets", type=int, nargs="+", default=[0, 64, 128, 256])
     sub.add_parser("topp")
+    m = sub.add_parser("mixed")
+    m.add_argument("bundle", type=Path)
+    m.add_argument("--prompts", type=int, default=4)
+    m.add_argument("--prompt-len", type=int, default=25)
+    for command in (r, u, b):
+        command.add_argument("--no-mix", dest="mix", action="store_false", help="joiners prefill on their own")
     args = parser.parse_args()
+    MIX[0] = getattr(args, "mix", True)
     print(f"load average at start: {load_average()}")
     if args.command == "rebuilds":
         if not args.hold:
@@ -363,6 +427,8 @@ def main() -> None:
         unloaded(args.bundle, args.requests)
     elif args.command == "kernels":
         kernels()
+    elif args.command == "mixed":
+        mixed(args.bundle, args.prompts, args.prompt_len)
     elif args.command == "burst":
         burst(args.bundle, args.budgets)
     else:
