@@ -64,8 +64,12 @@ MIX = [True]  # --no-mix: a `mixed` bundle's joiners prefill in a forward of the
 def load(bundle: Path, retain: bool = True) -> tuple[OnnxRunner, Tokenizer]:
     if retain:  # as the server does (runtime/allocator.py); --no-retain measures without it
         retain_freed_memory()
+    before = resident_mb()
     runner = OnnxRunner(bundle, variant="int8", provider="cpu", mixed_prefill=MIX[0])
-    print(f"{bundle}: kv_cache {runner.variant.kv_cache}, mixed prefill {runner.mixed_prefill}")
+    print(
+        f"{bundle}: kv_cache {runner.variant.kv_cache}, mixed prefill {runner.mixed_prefill}, "
+        f"the runner resident in {resident_mb() - before:.0f} MB"
+    )
     return runner, Tokenizer.from_file(str(bundle / runner.manifest.tokenizer_file))
 
 
@@ -387,6 +391,12 @@ def attention_seconds(cache: str, session: Callable[[Any], Any], rng: np.random.
     for i in range(layers):
         binding.bind_output(f"out{i}")
     return best_seconds(lambda: attention.run_with_iobinding(binding), 20)
+
+
+def resident_mb() -> float:
+    """This process's resident memory (VmRSS), MB."""
+    status = Path("/proc/self/status").read_text()
+    return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
 def load_average() -> str:
