@@ -12,6 +12,10 @@ where each KV tensor is one buffer [B,n_kv_head,capacity,head_dim] bound as past
 one, so rows may have lengths of their own, or be left-padded. The LM head runs on one position
 per row instead of the whole prompt.
 
+`export_decoder(..., mixed=True)` gives the same weights a second part (a variant's `mixed_file`):
+prompts joining the batch [J,S'] with their own cache buffers, prefilled in the same forward as
+the rows' step, logits [B+J, vocab] (StepParts says how).
+
 Both families are written out block by block around ONNX Runtime's GroupQueryAttention, from
 the model's own modules (projections, norms, MLP, rotary embedding), traced by the legacy
 `torch.onnx.export(dynamo=False)`; verification compares the graph with PyTorch's own forward.

@@ -13,6 +13,9 @@ Each call to `step()` is one iteration:
    or the batch KV cache is rebuilt (kv_cache.py);
 4. one decode step for every running row, sample, and finish the rows that are done:
    they leave the batch before the next step, freeing their slots.
+Where the runner has a mixed graph (runtime/onnx_runner.py, `mixed_prefill`) and rows are
+decoding, 2 and 4 are one forward: the joiners' prompts are prefilled in the rows' decode step
+(the weights read once), and their cache is placed (3) after it.
 So a request that arrives while others are decoding joins at the next step, and a
 short request submitted during a long one finishes first.
 
@@ -309,9 +312,7 @@ class Scheduler:
         padding = first_used_column(live_mask) if live_mask.size else 0
         return padding >= TRIM_COLUMNS or self.cache.columns >= self.runner.n_positions
 
-    def _decode(
-        self, joining: list[Admitted] | None = None
-    ) -> tuple[BatchCache | None, np.ndarray | None, list[Sequence]]:
+    def _decode(self, joining: list[Admitted] | None = None) -> Joined:
         """One decode step for the batch's rows. With `joining` (a runner with mixed prefill), the
         same forward prefills their prompts, and their cache is returned for _place."""
         eos = self.runner.eos_token_id
@@ -325,7 +326,7 @@ class Scheduler:
             present = self._forward_and_sample("decode", input_ids, mask, positions, self.cache.past, rows, logits_rows)
             self.cache.advance(present, mask, live)
             return None, None, []
-        # The prompts' logits rows follow the batch's (contract/manifest.py, `mixed`).
+        # The prompts' logits rows follow the batch's (the mixed graph, contract/manifest.py).
         prompts, prompt_row, new_rows = self._prompts(joining)
         step = (input_ids, mask, positions, self.cache.past)
         present = self._forward_and_sample(
