@@ -1,6 +1,6 @@
 """In-process scheduler benchmarks behind bench/engine.md's saturation section (no HTTP).
 
-    python bench/scheduler.py rebuilds BUNDLE [--lag 2] [--requests 192] [--no-retain] [--no-hold] [--no-mix]
+    python bench/scheduler.py rebuilds BUNDLE [--lag 2] [--requests 192] [--no-retain] [--hold | --no-hold] [--no-mix]
     python bench/scheduler.py unloaded BUNDLE [--requests 3] [--no-mix]
     python bench/scheduler.py kernels
     python bench/scheduler.py burst BUNDLE [--budgets 0 64 128 256] [--no-mix]
@@ -9,9 +9,11 @@
 
 - rebuilds: a closed loop of 32 requests (20-word t2i prompts, 30-48 new tokens, temperature
   0.8, top_p 0.95) where each finished request's replacement arrives `--lag` steps later (the
-  HTTP round trip): tokens/s, cache rebuilds and in-place joins, and the time each took, and
-  how many columns the cache spans for how many real tokens per row. `--no-hold`: a lone
-  joiner is admitted at once even when the batch is nearly full (scheduler.HOLD_ABOVE).
+  HTTP round trip): tokens/s, the mean time to first token, cache rebuilds and in-place joins,
+  and the time each took, and how many columns the cache spans for how many real tokens per row.
+  `--no-hold` / `--hold`: a lone joiner is admitted at once even when the batch is nearly full, or
+  waits for company (scheduler.HOLD_ABOVE) even where joiners are prefilled in the decode step
+  (by default it waits only where they are not).
 - unloaded: one request at a time (48 new tokens): ms per step, and ORT's share of it.
 - kernels: ORT's dynamic INT8 MatMul on one GPT-2 small MLP weight at batch 1/8/32,
   GroupQueryAttention over a GPT-2 small batch of 32 ragged rows (12 layers) with the cache in
@@ -97,7 +99,7 @@ def timed(name: str, counts: Counter[str], seconds: Counter[str], function: Call
     return wrapper
 
 
-def rebuilds(bundle: Path, lag: int, total: int, retain: bool) -> None:
+def rebuilds(bundle: Path, lag: int, total: int, retain: bool, hold: bool | None) -> None:
     runner, tokenizer = load(bundle, retain)
     counts: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
@@ -107,6 +109,9 @@ def rebuilds(bundle: Path, lag: int, total: int, retain: bool) -> None:
     lengths = np.random.default_rng(0)
     metrics = Metrics("bench")
     scheduler = Scheduler(runner, tokenizer, metrics, max_batch_size=32)
+    if hold is not None:
+        scheduler.hold_joiners = hold
+    print(f"  a lone joiner waits for company: {scheduler.hold_joiners}")
 
     def add(i: int) -> None:
         sink = lambda e: done.append(i) if isinstance(e, RequestDone) else None  # noqa: E731
@@ -130,8 +135,12 @@ def rebuilds(bundle: Path, lag: int, total: int, retain: bool) -> None:
             add(sent)
             sent += 1
     wall = time.perf_counter() - start
-    tokens = metrics.registry.get_sample_value("promptgen_generated_tokens_total", {"model": "bench"}) or 0
-    print(f"lag {lag}: {tokens / wall:.0f} tokens/s, {steps} steps in {wall:.1f} s")
+    sample = metrics.registry.get_sample_value
+    tokens = sample("promptgen_generated_tokens_total", {"model": "bench"}) or 0
+    ttft = (sample("promptgen_time_to_first_token_seconds_sum", {"model": "bench"}) or 0) / max(
+        1, sample("promptgen_time_to_first_token_seconds_count", {"model": "bench"}) or 0
+    )
+    print(f"lag {lag}: {tokens / wall:.0f} tokens/s, {steps} steps in {wall:.1f} s, mean TTFT {ttft * 1e3:.0f} ms")
     columns, real = np.mean(span, axis=0)
     layout = "ragged" if scheduler.cache.ragged else "left-padded"
     print(f"  cache ({layout}): {columns:.1f} columns per step for {real:.1f} real tokens per live row")
@@ -411,7 +420,9 @@ def main() -> None:
     r.add_argument("--lag", type=int, default=2)
     r.add_argument("--requests", type=int, default=192)
     r.add_argument("--no-retain", dest="retain", action="store_false", help="leave glibc's allocator as it is")
-    r.add_argument("--no-hold", dest="hold", action="store_false", help="admit at once (scheduler.HOLD_STEPS = 0)")
+    holding = r.add_mutually_exclusive_group()
+    holding.add_argument("--hold", dest="hold", action="store_true", default=None, help="hold lone joiners (_hold)")
+    holding.add_argument("--no-hold", dest="hold", action="store_false", help="admit at once")
     u = sub.add_parser("unloaded")
     u.add_argument("bundle", type=Path)
     u.add_argument("--requests", type=int, default=3)
@@ -430,9 +441,7 @@ def main() -> None:
     MIX[0] = getattr(args, "mix", True)
     print(f"load average at start: {load_average()}")
     if args.command == "rebuilds":
-        if not args.hold:
-            scheduler_module.HOLD_STEPS = 0
-        rebuilds(args.bundle, args.lag, args.requests, args.retain)
+        rebuilds(args.bundle, args.lag, args.requests, args.retain, args.hold)
     elif args.command == "unloaded":
         unloaded(args.bundle, args.requests)
     elif args.command == "kernels":

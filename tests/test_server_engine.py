@@ -415,12 +415,15 @@ def test_free_slots_wait_for_joiners_before_the_batch_shrinks(runner: OnnxRunner
     assert len(scheduler.rows) == 2 and None not in scheduler.rows  # free for SHRINK_AFTER_STEPS: dropped
 
 
+@pytest.mark.parametrize("mixed", [False, True])
 def test_a_lone_joiner_waits_for_company_only_while_the_batch_is_nearly_full(
-    runner: OnnxRunner, tokenizer: Tokenizer
+    mixed: bool, tiny_bundle: Path, tokenizer: Tokenizer
 ) -> None:
     """Over HOLD_ABOVE of the rows decoding, one arrival waits up to HOLD_STEPS steps for others
     to share its prefill, unless the waiting rows fill the free slots; below it, it joins at the
-    next step (scheduler.py)."""
+    next step (scheduler.py). A runner that prefills in the decode step never holds: the step's
+    weight pass is shared with the rows anyway."""
+    runner = OnnxRunner(tiny_bundle, variant="fp32", provider="cpu", intra_op_threads=1, mixed_prefill=mixed)
 
     def busy(running: int) -> Scheduler:
         scheduler = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=16)
@@ -441,7 +444,7 @@ def test_a_lone_joiner_waits_for_company_only_while_the_batch_is_nearly_full(
         return steps
 
     nearly_full = busy(13)  # 13 of 16 rows decoding: over 3/4
-    assert steps_to_join(nearly_full, ["lone"]) == HOLD_STEPS + 1
+    assert steps_to_join(nearly_full, ["lone"]) == (1 if mixed else HOLD_STEPS + 1)
     assert steps_to_join(nearly_full, ["a", "b"]) == 1  # they fill the two free slots: no wait
     assert steps_to_join(busy(12), ["lone"]) == 1  # 12 of 16: not over 3/4
 

@@ -62,7 +62,8 @@ SHRINK_AFTER_STEPS = 8
 # join alone waits for company: it is admitted when HOLD_JOINERS rows wait, when the waiting rows
 # fill the free slots, or after HOLD_STEPS steps. One prefill then serves several joiners; a
 # GPT-2 small closed loop of 32 gained ~5% in-process (bench/engine.md, step 8). A
-# batch below that (moderate load) admits at once, so its latency does not pay for it.
+# batch below that (moderate load) admits at once, so its latency does not pay for it. Only
+# where the prefill is a forward of its own (Scheduler._hold).
 HOLD_ABOVE, HOLD_JOINERS, HOLD_STEPS = 3 / 4, 4, 4
 
 
@@ -117,6 +118,7 @@ class Scheduler:
         self.cache: BatchCache = empty_cache(runner)
         self.free_steps = 0  # consecutive steps with free slots and no request joining
         self.held_steps = 0  # consecutive steps a lone joiner has waited (HOLD_STEPS)
+        self.hold_joiners = not runner.mixed_prefill  # whether a lone joiner may wait at all (_hold)
         self.sampler = Sampler(runner, command_token_ids(tokenizer, runner.manifest.command))
         self.countdown = countdown(runner.manifest.command, tokenizer)  # None: outputs count up
         # the per-step series, bound to this model once rather than looked up every step
@@ -233,7 +235,12 @@ class Scheduler:
         return admitted
 
     def _hold(self, running: int, free: int) -> bool:
-        """Whether the waiting requests wait one more step for company (HOLD_ABOVE)."""
+        """Whether the waiting requests wait one more step for company (HOLD_ABOVE). Never where
+        joiners are prefilled in the decode step: the weight pass a group would share is the rows'
+        anyway, and holding only delays (GPT-2 small, closed loop of 32: mean TTFT 67-75 ms held,
+        39-43 ms not, the same tokens/s; bench/engine.md, step 11)."""
+        if not self.hold_joiners:
+            return False
         waiting = sum(r.n for r in self.waiting)
         if not waiting or running <= HOLD_ABOVE * self.max_batch_size or self.held_steps >= HOLD_STEPS:
             return False
