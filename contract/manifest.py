@@ -38,8 +38,8 @@ LOGITS = "logits"
 # the weights once. Its extra inputs: the prompts right-padded, [J, S'] ids, mask and positions,
 # and their own cache buffers (prompt_past_names, bound in place as prompt_present_names too);
 # its logits are [B + J, vocab], the batch's rows then the prompts'. A separate file, not the one
-# graph for every step: the second part costs a step without prompts ~1.5 ms of extra operators at
-# GPT-2 small's batch of 32 (bench/engine.md, step 11).
+# graph for every step: the second part costs a step without prompts 0.9-1.7 ms of extra operators
+# at GPT-2 small's batch of 32 (bench/engine.md, step 11).
 PROMPT_IDS = "prompt_ids"
 PROMPT_MASK = "prompt_mask"
 PROMPT_POSITIONS = "prompt_position_ids"

@@ -200,7 +200,7 @@ class StepParts(NamedTuple):
 
     @classmethod
     def of(
-        cls, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor, prompts: Prompts | None
+        cls, input_ids: torch.Tensor, attention_mask: torch.Tensor, rows: torch.Tensor, prompts: EmbeddedPrompts | None
     ) -> StepParts:
         row_last, row_lengths = ragged_lengths(attention_mask, rows)
         if prompts is None:
@@ -226,7 +226,7 @@ class StepParts(NamedTuple):
         return torch.cat([last, last_token(prompts, self.prompt_last, self.prompt_ids)])
 
 
-class Prompts(NamedTuple):
+class EmbeddedPrompts(NamedTuple):
     """A mixed graph's prompt inputs, embedded (`hidden`) by the wrapper."""
 
     input_ids: torch.Tensor
@@ -319,7 +319,7 @@ class GPT2DecoderInPlace(torch.nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         prompt, past = split_inputs(rest, self.mixed)
         rows = self.wte(input_ids) + self.wpe(position_ids)
-        prompts = None if prompt is None else Prompts(*prompt, self.wte(prompt[0]) + self.wpe(prompt[2]))
+        prompts = None if prompt is None else EmbeddedPrompts(*prompt, self.wte(prompt[0]) + self.wpe(prompt[2]))
         parts = StepParts.of(input_ids, attention_mask, rows, prompts)
         hidden, caches = flatten(rows, None if prompts is None else prompts.hidden), []
         for i, block in enumerate(self.blocks):
@@ -383,7 +383,7 @@ class LlamaDecoderInPlace(torch.nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         prompt, past = split_inputs(rest, self.mixed)
         rows = self.embed_tokens(input_ids)
-        prompts = None if prompt is None else Prompts(*prompt, self.embed_tokens(prompt[0]))
+        prompts = None if prompt is None else EmbeddedPrompts(*prompt, self.embed_tokens(prompt[0]))
         parts = StepParts.of(input_ids, attention_mask, rows, prompts)
         hidden = flatten(rows, None if prompts is None else prompts.hidden)
         positions = flatten(position_ids[..., None], None if prompts is None else prompts.position_ids[..., None])

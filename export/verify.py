@@ -20,7 +20,7 @@ that logits stay comparable position by position:
   model: a random-init model's logits are nearly flat, so any noise flips argmax.
 
 A variant's mixed graph (the same weights, also prefilling joiners in the batch's step) passes the
-same checks (MixedRunner) or fails its variant.
+same checks (runtime/mixed_runner.py) or fails its variant.
 
 Prompts: fixed ones built from the model's own command vocabulary (real serving prompts), and
 random token ids with ragged lengths, which exercise left padding.
@@ -38,7 +38,8 @@ from tokenizers import Tokenizer
 from contract.command import RELEVANCE_LEVELS, CommandSpec, TokenizerLike, prompt_ids
 from contract.manifest import BundleError, Manifest, ModelInfo, load_manifest
 from runtime.decode import generate
-from runtime.onnx_runner import OnnxRunner, Prompts
+from runtime.mixed_runner import MixedRunner
+from runtime.onnx_runner import OnnxRunner
 from runtime.runner import Runner
 
 # 24 intents x every task: ~1,400 served positions on a trained tiny model, so a 99% agreement
@@ -204,33 +205,6 @@ def check_variant(variant: str, runner: Runner, sets: list[PromptSet], int8_min_
     result["passed"] = not failures
     result["failures"] = failures
     return result
-
-
-class MixedRunner:
-    """A variant's mixed graph (contract/manifest.py, `mixed_file`) as a runner, so that
-    verification holds it to the variant's own gates: each prefill runs as the graph's prompts
-    beside a one-token batch row, each decode step as its batch rows beside a one-token prompt.
-    So both parts of the graph, and the prompt cache handed to the batch, are checked."""
-
-    def __init__(self, runner: OnnxRunner) -> None:
-        self.runner = runner
-        self.n_layer, self.n_kv_head, self.head_dim = runner.n_layer, runner.n_kv_head, runner.head_dim
-        self.vocab_size = runner.vocab_size
-
-    def empty_past(self, batch: int) -> list[Any]:
-        return self.runner.empty_past(batch)
-
-    def forward(
-        self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray, past: list[Any]
-    ) -> tuple[np.ndarray, list[Any]]:
-        one = np.ones((1, 1), np.int64)
-        if attention_mask.shape[1] == input_ids.shape[1]:  # a prefill (no past columns): the prompts
-            prompts = Prompts(input_ids, attention_mask, position_ids, past)
-            logits, _ = self.runner.forward(one, one, one - 1, self.runner.empty_past(1), prompts)
-            return logits[1:], prompts.past
-        beside = Prompts(one, one, one - 1, self.runner.empty_past(1))
-        logits, present = self.runner.forward(input_ids, attention_mask, position_ids, past, beside)
-        return logits[:-1], present
 
 
 def summary(variant: str, result: dict[str, Any]) -> str:

@@ -144,6 +144,7 @@ class OnnxRunner:
         self.in_place = self.variant.kv_cache in (KV_IN_PLACE, KV_RAGGED)
         self.past_names = past_names(self.n_layer)
         self.present_names = present_names(self.n_layer)
+        self.prompt_cache_names = (prompt_past_names(self.n_layer), prompt_present_names(self.n_layer))
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = intra_op_threads
@@ -209,8 +210,8 @@ class OnnxRunner:
         expected_in = [INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *self.past_names]
         expected_out = [LOGITS, *self.present_names]
         if mixed:
-            expected_in += [*PROMPT_INPUTS, *prompt_past_names(self.n_layer)]
-            expected_out += prompt_present_names(self.n_layer)
+            expected_in += [*PROMPT_INPUTS, *self.prompt_cache_names[0]]
+            expected_out += self.prompt_cache_names[1]
         actual_in = [i.name for i in session.get_inputs()]
         actual_out = [o.name for o in session.get_outputs()]
         if sorted(actual_in) != sorted(expected_in) or sorted(actual_out) != sorted(expected_out):
@@ -327,8 +328,7 @@ class OnnxRunner:
         if prompts is not None:
             self._bind_ids(binding, PROMPT_INPUTS, prompts.input_ids, prompts.attention_mask, prompts.position_ids)
             prompts.past = self._with_room(prompts.past, 0, prompts.input_ids.shape[1])
-            names = (prompt_past_names(self.n_layer), prompt_present_names(self.n_layer))
-            self._bind_cache(binding, *names, prompts.past)
+            self._bind_cache(binding, *self.prompt_cache_names, prompts.past)
         start = time.perf_counter()
         session.run_with_iobinding(binding)
         self.last_run_s = time.perf_counter() - start

@@ -19,10 +19,8 @@ import threading
 import time
 from collections import deque
 
-import numpy as np
-
 from runtime.decode import generate
-from runtime.onnx_runner import Prompts
+from runtime.mixed_runner import MixedRunner
 from server.engine.request import GenerationRequest, new_error_id
 from server.engine.scheduler import Scheduler
 
@@ -116,12 +114,8 @@ class Engine:
         ORT's lazy initialisation (allocations, kernel selection)."""
         runner = self.scheduler.runner
         generate(runner, [[runner.eos_token_id] * 8], 3, eos_id=None)
-        if runner.mixed_prefill:  # and the mixed graph's session: one step with a prompt joining
-            ids = np.full((1, 8), runner.eos_token_id, np.int64)
-            mask, positions = np.ones_like(ids), np.arange(8)[None, :]
-            _, past = runner.forward(ids, mask, positions, runner.empty_past(1))
-            prompt = Prompts(ids, mask, positions, runner.empty_past(1))
-            runner.forward(ids[:, :1], np.ones((1, 9), np.int64), positions[:, -1:] + 1, past, prompt)
+        if runner.mixed_prefill:  # and the mixed graph's session, both of its parts
+            generate(MixedRunner(runner), [[runner.eos_token_id] * 8], 3, eos_id=None)
 
     def _run(self) -> None:
         try:
