@@ -1,9 +1,10 @@
 """In-process scheduler benchmarks behind bench/engine.md's saturation section (no HTTP).
 
-    python bench/scheduler.py rebuilds BUNDLE [--lag 2] [--requests 192] [--no-retain] [--hold | --no-hold] [--no-mix]
-    python bench/scheduler.py unloaded BUNDLE [--requests 3] [--no-mix]
+    python bench/scheduler.py rebuilds BUNDLE [--lag 2] [--requests 192] [--no-retain] [--hold | --no-hold]
+                                              [--no-mix] [--no-spin]
+    python bench/scheduler.py unloaded BUNDLE [--requests 3] [--no-mix] [--no-spin]
     python bench/scheduler.py kernels
-    python bench/scheduler.py burst BUNDLE [--budgets 0 64 128 256] [--no-mix]
+    python bench/scheduler.py burst BUNDLE [--budgets 0 64 128 256] [--no-mix] [--no-spin]
     python bench/scheduler.py topp
     python bench/scheduler.py mixed BUNDLE [--prompts 4] [--prompt-len 25]
 
@@ -24,6 +25,8 @@
   burst's mean time to first token.
 - --no-mix: a bundle with a mixed graph (contract/manifest.py, `mixed_file`) prefills joiners in
   a forward of their own, as one without does, so one bundle measures both.
+- --no-spin: ORT's workers sleep between operators instead of spinning through a forward
+  (runtime/onnx_runner.py says why they spin).
 - mixed: a join step's forwards at batch 1, 8 and 32 (the batch's decode step and the joiners'
   prefill apart, against one forward of the mixed graph), best of 15 each; and the decode step
   through the mixed graph beside a one-token prompt: what every step would cost if the mixed
@@ -60,14 +63,16 @@ from server.metrics import Metrics
 INTENTS = ("holiday sale in paris", "summer hiking boots", "coffee shop opening")
 
 
-MIX = [True]  # --no-mix: a `mixed` bundle's joiners prefill in a forward of their own
+# the runner's options: --no-mix (a `mixed` bundle's joiners prefill in a forward of their own),
+# --no-spin (ORT's workers sleep between operators)
+RUNNER_OPTIONS = {"mixed_prefill": True, "spinning": True}
 
 
 def load(bundle: Path, retain: bool = True) -> tuple[OnnxRunner, Tokenizer]:
     if retain:  # as the server does (runtime/allocator.py); --no-retain measures without it
         retain_freed_memory()
     before = resident_mb()
-    runner = OnnxRunner(bundle, variant="int8", provider="cpu", mixed_prefill=MIX[0])
+    runner = OnnxRunner(bundle, variant="int8", provider="cpu", **RUNNER_OPTIONS)
     print(
         f"{bundle}: kv_cache {runner.variant.kv_cache}, mixed prefill {runner.mixed_prefill}, "
         f"the runner resident in {resident_mb() - before:.0f} MB"
@@ -437,8 +442,9 @@ def main() -> None:
     m.add_argument("--prompt-len", type=int, default=25)
     for command in (r, u, b):
         command.add_argument("--no-mix", dest="mix", action="store_false", help="joiners prefill on their own")
+        command.add_argument("--no-spin", dest="spin", action="store_false", help="ORT's workers sleep between ops")
     args = parser.parse_args()
-    MIX[0] = getattr(args, "mix", True)
+    RUNNER_OPTIONS.update(mixed_prefill=getattr(args, "mix", True), spinning=getattr(args, "spin", True))
     print(f"load average at start: {load_average()}")
     if args.command == "rebuilds":
         rebuilds(args.bundle, args.lag, args.requests, args.retain, args.hold)

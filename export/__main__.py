@@ -3,7 +3,7 @@
     python -m export bundle --checkpoint DIR --out DIR [--variants fp32,int8,fp16]
     python -m export verify BUNDLE [--checkpoint DIR]
     python -m export bench [--preset small | --checkpoint DIR] [--out bench/export.md]
-    python -m export engine-bench --source CHECKPOINT [--batches 1,8,32] [--ort-profile]
+    python -m export engine-bench --source CHECKPOINT [--batches 1,8,32] [--ort-profile] [--no-spin]
     python -m export gpu-check --bundle DIR [--out gpu_check.md]
     python -m export torch-gpu-check --checkpoint DIR [--out torch_gpu_check.md]
 
@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     engine.add_argument("--gate", type=float, default=MIN_INT8_AGREEMENT, help="INT8 gate for the tiny export")
     engine.add_argument("--batches", type=int_list, default=(1, 8, 32), help="comma-separated")
     engine.add_argument("--threads", type=int, default=2)
+    engine.add_argument(
+        "--no-spin", action="store_true", help="ORT's workers sleep between operators (the old default)"
+    )
     engine.add_argument("--prompt-len", type=int, default=16)
     engine.add_argument("--steps", type=int, default=32, help="decode steps timed per batch")
     engine.add_argument("--ort-profile", action="store_true", help="ORT's per-operator time of the decode steps")

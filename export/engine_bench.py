@@ -123,10 +123,14 @@ def profile_steps(
     return StepProfile(name, batch, prefill_ms, {p: 1000 * statistics.median(parts[p]) for p in PARTS})
 
 
-def ort_op_profile(bundle_dir: Path, variant: str, threads: int, batch: int, prompt_len: int, steps: int) -> str:
+def ort_op_profile(
+    bundle_dir: Path, variant: str, threads: int, spinning: bool, batch: int, prompt_len: int, steps: int
+) -> str:
     """ONNX Runtime's per-operator time over `steps` decode steps, by op type, as one line."""
     with tempfile.TemporaryDirectory() as tmp:
-        runner = OnnxRunner(bundle_dir, variant, "cpu", intra_op_threads=threads, profile_prefix=f"{tmp}/ort")
+        runner = OnnxRunner(
+            bundle_dir, variant, "cpu", intra_op_threads=threads, spinning=spinning, profile_prefix=f"{tmp}/ort"
+        )
         profile_steps("profile", runner, batch, prompt_len, steps, SamplingParams(0.0, 1.0))
         events = json.loads(Path(runner.session.end_profiling()).read_text())
     nodes = [e for e in events if e.get("cat") == "Node" and e["name"].endswith("_kernel_time")]
@@ -150,7 +154,11 @@ def run_engine_bench(args: argparse.Namespace) -> int:
         small_checkpoint(source, small_dir)
     # (checkpoint, INT8 gate, trained): random init has no meaningful INT8 agreement (near-flat logits)
     models = {"tiny": (Path(args.source), args.gate, True), "small": (small_dir, 0.0, False)}
-    print(f"load average {os.getloadavg()}; {args.threads} threads; variant {args.variant}", flush=True)
+    spinning = not args.no_spin
+    print(
+        f"load average {os.getloadavg()}; {args.threads} threads, spinning {spinning}; variant {args.variant}",
+        flush=True,
+    )
     header = f"{'model':6} {'batch':>5} {'prefill':>8} {'step':>7} {'tok/s':>7} " + " ".join(f"{p:>7}" for p in PARTS)
     results = []
     for name in args.models:
@@ -161,7 +169,9 @@ def run_engine_bench(args: argparse.Namespace) -> int:
         # Near-flat logits would send top-p into its full-sort fallback at every step, which a
         # trained model's do not: a random-init model samples with temperature alone.
         params = SamplingParams(defaults.temperature, defaults.top_p if trained else 1.0)
-        runner = OnnxRunner(bundle_dir, args.variant, "cpu", intra_op_threads=args.threads, manifest=manifest)
+        runner = OnnxRunner(
+            bundle_dir, args.variant, "cpu", intra_op_threads=args.threads, spinning=spinning, manifest=manifest
+        )
         print(header, flush=True)
         for batch in args.batches:
             profile_steps(name, runner, batch, args.prompt_len, 4, params)  # warm-up: allocations, kernels
@@ -171,7 +181,9 @@ def run_engine_bench(args: argparse.Namespace) -> int:
             step = f"{result.prefill_ms:8.1f} {result.step_ms:7.2f} {result.tokens_per_s:7.0f}"
             print(f"{name:6} {batch:5d} {step} {cells}", flush=True)
             if args.ort_profile:
-                line = ort_op_profile(bundle_dir, args.variant, args.threads, batch, args.prompt_len, args.steps)
+                line = ort_op_profile(
+                    bundle_dir, args.variant, args.threads, spinning, batch, args.prompt_len, args.steps
+                )
                 print(f"    ORT ms per decode step by op: {line}", flush=True)
     print(f"load average {os.getloadavg()}", flush=True)
     return 0

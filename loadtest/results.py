@@ -25,11 +25,12 @@ def at_half(figures: dict[str, Any]) -> dict[str, Any] | None:
 
 def floors_ms(parameters: int, batch: int, roof: dict[str, Any]) -> tuple[float, float, str]:
     """(bandwidth, compute) floors of one decode step with INT8 weights, and which GEMM peak the
-    second rests on: every weight read once (1 byte each) at the measured copy bandwidth, and
+    second rests on: every weight read once (1 byte each) at the measured read bandwidth of all
+    cores (one thread's copy bandwidth in results from before it was measured), and
     2 operations per weight and row at the measured INT8 GEMM peak (ONNX Runtime's
     MatMulInteger), or at the fp32 one where the INT8 peak was not measured (older results, or
     no `onnx` installed), which overstates the INT8 compute floor."""
-    memory = parameters / (roof["memory_bandwidth_gbs"] * 1e9)
+    memory = parameters / ((roof.get("read_bandwidth_gbs") or roof["memory_bandwidth_gbs"]) * 1e9)
     if roof.get("ort_int8_gemm_gops"):
         return 1000 * memory, 1000 * 2 * parameters * batch / (roof["ort_int8_gemm_gops"] * 1e9), "INT8"
     return 1000 * memory, 1000 * 2 * parameters * batch / (roof["numpy_fp32_gemm_gflops"] * 1e9), "fp32"
@@ -112,8 +113,9 @@ def write_results(results: dict[str, Any], out: Path) -> None:
         f"Roofline measured by the command: fp32 GEMM {roof['numpy_fp32_gemm_gflops']:,.0f} GFLOP/s (numpy,"
         f" n={roof['gemm_n']}), {roof['torch_fp32_gemm_gflops'] or 0:,.0f} GFLOP/s (torch); INT8 GEMM"
         f" {roof.get('ort_int8_gemm_gops') or 0:,.0f} GOP/s (ONNX Runtime MatMulInteger, weights prepacked);"
-        " memory copy bandwidth"
-        f" {roof['memory_bandwidth_gbs']:.1f} GB/s (read + write, {roof['copy_mb']} MB arrays).",
+        f" memory read bandwidth {roof.get('read_bandwidth_gbs') or 0:.1f} GB/s ({roof.get('cores') or '?'} cores"
+        f" together, {roof['copy_mb']} MB), copy bandwidth {roof['memory_bandwidth_gbs']:.1f} GB/s (one thread,"
+        " read + write). The weight-bandwidth floor rests on the read bandwidth.",
         "",
         "How: one server process at a time owns the cores, the load generator (`loadtest`) runs beside it on"
         " the same cores (so every HTTP figure pays for its client too). Every request is the same 20-word"

@@ -28,9 +28,9 @@ class Settings(BaseSettings):
     intra_op_threads: int = Field(0, ge=0, description="ORT threads inside one operator (0: ORT's default)")
     inter_op_threads: int = Field(1, ge=0, description="ORT threads across operators (0: ORT's default)")
     ort_spinning: bool = Field(
-        False,
-        description="let ORT's worker threads busy-wait between operators (off: they would steal "
-        "the cores the engine's own Python needs between steps)",
+        True,
+        description="ORT's worker threads busy-wait between the operators of one forward, and stop "
+        "when it returns (off: each operator wakes a sleeping worker)",
     )
     max_batch_size: int = Field(32, ge=1, description="most sequences decoded together (n samples count each)")
     max_queue: int = Field(64, ge=0, description="most requests waiting for a slot; beyond it: 429")

@@ -19,6 +19,7 @@ from loadtest.arrivals import poisson_arrivals
 from loadtest.mix import MixError, load_mix
 from loadtest.models import export_bundle, exported_before
 from loadtest.report import percentile
+from loadtest.results import floors_ms
 
 SAMPLE_MIX = Path(__file__).resolve().parents[1] / "loadtest" / "mixes" / "sample.jsonl"
 
@@ -167,6 +168,7 @@ def test_bench_quick_mode_wires_every_phase_into_results(tiny_checkpoint: Path, 
     assert "QUICK MODE" in text and "fp32 GEMM" in text and "GB/s" in text
     figures = json.loads(out.with_suffix(".json").read_text())
     assert figures["roofline"]["ort_int8_gemm_gops"] > 0  # the INT8 GEMM peak, measured
+    assert figures["roofline"]["read_bandwidth_gbs"] > 0 and "memory read bandwidth" in text
     assert "INT8-GEMM compute floor" in text and "% of the roofline" in text
     tiny = figures["models"]["tiny"]["systems"]
     assert set(tiny) == set(systems)
@@ -211,3 +213,13 @@ def test_usage_mistakes_are_one_line_errors_with_exit_2(server: ServerProcess, t
     assert_usage_error(loadtest("--url", server.url, "--task", "nope"), "--task nope")
     assert_usage_error(cli("compare", str(tmp_path / "a.json"), str(tmp_path / "b.json")), "cannot read")
     assert_usage_error(cli("soak", "--url", server.url, "--rate", "5", "--minutes", "0.01"), "--warmup-windows")
+
+
+def test_weight_floor_rests_on_the_read_bandwidth_of_all_cores() -> None:
+    # 100M one-byte weights: 2 ms at 50 GB/s of reading; a result from before the read bandwidth
+    # was measured falls back on its copy bandwidth (25 GB/s: 4 ms)
+    roof = {"read_bandwidth_gbs": 50.0, "memory_bandwidth_gbs": 25.0, "ort_int8_gemm_gops": 1000.0}
+    memory, compute, peak = floors_ms(100_000_000, 32, roof)
+    assert (round(memory, 6), round(compute, 6), peak) == (2.0, 6.4, "INT8")
+    del roof["read_bandwidth_gbs"]
+    assert round(floors_ms(100_000_000, 1, roof)[0], 6) == 4.0
