@@ -270,3 +270,22 @@ def test_retained_memory_is_reused_without_page_faults() -> None:
     assert retained == "True" and faults < 50
     assert run("leave")[1] > 200  # 20 MB is ~5,000 pages
     assert run("retain", MALLOC_TRIM_THRESHOLD_="100000")[0] == "False"
+
+
+@pytest.mark.parametrize("spinning", [True, False])
+def test_workers_spin_only_inside_a_forward_and_only_when_asked(tiny_bundle: Path, spinning: bool) -> None:
+    # the setting reaches every session the runner opens (plain, mixed, device sampler), and
+    # spinning always stops when a forward returns: between steps the cores are the engine's
+    runner = OnnxRunner(tiny_bundle, variant="int8", provider="cpu", spinning=spinning, device_sampling="on")
+    sessions = [runner.session, runner.mixed_session, runner.sampler]
+    assert all(s is not None for s in sessions)
+    for session in sessions:
+        options = session.get_session_options()  # type: ignore[union-attr]
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spinning))
+        assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+
+
+def test_the_server_spins_by_default() -> None:
+    from server.config import Settings
+
+    assert Settings.model_fields["ort_spinning"].default is True  # the environment can still say false
