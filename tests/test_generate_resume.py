@@ -95,7 +95,7 @@ def test_interrupted_run_resumes_to_the_same_records(
 
     killed = interrupt_after(cmd, out, sig, after)
     if sig == signal.SIGINT:
-        assert killed.returncode == 130
+        assert killed.returncode == 130, (killed.stdout[-800:], killed.stderr[-1500:])
         assert "interrupted: re-run the same command to resume" in killed.stdout
     else:
         assert killed.returncode == -signal.SIGKILL

@@ -97,3 +97,15 @@ def test_score_journal_lets_a_killed_run_keep_its_batches(embedder: Embedder, tm
     scored, new = score_records(records, embedder, cached=cached)
     assert new == 2  # only the records the killed run never reached
     assert [r["relevance"] for r in scored[:3]] == [r["relevance"] for r in first]
+
+
+def test_an_uncached_vector_depends_on_its_own_call_only(embedder: Embedder) -> None:
+    # what `score` relies on to resume exactly: a batch's vectors do not depend on what earlier
+    # batches encoded (with the cache, a text first met in another batch keeps that batch's rounding)
+    texts = ["rustic bakery logo", "summer road trip playlist cover", "neon cafe sign at night"]
+    embedder.cache.clear()
+    alone = embedder.embed(texts, cached=False)
+    assert embedder.cache == {}  # nothing kept
+    embedder.embed(["rustic bakery logo", "a much longer text about a rustic bakery logo on a paper bag"])
+    assert "rustic bakery logo" in embedder.cache  # the cached path keeps what it encodes
+    assert np.array_equal(embedder.embed(texts, cached=False), alone)

@@ -60,30 +60,39 @@ class Embedder:
         self.device_type = "cuda" if device == "cuda" else "cpu"
         self.cache: dict[str, np.ndarray] = {}
 
-    def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """[len(texts), 384] unit vectors; only texts not seen before are encoded."""
+    def embed(self, texts: Sequence[str], cached: bool = True) -> np.ndarray:
+        """[len(texts), 384] unit vectors; only texts not seen before are encoded. `cached=False`:
+        every distinct text of this call is encoded, together, and none is kept. A text's vector
+        then depends on this call's texts only, not on what earlier calls encoded: the kernels'
+        rounding depends on the batch's shape (by ~1e-7 in fp32 on an AMX Xeon, ~1e-3 in bf16),
+        so `score` encodes the same batches whether it runs through or resumes (training/score.py)."""
         texts = [normalize_text(t) for t in texts]
-        new = list(dict.fromkeys(t for t in texts if t not in self.cache))
-        if new:
-            # Sorting by length keeps each batch's padding small.
-            new.sort(key=len)
-            with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.autocast):
-                vectors = self.model.encode(
-                    new,
-                    batch_size=self.batch_size,
-                    normalize_embeddings=True,
-                    convert_to_numpy=True,
-                    show_progress_bar=False,
-                )
-            vectors = vectors.astype(np.float32) / np.linalg.norm(vectors, axis=1, keepdims=True)
-            self.cache.update(zip(new, vectors, strict=True))
-        return np.stack([self.cache[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
+        vectors = self.cache if cached else {}
+        self._encode([t for t in dict.fromkeys(texts) if t not in vectors], vectors)
+        return np.stack([vectors[t] for t in texts]) if texts else np.zeros((0, 384), np.float32)
 
-    def relevance(self, intents: Sequence[str], outputs: Sequence[str]) -> np.ndarray:
-        """Cosine similarity of each intent with its output: the relevance reward."""
+    def _encode(self, texts: list[str], into: dict[str, np.ndarray]) -> None:
+        if not texts:
+            return
+        texts = sorted(texts, key=len)  # batches of similar length pad little
+        with torch.autocast(self.device_type, dtype=torch.bfloat16, enabled=self.autocast):
+            vectors = self.model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+        vectors = vectors.astype(np.float32) / np.linalg.norm(vectors, axis=1, keepdims=True)
+        into.update(zip(texts, vectors, strict=True))
+
+    def relevance(self, intents: Sequence[str], outputs: Sequence[str], cached: bool = True) -> np.ndarray:
+        """Cosine similarity of each intent with its output: the relevance reward. `cached`: as
+        `embed` takes it."""
         if len(intents) != len(outputs):
             raise ValueError(f"{len(intents)} intents but {len(outputs)} outputs")
-        return np.einsum("ij,ij->i", self.embed(intents), self.embed(outputs)).astype(np.float64)
+        pair = self.embed(intents, cached), self.embed(outputs, cached)
+        return np.einsum("ij,ij->i", *pair).astype(np.float64)
 
     def diversity(self, texts: Sequence[str]) -> float:
         """Mean pairwise cosine distance of a group of outputs (n samples for one request)."""

@@ -97,7 +97,9 @@ def score_records(
     with tqdm(total=len(todo), desc="relevance", unit="sample", disable=not todo) as bar:
         for start in range(0, len(todo), batch_size):
             batch = todo[start : start + batch_size]
-            values = embedder.relevance([r["intent"] for r in batch], [r["output"] for r in batch])  # type: ignore[union-attr]  # set above whenever there is anything to score
+            # Each batch encodes its own texts, none carried over: a resumed run's batches are the
+            # uninterrupted run's last ones (`todo`'s order is the same), so are their scores.
+            values = embedder.relevance([r["intent"] for r in batch], [r["output"] for r in batch], cached=False)  # type: ignore[union-attr]  # set above whenever there is anything to score
             lines = []
             for record, value in zip(batch, values, strict=True):
                 cache[_cache_key(record)] = round(float(value), 6)
