@@ -24,6 +24,8 @@ from loadtest.client import Result, send
 from loadtest.mix import MixError, RequestSpec, default_mix, load_mix
 from loadtest.report import print_report, summarize, write_json
 
+KEEPALIVE_S = 2.0  # how long the client keeps an idle connection (drive)
+
 
 class UsageError(Exception):
     """A mistake on the command line or an unusable target: one line on stderr, exit code 2."""
@@ -57,7 +59,13 @@ class Load:
 
 async def drive(load: Load) -> list[Result]:
     """Send the load and collect every request's result (errors included)."""
-    limits = httpx.Limits(max_connections=load.concurrency, max_keepalive_connections=load.concurrency)
+    # Idle connections are dropped well before uvicorn's 5 s keep-alive timeout closes them. At
+    # httpx's default (also 5 s), a request sent on a connection the server is closing fails with
+    # a ReadError that says nothing about the server (likely the 2 in 2,516 of the tiny default's
+    # overload phase, bench/RESULTS.md of 2026-12-05 07:04).
+    limits = httpx.Limits(
+        max_connections=load.concurrency, max_keepalive_connections=load.concurrency, keepalive_expiry=KEEPALIVE_S
+    )
     async with httpx.AsyncClient(timeout=httpx.Timeout(load.timeout_s), limits=limits) as client:
         clock0 = time.perf_counter()
         # Requests beyond the connection limit wait here, not in httpx's pool: on every request
