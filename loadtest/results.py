@@ -90,6 +90,13 @@ def model_section(name: str, entry: dict[str, Any], roof: dict[str, Any]) -> lis
             f" saturation spends {ms(step32)} ms per 32 tokens (prefills, sampling and HTTP included):"
             f" {100 * roofline32 / step32 if step32 else 0:.0f}% of the roofline.",
         ]
+        half = at_half(systems["ours_int8"])
+        if half:
+            p99, p50 = half["latency_ms"]["p99"], unloaded["latency_ms"]["p50"]
+            lines.append(
+                f"Tail: at 50% of saturation ours INT8's p99 is {ms(p99)} ms, {ratio(p99, p50)} its unloaded p50"
+                f" ({ms(p50)} ms)."
+            )
     lines += ["", f"![latency against offered load, {name}](RESULTS_{name}.png)", ""]
     return lines
 
