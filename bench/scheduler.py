@@ -7,6 +7,8 @@
     python bench/scheduler.py burst BUNDLE [--budgets 0 64 128 256] [--no-mix] [--no-spin]
     python bench/scheduler.py topp
     python bench/scheduler.py mixed BUNDLE [--prompts 4] [--prompt-len 25]
+    python bench/scheduler.py weights
+    python bench/scheduler.py skipnorm BUNDLE
 
 - rebuilds: a closed loop of 32 requests (20-word t2i prompts, 30-48 new tokens, temperature
   0.8, top_p 0.95) where each finished request's replacement arrives `--lag` steps later (the
@@ -32,6 +34,10 @@
   through the mixed graph beside a one-token prompt: what every step would cost if the mixed
   graph served all steps (docs/architecture.md says why it does not).
 - topp: the host top-p sampler on 32 rows of 7,106 tokens, flat and peaked, by either sort.
+- weights: ORT's two INT8 weight kernels (export/variants.py's `dynamic` and `blockwise`) on 48
+  MLP-shaped MatMuls at 1, 8, 25 and 32 rows.
+- skipnorm: a decode step of the bundle's INT8 graph against a copy whose residual Add +
+  LayerNorm pairs are fused into ORT's SkipLayerNormalization (tried, not kept).
 Run it alone on the machine (two busy processes on two cores slow each other).
 """
 
@@ -281,11 +287,11 @@ def interleaved_best(forwards: dict[str, Callable[[], Any]], repeats: int) -> di
     """Each call's fastest time in ms, the calls taken in turn (after one warm-up each), so that
     the machine's drift over the run falls on all of them alike."""
     best = dict.fromkeys(forwards, float("inf"))
-    for round in range(repeats + 1):
+    for repeat in range(repeats + 1):
         for name, forward in forwards.items():
             start = time.perf_counter()
             forward()
-            if round:
+            if repeat:
                 best[name] = min(best[name], 1e3 * (time.perf_counter() - start))
     return best
 
@@ -407,6 +413,110 @@ def attention_seconds(cache: str, session: Callable[[Any], Any], rng: np.random.
     return best_seconds(lambda: attention.run_with_iobinding(binding), 20)
 
 
+def weight_kernels() -> None:
+    """ORT's two INT8 weight kernels as export/variants.py makes them, on 48 MatMuls shaped like
+    GPT-2 small's MLP (768 x 3,072 and back; 113 MB of int8 weights, more than the caches hold):
+    `dynamic` (DynamicQuantizeMatMul, the INT8 variant's) against `blockwise` (MatMulNBits, 8-bit
+    weights in blocks, int8 activations: the pretrained student's), by rows, best of 15 in turn."""
+    import tempfile
+
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    from export.variants import BLOCKWISE, DYNAMIC, to_int8
+
+    rng = np.random.default_rng(0)
+    nodes, weights, x = [], [], "x"
+    for i in range(48):
+        k, n = (768, 3072) if i % 2 == 0 else (3072, 768)
+        weights.append(numpy_helper.from_array((0.02 * rng.standard_normal((k, n))).astype(np.float32), f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"y{i}"], name=f"mm{i}"))
+        x = f"y{i}"
+    io = ([helper.make_tensor_value_info("x", TensorProto.FLOAT, ["m", 768])],
+          [helper.make_tensor_value_info(x, TensorProto.FLOAT, ["m", 768])])  # fmt: skip
+    graph = helper.make_graph(nodes, "chain", *io, initializer=weights)
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32 = Path(tmp) / "chain.onnx"
+        save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(fp32))
+        sessions = {}
+        for scheme in (DYNAMIC, BLOCKWISE):
+            options = ort.SessionOptions()
+            options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+            options.add_session_config_entry("session.force_spinning_stop", "1")
+            path = to_int8(fp32, Path(tmp) / f"{scheme}.onnx", scheme)
+            sessions[scheme] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        for m in (1, 8, 25, 32):
+            a = rng.normal(size=(m, 768)).astype(np.float32)
+            runs = {name: lambda s=s, a=a: s.run(None, {"x": a}) for name, s in sessions.items()}
+            ms = interleaved_best(runs, 15)
+            print(f"{m:2d} rows: " + ", ".join(f"{name} {t:.2f} ms" for name, t in ms.items()))
+
+
+def skip_layer_norm(model: Any) -> int:
+    """Rewrites each LayerNormalization fed by a residual Add (no constant input) into ORT's
+    SkipLayerNormalization, in place, where the Add was (its sum, output 3, feeds the Add's other
+    consumers, some of which come before the LayerNorm). Returns how many."""
+    from onnx import helper
+
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    place = {id(node): i for i, node in enumerate(graph.node)}
+    constants = {init.name for init in graph.initializer}
+    users: dict[str, int] = Counter(name for node in graph.node for name in node.input)
+    fused: dict[int, Any] = {}
+    gone: set[int] = set()
+    for norm in graph.node:
+        add = producer.get(norm.input[0]) if norm.op_type == "LayerNormalization" else None
+        if add is None or add.op_type != "Add" or any(name in constants for name in add.input):
+            continue
+        if any(n not in constants and place[id(producer[n])] > place[id(add)] for n in norm.input[1:3]):
+            continue  # gamma or beta computed after the Add: the fused node could not stand there
+        epsilon = next((a.f for a in norm.attribute if a.name == "epsilon"), 1e-5)
+        outputs = [norm.output[0], "", "", add.output[0]] if users[add.output[0]] > 1 else [norm.output[0]]
+        inputs = [*add.input, *norm.input[1:3]]
+        fused[id(add)] = helper.make_node(
+            "SkipLayerNormalization", inputs, outputs, name=f"{norm.name}_skip", domain="com.microsoft", epsilon=epsilon
+        )
+        gone.add(id(norm))
+    nodes = [fused.get(id(node), node) for node in graph.node if id(node) not in gone]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(fused)
+
+
+def skipnorm(bundle: Path) -> None:
+    """The bundle's INT8 graph against a copy with its residual Add + LayerNorm pairs fused into
+    SkipLayerNormalization (skip_layer_norm): one decode step at batch 1, 8 and 32, best of 15
+    in turn. Tried for bench/engine.md, step 12, and not kept."""
+    import shutil
+    import tempfile
+
+    import onnx
+
+    runner, _ = load(bundle)
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "bundle"
+        shutil.copytree(bundle, copy)
+        graph = onnx.load(str(copy / runner.variant.file))
+        print(f"fused {skip_layer_norm(graph)} LayerNorms")
+        onnx.checker.check_model(graph)
+        onnx.save(graph, str(copy / runner.variant.file))  # the manifest's hash is the source's: checked there
+        options = {**RUNNER_OPTIONS, "mixed_prefill": False}
+        fused = OnnxRunner(copy, variant="int8", provider="cpu", manifest=runner.manifest, **options)
+        rng = np.random.default_rng(0)
+        for batch in (1, 8, 32):
+            steps = {}
+            for name, r in (("plain", runner), ("fused", fused)):
+                rows = [rng.integers(0, r.vocab_size, int(n)).tolist() for n in rng.integers(20, 60, batch)]
+                input_ids, mask, positions = pad(rows, r.eos_token_id, right=True)
+                _, past = r.forward(input_ids, mask, positions, r.empty_past(batch))
+                cache = BatchCache(past, mask, True)
+                step = (np.full((batch, 1), 5), cache.step_mask(np.ones(batch, bool)), cache.positions(), cache.past)
+                steps[name] = lambda r=r, step=step: r.forward(*step)
+            ms = interleaved_best(steps, 15)
+            print(f"batch {batch}: decode step {ms['plain']:.2f} ms plain, {ms['fused']:.2f} ms fused")
+
+
 def resident_mb() -> float:
     """This process's resident memory (VmRSS), MB."""
     status = Path("/proc/self/status").read_text()
@@ -436,6 +546,9 @@ def main() -> None:
     b.add_argument("bundle", type=Path)
     b.add_argument("--budgets", type=int, nargs="+", default=[0, 64, 128, 256])
     sub.add_parser("topp")
+    sub.add_parser("weights")
+    sk = sub.add_parser("skipnorm")
+    sk.add_argument("bundle", type=Path)
     m = sub.add_parser("mixed")
     m.add_argument("bundle", type=Path)
     m.add_argument("--prompts", type=int, default=4)
@@ -454,6 +567,10 @@ def main() -> None:
         kernels()
     elif args.command == "mixed":
         mixed(args.bundle, args.prompts, args.prompt_len)
+    elif args.command == "weights":
+        weight_kernels()
+    elif args.command == "skipnorm":
+        skipnorm(args.bundle)
     elif args.command == "burst":
         burst(args.bundle, args.budgets)
     else:

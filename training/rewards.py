@@ -64,7 +64,7 @@ class Embedder:
         """[len(texts), 384] unit vectors; only texts not seen before are encoded. `cached=False`:
         every distinct text of this call is encoded, together, and none is kept. A text's vector
         then depends on this call's texts only, not on what earlier calls encoded: the kernels'
-        rounding depends on the batch's shape (by ~1e-7 in fp32 on an AMX Xeon, ~1e-3 in bf16),
+        rounding depends on the batch's shape (in fp32's last digits on an AMX Xeon, more in bf16),
         so `score` encodes the same batches whether it runs through or resumes (training/score.py)."""
         texts = [normalize_text(t) for t in texts]
         vectors = self.cache if cached else {}

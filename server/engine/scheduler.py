@@ -237,8 +237,8 @@ class Scheduler:
     def _hold(self, running: int, free: int) -> bool:
         """Whether the waiting requests wait one more step for company (HOLD_ABOVE). Never where
         joiners are prefilled in the decode step: the weight pass a group would share is the rows'
-        anyway, and holding only delays (GPT-2 small, closed loop of 32: mean TTFT 67-75 ms held,
-        39-43 ms not, the same tokens/s; bench/engine.md, step 11)."""
+        anyway, and holding only delays (GPT-2 small, closed loop of 32: mean TTFT 70-74 ms held,
+        42-44 ms not, the same tokens/s; bench/engine.md, step 11)."""
         if not self.hold_joiners:
             return False
         waiting = sum(r.n for r in self.waiting)
