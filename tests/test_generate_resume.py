@@ -47,9 +47,19 @@ def comparable(out: Path) -> set[str]:
     return {json.dumps({k: v for k, v in r.items() if k != "created_at"}, sort_keys=True) for r in iter_records(out)}
 
 
+def default_ctrl_c() -> None:
+    """In the child, before Python starts: ctrl-c as a terminal delivers it. A test run started in
+    the background of a non-interactive shell (`make test &`) has SIGINT ignored, children inherit
+    that, and Python then leaves it ignored: generate would not see the ctrl-c and would finish
+    (exit 0). That is right for a user's `nohup` run, and not what this test asks about."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def interrupt_after(cmd: list[str], out: Path, sig: signal.Signals, requests: int) -> subprocess.CompletedProcess[str]:
     """Run generate and send `sig` once `requests` requests are committed (others are in flight)."""
-    process = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_ctrl_c
+    )
     deadline = time.monotonic() + 60
     while committed(out) < requests:
         assert process.poll() is None and time.monotonic() < deadline, "generate ended before it could be killed"
