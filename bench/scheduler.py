@@ -6,6 +6,7 @@
     python bench/scheduler.py kernels
     python bench/scheduler.py burst BUNDLE [--budgets 0 64 128 256] [--no-mix] [--no-spin]
     python bench/scheduler.py topp
+    python bench/scheduler.py sampling BUNDLE [--steps 200]
     python bench/scheduler.py mixed BUNDLE [--prompts 4] [--prompt-len 25]
     python bench/scheduler.py weights
     python bench/scheduler.py skipnorm BUNDLE
@@ -34,6 +35,10 @@
   through the mixed graph beside a one-token prompt: what every step would cost if the mixed
   graph served all steps (docs/architecture.md says why it does not).
 - topp: the host top-p sampler on 32 rows of 7,106 tokens, flat and peaked, by either sort.
+- sampling: the host sampler (`sample`: bans, temperature, top-p, the draw) on the bundle's own
+  logits: a closed loop of 32 records `--steps` decode steps' logits and rows, then each step is
+  sampled again from a fresh generator per row, from warm memory, on its first 1, 8 and all 32
+  rows: ms per call, best of 3 passes.
 - weights: ORT's two INT8 weight kernels (export/variants.py's `dynamic` and `blockwise`) on 48
   MLP-shaped MatMuls at 1, 8, 25 and 32 rows.
 - skipnorm: a decode step of the bundle's INT8 graph against a copy whose residual Add +
@@ -44,11 +49,17 @@ Run it alone on the machine (two busy processes on two cores slow each other).
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from collections import Counter, deque
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+# `python bench/scheduler.py` puts bench/ on the path, not its checkout: the project's packages
+# would come from wherever it is installed (an editable install of another checkout), and a
+# before/after pair run from two git worktrees would time the same code twice.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 from tokenizers import Tokenizer
@@ -56,11 +67,19 @@ from tokenizers import Tokenizer
 from contract.command import prompt_ids
 from contract.positions import position_offset
 from loadtest.roofline import best_seconds
+from runtime import sampler as sampler_module
 from runtime.allocator import retain_freed_memory
 from runtime.kv_cache import BatchCache
 from runtime.onnx_runner import OnnxRunner, Prompts
 from runtime.padding import pad
-from runtime.sampler import SamplingParams, _draw_by_buckets, _draw_from_sorted_candidates, _sample_nucleus
+from runtime.sampler import (
+    Row,
+    SamplingParams,
+    _draw_by_buckets,
+    _draw_from_sorted_candidates,
+    _sample_nucleus,
+    make_generator,
+)
 from server.engine import scheduler as scheduler_module
 from server.engine.request import Event, GenerationRequest, RequestDone
 from server.engine.scheduler import Scheduler
@@ -218,11 +237,48 @@ def topp() -> None:
     for name, probs in rows.items():
         top_p, u = np.full(32, 0.95), rng.random(32)
         mass = top_p * probs.sum(axis=1, dtype=np.float64)
-        every = probs >= 0
+        every = np.flatnonzero(probs >= 0)
         step = ms(lambda p=probs, t=top_p, v=u: _sample_nucleus(p, t, v))
         bucketed = ms(lambda p=probs, m=mass, v=u: _draw_by_buckets(p, m, v))
         flat = ms(lambda p=probs, e=every, m=mass, v=u: _draw_from_sorted_candidates(p, e, m, v))
         print(f"{name}: top-p step {step:.1f} ms; by buckets {bucketed:.1f} ms, one flat sort {flat:.1f} ms")
+
+
+def sampling(bundle: Path, steps: int) -> None:
+    runner, tokenizer = load(bundle)
+    recorded: list[tuple[np.ndarray, list[Row], np.ndarray | None]] = []
+    record = sampler_module.sample
+
+    def recording(logits: np.ndarray, rows: list[Row], never: np.ndarray | None = None) -> np.ndarray:
+        if len(recorded) < steps and len(rows) == 32:
+            state = [Row(r.params, r.generator, list(r.generated), list(r.banned), list(r.never)) for r in rows]
+            recorded.append((logits.copy(), state, never))
+        return record(logits, rows, never)
+
+    sampler_module.sample = recording
+    scheduler = Scheduler(runner, tokenizer, Metrics("bench"), max_batch_size=32)
+    sent = 0
+    while len(recorded) < steps:
+        while len(scheduler.active) + len(scheduler.waiting) < 32:  # a finished request's replacement arrives at once
+            scheduler.add(request(runner, tokenizer, sent, 48, lambda e: None))
+            sent += 1
+        scheduler.step()
+    sampler_module.sample = record
+    warm = np.empty_like(recorded[0][0])
+    for rows in (1, 8, 32):
+        best = np.inf
+        for _ in range(3):
+            total = 0.0
+            for k, (logits, state, never) in enumerate(recorded):
+                warm[...] = logits  # as the forward leaves them: just written, in cache
+                fresh = [
+                    Row(r.params, make_generator(k, i), r.generated, r.banned, r.never) for i, r in enumerate(state)
+                ]
+                start = time.perf_counter()
+                record(warm[:rows], fresh[:rows], never)
+                total += time.perf_counter() - start
+            best = min(best, total / len(recorded))
+        print(f"{rows} rows: {best * 1e3:.3f} ms per call over {len(recorded)} recorded steps")
 
 
 def unloaded(bundle: Path, requests: int) -> None:
@@ -546,6 +602,9 @@ def main() -> None:
     b.add_argument("bundle", type=Path)
     b.add_argument("--budgets", type=int, nargs="+", default=[0, 64, 128, 256])
     sub.add_parser("topp")
+    sa = sub.add_parser("sampling")
+    sa.add_argument("bundle", type=Path)
+    sa.add_argument("--steps", type=int, default=200)
     sub.add_parser("weights")
     sk = sub.add_parser("skipnorm")
     sk.add_argument("bundle", type=Path)
@@ -571,6 +630,8 @@ def main() -> None:
         weight_kernels()
     elif args.command == "skipnorm":
         skipnorm(args.bundle)
+    elif args.command == "sampling":
+        sampling(args.bundle, args.steps)
     elif args.command == "burst":
         burst(args.bundle, args.budgets)
     else:

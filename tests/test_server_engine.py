@@ -83,6 +83,35 @@ def test_seeded_row_samples_the_same_whatever_its_batch_mates() -> None:
     assert len(set(run(0))) > 1  # it does sample, not always the argmax
 
 
+def test_each_row_of_a_mixed_batch_draws_what_it_draws_alone_and_the_logits_stay_as_they_were() -> None:
+    """Greedy, top-p, plain and top-k rows, banned tokens, peaked and flat logits in one call: the
+    sampler scales its own copy in place and takes whole-batch shortcuts (every row sampled,
+    every row top-p), which must not change any row's token or the caller's logits."""
+    rng = np.random.default_rng(8)
+    logits = (rng.normal(size=(6, 500)) * np.array([[4.0], [4.0], [0.5], [4.0], [0.5], [4.0]])).astype(np.float32)
+    before = logits.copy()
+    params: list[dict[str, float]] = [
+        {"temperature": 0.0},
+        {"top_p": 0.9},
+        {"top_p": 0.95},
+        {"top_p": 1.0},
+        {"temperature": 1.2, "top_p": 0.8},
+        {"top_k": 5},
+    ]
+
+    def rows() -> list[Row]:
+        made = [row(seed=10 + i, **p) for i, p in enumerate(params)]
+        made[1].banned = [int(logits[1].argmax())]
+        return made
+
+    for start, stop in ((0, 6), (1, 5), (1, 3)):  # all of them, every row sampled, every row top-p
+        together = sample(logits[start:stop], rows()[start:stop])
+        alone = [int(sample(logits[i : i + 1], [rows()[i]])[0]) for i in range(start, stop)]
+        assert together.tolist() == alone
+    np.testing.assert_array_equal(logits, before)
+    assert sample(logits, rows())[1] != logits[1].argmax()  # its ban holds in the batch
+
+
 def test_never_tokens_are_never_sampled() -> None:
     logits = np.random.default_rng(6).normal(size=(4, 40)).astype(np.float32)
     never = np.unique(logits.argmax(axis=1))
@@ -134,7 +163,7 @@ def test_top_p_draws_the_same_token_by_buckets_or_sorted_candidates() -> None:
                 mass = top_p * probs.sum(axis=1, dtype=np.float64)
                 u = rng.random(16)
                 by_buckets = _draw_by_buckets(probs, mass, u)
-                by_candidates = _draw_from_sorted_candidates(probs, probs >= 0, mass, u)
+                by_candidates = _draw_from_sorted_candidates(probs, np.flatnonzero(probs >= 0), mass, u)
                 assert by_buckets.tolist() == by_candidates.tolist(), (concentration, vocab, top_p)
                 for i, token in enumerate(by_buckets):
                     assert nucleus_mask(probs[i].astype(np.float64), top_p)[token] or top_p == 1.0
@@ -144,7 +173,7 @@ def test_top_p_draws_the_same_token_by_buckets_or_sorted_candidates() -> None:
         mass = 0.95 * probs.sum(axis=1, dtype=np.float64)
         for _ in range(5):
             u = rng.random(32)
-            by_candidates = _draw_from_sorted_candidates(probs, probs >= 0, mass, u)
+            by_candidates = _draw_from_sorted_candidates(probs, np.flatnonzero(probs >= 0), mass, u)
             assert _draw_by_buckets(probs, mass, u).tolist() == by_candidates.tolist()
 
 
