@@ -20,7 +20,9 @@ from contract.command import CommandSpec, encode_text, normalize_text, prompt_id
 from contract.manifest import load_manifest
 from runtime.decode import generate
 from runtime.detokenize import IncrementalDetokenizer
-from runtime.onnx_runner import OnnxRunner
+from runtime.kv_cache import BatchCache
+from runtime.onnx_runner import OnnxRunner, Prompts
+from runtime.padding import pad
 from runtime.sampler import SamplingParams
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -289,3 +291,42 @@ def test_the_server_spins_by_default() -> None:
     from server.config import Settings
 
     assert Settings.model_fields["ort_spinning"].default is True  # the environment can still say false
+
+
+def test_kept_io_bindings_change_no_logit_and_hold_only_the_current_cache(
+    tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In place, a session keeps its IO binding while the cache is the same tensors (runner._binding)."""
+    runner = OnnxRunner(tiny_bundle, variant="int8", provider="cpu", intra_op_threads=1)
+    assert runner.in_place
+    made = []
+    io_binding = runner.session.io_binding
+    monkeypatch.setattr(runner.session, "io_binding", lambda: made.append(1) or io_binding())
+    prompts = [[5, 6, 7], [8, 9, 10, 11, 12]]
+    kept = generate(runner, prompts, 8, eos_id=None, keep_logits=True)
+    assert kept.logits is not None and len(made) < 8  # 8 forwards, the cache rebound only when it changed
+
+    binding = runner._binding
+
+    def fresh(*args: object) -> object:
+        runner._bindings.clear()  # every forward binds anew, as before bindings were kept
+        return binding(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "_binding", fresh)
+    again = generate(runner, prompts, 8, eos_id=None, keep_logits=True)
+    np.testing.assert_array_equal(kept.logits, again.logits)
+    monkeypatch.setattr(runner, "_binding", binding)
+    # A step that prefills a joiner runs the mixed session, whose binding then holds the batch's
+    # cache too; the next batch's first forward must let go of both.
+    ids, mask, positions = pad(prompts, runner.eos_token_id, right=True)
+    _, past = runner.forward(ids, mask, positions, runner.empty_past(2))
+    cache = BatchCache(past, mask, True)
+    live = np.ones(2, bool)
+    joiner = Prompts(*pad([[4, 5, 6]], runner.eos_token_id, right=True), runner.empty_past(1))
+    runner.forward(np.full((2, 1), 5), cache.step_mask(live), cache.positions(), cache.past, joiner)
+    old = [tensor for _, bound in runner._bindings.values() for tensor in bound]
+    assert len(runner._bindings) == 2 and all(any(t is p for p in past) for t in old)
+    ids, mask, positions = pad([[4, 5]], runner.eos_token_id, right=True)
+    runner.forward(ids, mask, positions, runner.empty_past(1))  # another batch, another cache
+    held = [tensor for _, bound in runner._bindings.values() for tensor in bound]
+    assert held and not any(a is b for a in held for b in old)  # the old cache is not kept alive
