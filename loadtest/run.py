@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import sys
 import time
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ from loadtest.mix import MixError, RequestSpec, default_mix, load_mix
 from loadtest.report import print_report, summarize, write_json
 
 KEEPALIVE_S = 2.0  # how long the client keeps an idle connection (drive)
+# Connections per httpx client (drive): its pool walks every connection at each request's start
+# and end, so 256 in one pool cost the open loop ~7 ms of CPU per request past the server's capacity.
+POOL_CONNECTIONS = 16
 
 
 class UsageError(Exception):
@@ -64,21 +68,31 @@ async def drive(load: Load) -> list[Result]:
     # a ReadError that says nothing about the server (likely the 2 in 2,516 of the tiny default's
     # overload phase, bench/RESULTS.md of 2026-12-05 07:04).
     limits = httpx.Limits(
-        max_connections=load.concurrency, max_keepalive_connections=load.concurrency, keepalive_expiry=KEEPALIVE_S
+        max_connections=POOL_CONNECTIONS, max_keepalive_connections=POOL_CONNECTIONS, keepalive_expiry=KEEPALIVE_S
     )
-    async with httpx.AsyncClient(timeout=httpx.Timeout(load.timeout_s), limits=limits) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        pools = [
+            await stack.enter_async_context(httpx.AsyncClient(timeout=httpx.Timeout(load.timeout_s), limits=limits))
+            for _ in range(-(-load.concurrency // POOL_CONNECTIONS))
+        ]
         clock0 = time.perf_counter()
         # Requests beyond the connection limit wait here, not in httpx's pool: on every request
         # that starts or ends, httpcore walks all its waiting requests and, for each, all its
         # connections, so an open loop running past the server's capacity (thousands waiting)
         # spent its CPU there and stopped sending, and the server sat idle (bench/engine.md,
-        # "the tiny model's overload row").
-        gate = asyncio.Semaphore(load.concurrency)
+        # "the tiny model's overload row"). For the same walk, no pool holds more than
+        # POOL_CONNECTIONS connections: a free slot is a pool with a connection to spare.
+        slots: asyncio.Queue[httpx.AsyncClient] = asyncio.Queue()
+        for i in range(load.concurrency):
+            slots.put_nowait(pools[i % len(pools)])
 
         async def fire(i: int, due: float) -> Result:
             body = load.specs[i % len(load.specs)].body(load.seed + i, load.temperature, load.enforce_length)
-            async with gate:
+            client = await slots.get()
+            try:
                 return await send(client, load.url, body, due, clock0)
+            finally:
+                slots.put_nowait(client)
 
         if load.rate is None:
             progress = tqdm(total=load.requests, desc="requests", unit="req", disable=load.quiet)

@@ -3,23 +3,29 @@ streaming, files written, errors), never timing."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from server_process import ServerProcess, free_port
 
 from contract.manifest import FORMAT_VERSION
+from loadtest import run as run_module
 from loadtest.arrivals import poisson_arrivals
-from loadtest.mix import MixError, load_mix
+from loadtest.client import Result
+from loadtest.mix import MixError, default_mix, load_mix
 from loadtest.models import export_bundle, exported_before
 from loadtest.report import percentile
 from loadtest.results import floors_ms
+from loadtest.run import Load
 
 SAMPLE_MIX = Path(__file__).resolve().parents[1] / "loadtest" / "mixes" / "sample.jsonl"
 
@@ -102,6 +108,34 @@ def test_overload_is_reported_as_errors_by_status(server: ServerProcess, tmp_pat
     assert result.returncode == 0
     assert report["ok"] + sum(report["errors"].values()) == 64
     assert report["errors"].get("429 overloaded", 0) > 0
+
+
+def test_in_flight_requests_stay_within_the_connection_limit_and_no_pool_holds_more_than_its_share(
+    server: ServerProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An open loop past the server's capacity: at most `--max-connections` requests in flight,
+    spread over httpx clients of POOL_CONNECTIONS each (one big pool cost ~7 ms of CPU per request)."""
+    in_flight: Counter[int] = Counter()  # id(client) -> requests in it now
+    most: Counter[int] = Counter()
+    real_send = run_module.send
+
+    async def counting_send(client: httpx.AsyncClient, *args: object) -> Result:
+        in_flight[id(client)] += 1
+        most[id(client)] = max(most[id(client)], in_flight[id(client)])
+        most[0] = max(most[0], sum(in_flight.values()))
+        try:
+            return await real_send(client, *args)  # type: ignore[arg-type]
+        finally:
+            in_flight[id(client)] -= 1
+
+    monkeypatch.setattr(run_module, "send", counting_send)
+    specs = default_mix(["t2i_prompt"], lengths=[4], max_new_tokens=[16])
+    load = Load(server.url, specs, requests=120, duration_s=30, warmup_s=0, concurrency=40, rate=2000.0)
+    results = asyncio.run(run_module.drive(load))
+    assert len(results) == 120
+    total = most.pop(0)
+    assert total == 40  # the backlog kept every slot busy, and never more
+    assert len(most) == 3 and max(most.values()) <= run_module.POOL_CONNECTIONS  # 40 over 3 pools
 
 
 def test_open_loop_with_a_mix_excludes_warmup_and_times_first_tokens(server: ServerProcess, tmp_path: Path) -> None:
