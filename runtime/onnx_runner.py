@@ -25,6 +25,9 @@ The KV cache, in place or not, is the variant's `kv_cache` (contract/manifest.py
   straight back as the next past (no numpy round trip), from ORT's recycling memory arena.
 Either way the batch is only rebuilt when its membership changes (see kv_cache.py), and the
 cache's live columns are always the first `columns` (kv_cache.BatchCache) of each buffer.
+
+One thread runs a runner's forwards (the server's engine thread; evaluation's loop): in place,
+a session keeps one IO binding from step to step (`_binding`), which two threads must not share.
 """
 
 from __future__ import annotations
