@@ -7,6 +7,7 @@
     python bench/scheduler.py burst BUNDLE [--budgets 0 64 128 256] [--no-mix] [--no-spin]
     python bench/scheduler.py topp
     python bench/scheduler.py sampling BUNDLE [--steps 200]
+    python bench/scheduler.py sideload BUNDLE [--ms 1.2] [--rate 210] [--seconds 8]
     python bench/scheduler.py mixed BUNDLE [--prompts 4] [--prompt-len 25]
     python bench/scheduler.py weights
     python bench/scheduler.py skipnorm BUNDLE
@@ -35,6 +36,10 @@
   through the mixed graph beside a one-token prompt: what every step would cost if the mixed
   graph served all steps (docs/architecture.md says why it does not).
 - topp: the host top-p sampler on 32 rows of 7,106 tokens, flat and peaked, by either sort.
+- sideload: a closed loop of 32 alone, then beside a second thread that does `--rate` chunks of
+  `--ms` of work a second, in pure Python (it holds the GIL, as the HTTP side's request handling
+  does) or hashing (the same CPU, the GIL released): tokens/s each way, twice. What the HTTP
+  layer's Python costs the engine in one process (bench/engine.md, steps 13-14).
 - sampling: the host sampler (`sample`: bans, temperature, top-p, the draw) on the bundle's own
   logits: a closed loop of 32 records `--steps` decode steps' logits and rows, then each step is
   sampled again from a fresh generator per row, from warm memory, on its first 1, 8 and all 32
@@ -49,7 +54,10 @@ Run it alone on the machine (two busy processes on two cores slow each other).
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 import sys
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -279,6 +287,50 @@ def sampling(bundle: Path, steps: int) -> None:
                 total += time.perf_counter() - start
             best = min(best, total / len(recorded))
         print(f"{rows} rows: {best * 1e3:.3f} ms per call over {len(recorded)} recorded steps")
+
+
+def sideload(bundle: Path, ms: float, rate: float, seconds: float) -> None:
+    runner, tokenizer = load(bundle)
+    block = memoryview(os.urandom(1 << 16))
+
+    def work(kind: str, stop: threading.Event, busy: list[float]) -> None:
+        due = time.perf_counter()
+        while not stop.is_set():
+            due += 1 / rate
+            start = time.perf_counter()
+            while time.perf_counter() < start + ms / 1e3:
+                if kind == "python":
+                    sum(range(200))  # bytecode: the GIL is held
+                else:
+                    hashlib.sha256(block).digest()  # hashlib releases the GIL over 2 KB
+            busy[0] += time.perf_counter() - start
+            time.sleep(max(0.0, due - time.perf_counter()))
+
+    def closed_loop(duration: float) -> float:
+        scheduler = Scheduler(runner, tokenizer, Metrics("bench"), max_batch_size=32)
+        sent = tokens = 0
+        start = time.perf_counter()
+        while time.perf_counter() - start < duration:
+            while len(scheduler.active) + len(scheduler.waiting) < 32:
+                scheduler.add(request(runner, tokenizer, sent, 48, lambda e: None))
+                sent += 1
+            scheduler.step()
+            tokens += sum(s is not None for s in scheduler.rows)
+        return tokens / (time.perf_counter() - start)
+
+    closed_loop(2)  # warm-up
+    for kind in ("alone", "python", "hashing") * 2:
+        stop, busy = threading.Event(), [0.0]
+        side = threading.Thread(target=work, args=(kind, stop, busy), daemon=True)
+        if kind != "alone":
+            side.start()
+        start = time.perf_counter()
+        tokens_per_s = closed_loop(seconds)
+        share = busy[0] / (time.perf_counter() - start)
+        stop.set()
+        if kind != "alone":
+            side.join()
+        print(f"{kind}: {tokens_per_s:,.0f} tokens/s, the side thread busy {share:.0%} of the time")
 
 
 def unloaded(bundle: Path, requests: int) -> None:
@@ -602,6 +654,11 @@ def main() -> None:
     b.add_argument("bundle", type=Path)
     b.add_argument("--budgets", type=int, nargs="+", default=[0, 64, 128, 256])
     sub.add_parser("topp")
+    sl = sub.add_parser("sideload")
+    sl.add_argument("bundle", type=Path)
+    sl.add_argument("--ms", type=float, default=1.2, help="each chunk of side work, ms")
+    sl.add_argument("--rate", type=float, default=210, help="chunks per second")
+    sl.add_argument("--seconds", type=float, default=8)
     sa = sub.add_parser("sampling")
     sa.add_argument("bundle", type=Path)
     sa.add_argument("--steps", type=int, default=200)
@@ -630,6 +687,8 @@ def main() -> None:
         weight_kernels()
     elif args.command == "skipnorm":
         skipnorm(args.bundle)
+    elif args.command == "sideload":
+        sideload(args.bundle, args.ms, args.rate, args.seconds)
     elif args.command == "sampling":
         sampling(args.bundle, args.steps)
     elif args.command == "burst":
