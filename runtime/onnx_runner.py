@@ -356,14 +356,13 @@ class OnnxRunner:
         is dropped, so no old cache stays alive in it."""
         kept = self._bindings.get(id(session))
         if kept is not None and _same(kept[1], past):
-            binding = kept[0]
-            binding.bind_output(LOGITS, logits_device)  # a rebound name keeps its place; ORT allocates anew
-        else:
-            binding = session.io_binding()
-            binding.bind_output(LOGITS, logits_device)
-            self._bind_cache(binding, self.past_names, self.present_names, past)
-        self._bindings = {key: b for key, b in self._bindings.items() if _same(b[1], past)}
-        if self.in_place:
+            kept[0].bind_output(LOGITS, logits_device)  # a rebound name keeps its place; ORT allocates anew
+            return kept[0]
+        binding = session.io_binding()
+        binding.bind_output(LOGITS, logits_device)
+        self._bind_cache(binding, self.past_names, self.present_names, past)
+        if self.in_place:  # a new cache: a binding of another session holding the old one goes
+            self._bindings = {key: b for key, b in self._bindings.items() if _same(b[1], past)}
             self._bindings[id(session)] = (binding, list(past))  # a copy: the caller may change its list
         return binding
 
