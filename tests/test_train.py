@@ -66,8 +66,19 @@ def train_command(data: Path, out: Path) -> list[str]:
     ]
 
 
+# The kill tests compare checkpoints bit for bit, so what they compare must be the resume logic,
+# not the BLAS's rounding: one thread, and MKL's reproducible mode (its results do not depend on
+# how threads or buffers fall). With two threads, one resumed run in ~45 (under a busy CPU)
+# ended ~1e-5 off in a bias: same snapshot, same command, and two more resumes from that snapshot
+# matched the uninterrupted run exactly.
+ONE_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "MKL_CBWR": "AUTO", "MKL_DYNAMIC": "FALSE"}
+REPRODUCIBLE = {**os.environ, **ONE_THREAD}
+
+
 def run_train(data: Path, out: Path) -> None:
-    result = subprocess.run(train_command(data, out), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        train_command(data, out), cwd=ROOT, capture_output=True, text=True, timeout=600, env=REPRODUCIBLE
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
 
@@ -103,7 +114,12 @@ def test_train_killed_at_a_random_step_resumes_to_the_same_checkpoint(
 ) -> None:
     out = tmp_path / "ck"
     process = subprocess.Popen(
-        train_command(scored, out), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+        train_command(scored, out),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=REPRODUCIBLE,
     )
     deadline = time.monotonic() + 300
     while snapshot_step(out) < kill_at:
