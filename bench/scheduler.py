@@ -9,6 +9,7 @@
     python bench/scheduler.py sampling BUNDLE [--steps 200]
     python bench/scheduler.py sideload BUNDLE [--ms 1.2] [--rate 210] [--seconds 8]
     python bench/scheduler.py mixed BUNDLE [--prompts 4] [--prompt-len 25]
+    python bench/scheduler.py openloop BUNDLE [--rates 4 8 16] [--seconds 20] [--warmup-s 2]
     python bench/scheduler.py weights
     python bench/scheduler.py skipnorm BUNDLE
 
@@ -35,6 +36,12 @@
   prefill apart, against one forward of the mixed graph), best of 15 each; and the decode step
   through the mixed graph beside a one-token prompt: what every step would cost if the mixed
   graph served all steps (docs/architecture.md says why it does not).
+- openloop: the engine's own latency under load, with no HTTP and no client on the cores:
+  requests (48 new tokens) arrive as a Poisson process at each `--rate` for `--seconds` into the
+  scheduler, which steps whenever it has work. Per rate: p50 / p90 / p99 latency from arrival to
+  the last token (requests due in the first `--warmup-s` left out), the p99 against the unloaded
+  p50 (one request at a time, measured first: the issue's tail goal), the mean live rows per
+  step, and the cache rebuilds and in-place joins with their time.
 - topp: the host top-p sampler on 32 rows of 7,106 tokens, flat and peaked, by either sort.
 - sideload: a closed loop of 32 alone, then beside a second thread that does `--rate` chunks of
   `--ms` of work a second, in pure Python (it holds the GIL, as the HTTP side's request handling
@@ -360,6 +367,61 @@ def unloaded(bundle: Path, requests: int) -> None:
             print(f"request {i}: {1000 * wall / steps:.2f} ms per step over {steps}, ORT {100 * ort_s[0] / wall:.0f}%")
 
 
+def openloop(bundle: Path, rates: list[float], seconds: float, warmup_s: float) -> None:
+    runner, tokenizer = load(bundle)
+    counts: Counter[str] = Counter()
+    spent: Counter[str] = Counter()
+    scheduler_module.rebuild = timed("rebuild", counts, spent, scheduler_module.rebuild)
+    scheduler_module.write_in_place = timed("in_place", counts, spent, scheduler_module.write_in_place)
+
+    def run(arrivals: np.ndarray) -> tuple[np.ndarray, float, int]:
+        """Latency (s) of each request, from its arrival on the run's clock to its last token;
+        the mean live rows per step; the steps."""
+        scheduler = Scheduler(runner, tokenizer, Metrics("bench"), max_batch_size=32)
+        finished = np.full(len(arrivals), np.nan)
+        start = time.perf_counter()
+
+        def sink(i: int) -> Callable[[Event], None]:
+            def on_event(event: Event) -> None:
+                if isinstance(event, RequestDone):
+                    finished[i] = time.perf_counter() - start
+
+            return on_event
+
+        due, steps, rows = 0, 0, 0
+        while due < len(arrivals) or scheduler.has_work():
+            now = time.perf_counter() - start
+            while due < len(arrivals) and arrivals[due] <= now:
+                scheduler.add(request(runner, tokenizer, due, 48, sink(due)))
+                due += 1
+            if scheduler.has_work():
+                scheduler.step()
+                steps += 1
+                rows += sum(s is not None for s in scheduler.rows)
+            elif due < len(arrivals):
+                time.sleep(max(0.0, arrivals[due] - (time.perf_counter() - start)))
+        return finished - arrivals, rows / max(1, steps), steps
+
+    run(np.zeros(4))  # warm-up
+    unloaded_p50 = float(np.median(run(np.arange(5) * 0.6)[0]))  # 0.6 s apart: one at a time
+    print(f"unloaded (one request at a time): p50 {unloaded_p50 * 1e3:.0f} ms")
+    for rate in rates:
+        counts.clear()
+        spent.clear()
+        gaps = np.random.default_rng(1).exponential(1 / rate, int(rate * seconds * 2) + 10)
+        arrivals = np.cumsum(gaps)
+        arrivals = arrivals[arrivals < seconds]
+        latency, mean_rows, steps = run(arrivals)
+        kept = latency[arrivals >= warmup_s] * 1e3
+        p50, p90, p99 = np.percentile(kept, [50, 90, 99])
+        print(
+            f"rate {rate:g}/s: {kept.size} requests, p50 / p90 / p99 {p50:.0f} / {p90:.0f} / {p99:.0f} ms, "
+            f"p99 {p99 / (unloaded_p50 * 1e3):.1f}x the unloaded p50; {mean_rows:.1f} live rows per step over "
+            f"{steps} steps; {counts['rebuild']} rebuilds ({spent['rebuild'] * 1e3:.0f} ms), "
+            f"{counts['in_place']} in-place joins ({spent['in_place'] * 1e3:.0f} ms)"
+        )
+
+
 def mixed(bundle: Path, prompts: int, prompt_len: int) -> None:
     """One join step's forwards (INT8): the batch's decode step and the joiners' prefill apart
     (two forwards, what a bundle without a mixed graph does) against one mixed forward; and the
@@ -669,7 +731,12 @@ def main() -> None:
     m.add_argument("bundle", type=Path)
     m.add_argument("--prompts", type=int, default=4)
     m.add_argument("--prompt-len", type=int, default=25)
-    for command in (r, u, b):
+    o = sub.add_parser("openloop")
+    o.add_argument("bundle", type=Path)
+    o.add_argument("--rates", type=float, nargs="+", default=[4, 8, 16], help="arrivals per second")
+    o.add_argument("--seconds", type=float, default=20, help="arrivals over this long, per rate")
+    o.add_argument("--warmup-s", type=float, default=2, help="leave out requests due in the first S seconds")
+    for command in (r, u, b, o):
         command.add_argument("--no-mix", dest="mix", action="store_false", help="joiners prefill on their own")
         command.add_argument("--no-spin", dest="spin", action="store_false", help="ORT's workers sleep between ops")
     args = parser.parse_args()
@@ -691,6 +758,8 @@ def main() -> None:
         sideload(args.bundle, args.ms, args.rate, args.seconds)
     elif args.command == "sampling":
         sampling(args.bundle, args.steps)
+    elif args.command == "openloop":
+        openloop(args.bundle, args.rates, args.seconds, args.warmup_s)
     elif args.command == "burst":
         burst(args.bundle, args.budgets)
     else:
