@@ -10,6 +10,7 @@
     python bench/scheduler.py sideload BUNDLE [--ms 1.2] [--rate 210] [--seconds 8]
     python bench/scheduler.py mixed BUNDLE [--prompts 4] [--prompt-len 25]
     python bench/scheduler.py openloop BUNDLE [--rates 4 8 16] [--seconds 20] [--warmup-s 2]
+    python bench/scheduler.py freeslots BUNDLE
     python bench/scheduler.py weights
     python bench/scheduler.py skipnorm BUNDLE
 
@@ -42,6 +43,10 @@
   the last token (requests due in the first `--warmup-s` left out), the p99 against the unloaded
   p50 (one request at a time, measured first: the issue's tail goal), the mean live rows per
   step, and the cache rebuilds and in-place joins with their time.
+- freeslots: what a free slot (a row of length 0 left by a finished request, kept for the next
+  join to be written into in place) costs a decode step: the step of B rows of which the first L
+  are live (41 columns each), for B / L = 8 / 8, 16 / 8, 16 / 16, 32 / 16, 32 / 32, best of 15,
+  taken in turn (a ragged INT8 bundle).
 - topp: the host top-p sampler on 32 rows of 7,106 tokens, flat and peaked, by either sort.
 - sideload: a closed loop of 32 alone, then beside a second thread that does `--rate` chunks of
   `--ms` of work a second, in pure Python (it holds the GIL, as the HTTP side's request handling
@@ -422,6 +427,35 @@ def openloop(bundle: Path, rates: list[float], seconds: float, warmup_s: float) 
         )
 
 
+def freeslots(bundle: Path) -> None:
+    runner, _ = load(bundle)
+    if not runner.ragged_rows:
+        raise SystemExit(f"{bundle}: free slots are rows of length 0 only in a ragged cache")
+
+    def decode_step(batch: int, live_rows: int) -> Callable[[], Any]:
+        """A cache of `batch` rows (a 25-token prompt and 16 steps each), then one decode step's
+        inputs where rows past `live_rows` are free: the in-place step rewrites the same column
+        at every call, so it can be timed again and again."""
+        prompts = np.random.default_rng(batch).integers(0, runner.vocab_size, (batch, 25)).tolist()
+        input_ids, mask, positions = pad(prompts, runner.eos_token_id)
+        _, past = runner.forward(input_ids, mask, positions, runner.empty_past(batch))
+        cache, every_row = BatchCache(past, mask, ragged=True), np.ones(batch, bool)
+        tokens = np.full((batch, 1), runner.eos_token_id, np.int64)
+        for _ in range(16):
+            step_mask = cache.step_mask(every_row)
+            _, present = runner.forward(tokens, step_mask, cache.positions(), cache.past)
+            cache.advance(present, step_mask, every_row)
+        live = np.arange(batch) < live_rows
+        cache.advance(cache.past, cache.mask, live)  # the rows past `live_rows` finished: length 0
+        step_mask, positions = cache.step_mask(live), cache.positions()
+        return lambda: runner.forward(tokens, step_mask, positions, cache.past)
+
+    shapes = [(8, 8), (16, 8), (16, 16), (32, 16), (32, 32)]
+    best = interleaved_best({f"{b} rows, {live} live": decode_step(b, live) for b, live in shapes}, 15)
+    for name, ms in best.items():
+        print(f"{name}: {ms:.2f} ms per decode step")
+
+
 def mixed(bundle: Path, prompts: int, prompt_len: int) -> None:
     """One join step's forwards (INT8): the batch's decode step and the joiners' prefill apart
     (two forwards, what a bundle without a mixed graph does) against one mixed forward; and the
@@ -736,6 +770,8 @@ def main() -> None:
     o.add_argument("--rates", type=float, nargs="+", default=[4, 8, 16], help="arrivals per second")
     o.add_argument("--seconds", type=float, default=20, help="arrivals over this long, per rate")
     o.add_argument("--warmup-s", type=float, default=2, help="leave out requests due in the first S seconds")
+    f = sub.add_parser("freeslots")
+    f.add_argument("bundle", type=Path)
     for command in (r, u, b, o):
         command.add_argument("--no-mix", dest="mix", action="store_false", help="joiners prefill on their own")
         command.add_argument("--no-spin", dest="spin", action="store_false", help="ORT's workers sleep between ops")
@@ -758,6 +794,8 @@ def main() -> None:
         sideload(args.bundle, args.ms, args.rate, args.seconds)
     elif args.command == "sampling":
         sampling(args.bundle, args.steps)
+    elif args.command == "freeslots":
+        freeslots(args.bundle)
     elif args.command == "openloop":
         openloop(args.bundle, args.rates, args.seconds, args.warmup_s)
     elif args.command == "burst":
