@@ -23,11 +23,18 @@ that are padding in every row trimmed) only when a newcomer does not fit in plac
 free slots or dead columns would waste too much compute. That is one pass over the cache per
 rebuild, not per step. On CUDA every join is a rebuild, and a rebuild is a
 device->host->device round trip; doing it with device kernels is future work.
+
+A free slot in a decode step costs about what a live row does (the kernels' work is per row,
+whatever its length: `python bench/scheduler.py freeslots`). So where the cache is ragged host
+memory (`trims_free_rows`), the scheduler moves the last live rows into the free slots before
+them (`move_row`, one row's copy) and runs each step over the leading live rows only, through
+views of the same buffers (`leading_rows`): free slots trail, cost nothing but memory, and wait
+there for the next joins.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnxruntime as ort
@@ -40,6 +47,8 @@ class BatchCache:
     past: list[ort.OrtValue]  # per past name: [rows, n_kv_head, columns, head_dim]
     mask: np.ndarray  # [rows, columns] int64: 1 on real tokens, 0 on padding
     ragged: bool = False  # rows start at column 0 with their own lengths (see the module's doc)
+    # leading_rows' views of `past`: (the past they view, their rows, the views)
+    _leading: tuple[list[ort.OrtValue], int, list[ort.OrtValue]] | None = field(default=None, repr=False)
 
     @property
     def rows(self) -> int:
@@ -69,6 +78,42 @@ class BatchCache:
         A free slot's dummy column is not kept in a ragged cache (it stays of length 0)."""
         self.past = present
         self.mask = mask if not self.ragged else mask * live[:, None]
+
+
+def trims_free_rows(runner: OnnxRunner, cache: BatchCache) -> bool:
+    """Whether free slots can be moved behind the live rows (`move_row`) and left out of the
+    decode step (`leading_rows`): a ragged cache in host memory with room to write in place."""
+    return cache.ragged and runner.in_place and bool(cache.past) and runner.host_view(cache.past[0]) is not None
+
+
+def move_row(runner: OnnxRunner, cache: BatchCache, source: int, target: int) -> None:
+    """Copy row `source` into row `target` (a free slot), in place; `source` becomes a free slot
+    (length 0). One row's columns: ~1.5 MB for GPT-2 small at 80 columns, where a free slot in
+    the step costs about what a live row costs (`python bench/scheduler.py freeslots`)."""
+    for value in cache.past:
+        view = runner.host_view(value)
+        assert view is not None, "move_row needs host-addressable cache memory"
+        view[target, :, : cache.columns] = view[source, :, : cache.columns]
+    cache.mask[target] = cache.mask[source]
+    cache.mask[source] = 0
+
+
+def leading_rows(runner: OnnxRunner, cache: BatchCache, rows: int) -> list[ort.OrtValue]:
+    """The cache's first `rows` rows as tensors over the same memory (rows are the outermost
+    axis, so they are contiguous): a decode step over them writes into the batch's buffers and
+    leaves the free slots behind them out. The same views while `rows` and the buffers stay,
+    so the runner keeps its IO binding (onnx_runner.py)."""
+    if rows == cache.rows:
+        return cache.past
+    if cache._leading is not None and cache._leading[0] is cache.past and cache._leading[1] == rows:
+        return cache._leading[2]
+    views = []
+    for value in cache.past:
+        view = runner.host_view(value)
+        assert view is not None, "leading_rows needs host-addressable cache memory"
+        views.append(runner.wrap(view[:rows]))
+    cache._leading = (cache.past, rows, views)
+    return views
 
 
 def empty_cache(runner: OnnxRunner) -> BatchCache:

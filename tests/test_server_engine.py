@@ -411,9 +411,14 @@ def test_a_burst_joins_running_rows_in_bounded_prefills(runner: OnnxRunner, toke
     assert not idle.waiting and len(idle.active) == 8
 
 
-def test_free_slots_wait_for_joiners_before_the_batch_shrinks(runner: OnnxRunner, tokenizer: Tokenizer) -> None:
+def test_free_slots_wait_for_joiners_before_the_batch_shrinks(
+    runner: OnnxRunner, tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Rows that finish leave free slots; a request arriving soon after is written into one in
-    place (no rebuild of the batch); slots left free for SHRINK_AFTER_STEPS are dropped."""
+    place (no rebuild of the batch). Slots left free for SHRINK_AFTER_STEPS are dropped where the
+    steps run them; where free slots trail and the steps leave them out (kv_cache.trims_free_rows,
+    this runner), they cost no compute, and the batch keeps them without a rebuild."""
+    import server.engine.scheduler as scheduler_module
 
     def half_finished() -> Scheduler:
         scheduler = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=8)
@@ -437,11 +442,69 @@ def test_free_slots_wait_for_joiners_before_the_batch_shrinks(runner: OnnxRunner
     assert scheduler.rows.count(None) == 1
 
     scheduler = half_finished()
+    cache = scheduler.cache.past[0]
+    for _ in range(SHRINK_AFTER_STEPS + 4):
+        scheduler.step()
+    assert scheduler.rows.count(None) == 2 and scheduler.cache.past[0] is cache  # kept, no rebuild
+
+    monkeypatch.setattr(scheduler_module, "trims_free_rows", lambda *args: False)
+    scheduler = half_finished()
     for _ in range(SHRINK_AFTER_STEPS - 2):
         scheduler.step()
     assert len(scheduler.rows) == 4
     scheduler.step()
     assert len(scheduler.rows) == 2 and None not in scheduler.rows  # free for SHRINK_AFTER_STEPS: dropped
+
+
+@pytest.mark.parametrize(("mixed", "room"), [(False, 64), (True, 64), (True, 2)])
+def test_a_free_slot_before_live_rows_is_filled_by_the_last_one_and_steps_leave_free_slots_out(
+    mixed: bool, room: int, tiny_bundle: Path, tokenizer: Tokenizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A row that finishes before live ones: the last live row moves into its slot
+    (kv_cache.move_row) and the decode steps run the live rows only (kv_cache.leading_rows),
+    until a joiner takes the trailing slot in place. Every request generates, token for token,
+    what it generates where free slots stay where they are and every step runs every row. With
+    2 columns of room the buffers are regrown every other step, also while free slots trail:
+    the step's rows are then the batch (scheduler._advance)."""
+    import runtime.onnx_runner as runner_module
+    import server.engine.scheduler as scheduler_module
+
+    runner = OnnxRunner(tiny_bundle, variant="fp32", provider="cpu", intra_op_threads=1, mixed_prefill=mixed)
+    greedy = SamplingParams(temperature=0.0, top_p=1.0)
+    bounds = LengthBounds(32, 32)  # EOS banned below 32 words: the long ones run through the test
+
+    def run(trim: bool) -> tuple[dict[str, list[str]], list[int], list[str | None]]:
+        monkeypatch.setattr(runner_module, "KV_ROOM", room)
+        if not trim:
+            monkeypatch.setattr(scheduler_module, "trims_free_rows", lambda *args: False)
+        ran: list[int] = []
+        forward = runner.forward
+        monkeypatch.setattr(runner, "forward", lambda ids, *a, **k: ran.append(len(ids)) or forward(ids, *a, **k))
+        scheduler = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=4)
+        collector = Collector()
+        for name, new_tokens in (("long0", 50), ("short", 2), ("long1", 50)):
+            limits = {"length_bounds": bounds} if new_tokens > 2 else {}
+            scheduler.add(
+                make_request(
+                    tokenizer, runner, collector, name, params=greedy, max_new_tokens=new_tokens, intent=name, **limits
+                )
+            )
+        for _ in range(4):  # a prefill, the step that ends `short`, then two steps without it
+            scheduler.step()
+        rows = [s.request.request_id if s is not None else None for s in scheduler.rows]
+        scheduler.add(make_request(tokenizer, runner, collector, "late", params=greedy, max_new_tokens=30))
+        while scheduler.has_work():
+            scheduler.step()
+        monkeypatch.undo()
+        return {n: [s.text for s in collector.done(n)] for n in ("long0", "short", "long1", "late")}, ran, rows
+
+    trimmed, trimmed_ran, trimmed_rows = run(trim=True)
+    kept, kept_ran, kept_rows = run(trim=False)
+    regrown = room < 4  # the slot behind the live rows went with the old buffers
+    assert trimmed_rows == ["long0", "long1"] + ([] if regrown else [None])
+    assert kept_rows == ["long0", None, "long1"]
+    assert trimmed_ran[2:4] == [2, 2] and kept_ran[2:4] == [3, 3]  # the two steps without `short`
+    assert trimmed == kept and all(trimmed.values())
 
 
 @pytest.mark.parametrize("mixed", [False, True])

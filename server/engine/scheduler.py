@@ -40,7 +40,10 @@ from runtime.kv_cache import (
     empty_cache,
     first_used_column,
     keeps_spare_rows,
+    leading_rows,
+    move_row,
     rebuild,
+    trims_free_rows,
     write_in_place,
 )
 from runtime.onnx_runner import OnnxRunner, Prompts
@@ -266,10 +269,25 @@ class Scheduler:
         return BatchCache(present, prompts.attention_mask, self.cache.ragged), prompt_row, new_rows
 
     def _free_finished(self) -> None:
-        """Finished rows free their slots (their columns stay until a joiner or a rebuild)."""
+        """Finished rows free their slots (their columns stay until a joiner or a rebuild). Where
+        the cache allows (kv_cache.trims_free_rows), the last live rows move into the free slots
+        before them, so that free slots trail and the decode step leaves them out (_decode): a
+        free slot in the step costs about what a live row does, a move one row's copy."""
         for i, sequence in enumerate(self.rows):
             if sequence is not None and sequence.finished:
                 self.rows[i] = None
+        if not trims_free_rows(self.runner, self.cache):
+            return
+        for target in [i for i, s in enumerate(self.rows) if s is None]:
+            last = self._live_rows() - 1
+            if last < target:
+                break
+            move_row(self.runner, self.cache, last, target)
+            self.rows[target], self.rows[last] = self.rows[last], None
+
+    def _live_rows(self) -> int:
+        """The rows up to the last live one: what a decode step runs where free slots trail."""
+        return next((i + 1 for i in range(len(self.rows) - 1, -1, -1) if self.rows[i] is not None), 0)
 
     def _place(self, joining: BatchCache | None, joining_rows: np.ndarray | None, new_rows: list[Sequence]) -> None:
         """Joining rows take free slots in place when they fit, else the batch is rebuilt. Also
@@ -308,10 +326,15 @@ class Scheduler:
 
     def _wasteful(self, free: int) -> bool:
         """Rebuild when no row is left, when over a third of the rows are free slots and nobody
-        has joined for SHRINK_AFTER_STEPS, and (left-padded rows only) when the live rows leave many
-        columns of padding in front, or before the cache outgrows the context."""
+        has joined for SHRINK_AFTER_STEPS (unless free slots trail and the steps leave them out,
+        _free_finished: then they cost memory only, and the batch keeps them for the next joins),
+        and (left-padded rows only) when the live rows leave many columns of padding in front, or
+        before the cache outgrows the context."""
         alive = len(self.rows) - free
-        if free and (alive == 0 or (2 * free > alive and self.free_steps >= SHRINK_AFTER_STEPS)):
+        if free and alive == 0:
+            return True
+        idle = 2 * free > alive and self.free_steps >= SHRINK_AFTER_STEPS
+        if free and idle and not trims_free_rows(self.runner, self.cache):
             return True
         if self.cache.ragged:  # nothing is padding in front, and each row stops within the context
             return False
@@ -323,24 +346,41 @@ class Scheduler:
         """One decode step for the batch's rows. With `joining` (a runner with mixed prefill), the
         same forward prefills their prompts, and their cache is returned for _place."""
         eos = self.runner.eos_token_id
-        input_ids = np.array([[s.generated[-1] if s is not None else eos] for s in self.rows], np.int64)
+        # Trailing free slots are left out where the cache allows (_free_finished): the step runs
+        # the first `ran` rows, through views of the batch's buffers (kv_cache.leading_rows).
+        ran = self._live_rows() if trims_free_rows(self.runner, self.cache) else len(self.rows)
+        input_ids = np.array([[s.generated[-1] if s is not None else eos] for s in self.rows[:ran]], np.int64)
         live = np.array([s is not None for s in self.rows])
-        positions = self._positions()
-        positions[~live] = 0  # a free slot's dummy token must stay a valid position
+        positions = self._positions()[:ran]
+        positions[~live[:ran]] = 0  # a free slot's dummy token must stay a valid position
         mask = self.cache.step_mask(live)
         rows, logits_rows = [s for s in self.rows if s is not None], np.flatnonzero(live)
+        past = leading_rows(self.runner, self.cache, ran)
+        step = (input_ids, mask[:ran], positions, past)
         if not joining:
-            present = self._forward_and_sample("decode", input_ids, mask, positions, self.cache.past, rows, logits_rows)
-            self.cache.advance(present, mask, live)
+            present = self._forward_and_sample("decode", *step, rows, logits_rows)
+            self._advance(present, past, mask, live, ran)
             return None, None, []
         # The prompts' logits rows follow the batch's (the mixed graph, contract/manifest.py).
         prompts, prompt_row, new_rows = self._prompts(joining)
-        step = (input_ids, mask, positions, self.cache.past)
         present = self._forward_and_sample(
-            "mixed", *step, rows + new_rows, np.concatenate([logits_rows, len(self.rows) + prompt_row]), prompts
+            "mixed", *step, rows + new_rows, np.concatenate([logits_rows, ran + prompt_row]), prompts
         )
-        self.cache.advance(present, mask, live)
+        self._advance(present, past, mask, live, ran)
         return BatchCache(prompts.past, prompts.attention_mask, True), prompt_row, new_rows
+
+    def _advance(
+        self, present: list[ort.OrtValue], past: list[ort.OrtValue], mask: np.ndarray, live: np.ndarray, ran: int
+    ) -> None:
+        """After a decode step over the first `ran` rows. Where it ran them all, or wrote in place
+        through views of the buffers (`present` is `past`), the batch's buffers hold the step. A
+        step over views that came back in new buffers (grown for room, onnx_runner.py) returns
+        those rows alone: they are the batch now, and the free slots behind them are dropped."""
+        if ran == len(self.rows) or present is not past:
+            self.cache.advance(present, mask[:ran], live[:ran])
+            del self.rows[ran:]
+            return
+        self.cache.advance(self.cache.past, mask, live)
 
     def _positions(self) -> np.ndarray:
         """The position of each row's next token (contract/positions.py): the words it has left
