@@ -83,7 +83,7 @@ class BatchCache:
 def trims_free_rows(runner: OnnxRunner, cache: BatchCache) -> bool:
     """Whether free slots can be moved behind the live rows (`move_row`) and left out of the
     decode step (`leading_rows`): a ragged cache in host memory with room to write in place."""
-    return cache.ragged and runner.in_place and bool(cache.past) and runner.host_view(cache.past[0]) is not None
+    return cache.ragged and runner.in_place and keeps_spare_rows(runner, cache)
 
 
 def move_row(runner: OnnxRunner, cache: BatchCache, source: int, target: int) -> None:

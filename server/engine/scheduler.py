@@ -287,7 +287,7 @@ class Scheduler:
 
     def _live_rows(self) -> int:
         """The rows up to the last live one: what a decode step runs where free slots trail."""
-        return next((i + 1 for i in range(len(self.rows) - 1, -1, -1) if self.rows[i] is not None), 0)
+        return max((i + 1 for i, s in enumerate(self.rows) if s is not None), default=0)
 
     def _place(self, joining: BatchCache | None, joining_rows: np.ndarray | None, new_rows: list[Sequence]) -> None:
         """Joining rows take free slots in place when they fit, else the batch is rebuilt. Also
