@@ -38,6 +38,11 @@ class Settings(BaseSettings):
     max_prefill_tokens: int = Field(
         128, ge=0, description="while rows decode, most padded prompt tokens one step prefills (0: no bound)"
     )
+    engine_process: bool = Field(
+        True,
+        description="run the engine (model, scheduler) in a process of its own, as vLLM's V1 engine core, so the "
+        "HTTP side's Python and the engine's do not take turns on one GIL (off: a thread of the server process)",
+    )
     mixed_prefill: bool = Field(
         True,
         description="prefill joining requests in the running rows' decode step where the variant has a mixed graph "
@@ -65,6 +70,11 @@ class Settings(BaseSettings):
     fault_inject: str = Field(
         "", description="TEST HOOK: raise@N, hang@N or exit@N makes the Nth model forward fail, hang or end the engine"
     )
+
+    @property
+    def capacity(self) -> int:
+        """Requests in flight (running and queued) before a 429."""
+        return self.max_batch_size + self.max_queue
 
     def keys(self, which: str = "api") -> list[str]:
         """The configured keys: `api` (api_keys + api_keys_file) or `metrics`."""

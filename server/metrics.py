@@ -66,6 +66,11 @@ class Metrics:
             registry=r,
         )
 
+    def watch_engine_process(self, pid: int) -> None:
+        """The engine's own process (server/engine/process.py): its memory and CPU as
+        `promptgen_engine_process_*`, beside the server process's `process_*`."""
+        ProcessCollector(namespace=f"{PREFIX}_engine", pid=lambda: pid, registry=self.registry)
+
     def observe_rejection(self, status: int, reason: str) -> None:
         self.rejected.labels(self.model, str(status), reason).inc()
 

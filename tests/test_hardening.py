@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -432,9 +434,12 @@ def assert_logged_with(log_path: Path, error_id: str) -> None:
     assert logged["request"]["status"] == 500
 
 
-def test_a_failed_forward_fails_only_its_batch(tiny_bundle: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine_process", [True, False])
+def test_a_failed_forward_fails_only_its_batch(tiny_bundle: Path, tmp_path: Path, engine_process: bool) -> None:
     # forward 1: the first request's prefill; 2: its first decode step, which raises
-    process = ServerProcess(tiny_bundle, tmp_path / "server.log", variant="fp32", fault_inject="raise@2")
+    process = ServerProcess(
+        tiny_bundle, tmp_path / "server.log", variant="fp32", fault_inject="raise@2", engine_process=engine_process
+    )
     try:
         with httpx.Client(base_url=process.url, timeout=30) as c:
             failed = c.post(NATIVE, json=GOOD)
@@ -495,10 +500,26 @@ def test_a_failed_forward_spares_requests_that_wait(tiny_bundle: Path, tmp_path:
         process.stop()
 
 
-@pytest.mark.parametrize("mode", ["hang", "exit"])
-def test_a_hung_or_dead_engine_fails_readyz(tiny_bundle: Path, tmp_path: Path, mode: str) -> None:
+@pytest.mark.parametrize(
+    ("mode", "engine_process", "status"),
+    [
+        ("hang", True, "engine_stalled"),
+        ("hang", False, "engine_stalled"),
+        # a thread that ended is only silent; a process that ended is known to be gone
+        ("exit", True, "engine_failed"),
+        ("exit", False, "engine_stalled"),
+    ],
+)
+def test_a_hung_or_dead_engine_fails_readyz(
+    tiny_bundle: Path, tmp_path: Path, mode: str, engine_process: bool, status: str
+) -> None:
     process = ServerProcess(
-        tiny_bundle, tmp_path / "server.log", variant="fp32", fault_inject=f"{mode}@2", heartbeat_timeout_s=1
+        tiny_bundle,
+        tmp_path / "server.log",
+        variant="fp32",
+        fault_inject=f"{mode}@2",
+        heartbeat_timeout_s=1,
+        engine_process=engine_process,
     )
     try:
         with httpx.Client(base_url=process.url, timeout=30) as c:
@@ -507,8 +528,51 @@ def test_a_hung_or_dead_engine_fails_readyz(tiny_bundle: Path, tmp_path: Path, m
             while c.get("/readyz").status_code == 200:
                 assert time.monotonic() - started < 5, "/readyz still 200 after the heartbeat timeout"
                 time.sleep(0.1)
-            assert c.get("/readyz").json()["status"] == "engine_stalled"
+            assert c.get("/readyz").json()["status"] == status
             assert c.get("/healthz").status_code == 200
+    finally:
+        process.stop()
+
+
+def engine_pid(process: ServerProcess) -> int:
+    """The server's engine process: the child multiprocessing spawned (another child is its
+    resource tracker)."""
+    server = process.process.pid
+    children = Path(f"/proc/{server}/task/{server}/children").read_text().split()
+    (child,) = [c for c in children if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    return int(child)
+
+
+def test_a_killed_engine_process_fails_its_requests_and_readyz(tiny_bundle: Path, tmp_path: Path) -> None:
+    """SIGKILL (the OOM killer, a crashed kernel) to the engine process mid-stream: the stream
+    ends with a 500 error event at once, later requests get a 500 rather than waiting for their
+    deadline, /readyz says engine_failed, and the server itself stays up to say so."""
+    process = ServerProcess(tiny_bundle, tmp_path / "server.log", variant="fp32", max_batch_size=1)
+    long = {**GOOD, "max_new_tokens": 110, "controls": {"length": 32}, "stream": True, "timeout": 60}
+    try:
+        pid = engine_pid(process)
+        with httpx.Client(base_url=process.url, timeout=30) as c:
+            assert c.post(NATIVE, json=GOOD).status_code == 200
+            started = time.monotonic()
+            text, killed = "", False
+            with c.stream("POST", NATIVE, json=long) as stream:
+                for line in stream.iter_lines():
+                    text += line + "\n"
+                    if line == "event: delta" and not killed:
+                        os.kill(pid, signal.SIGKILL)
+                        killed = True
+            assert time.monotonic() - started < 10, "the stream waited for its deadline"
+            error = json.loads(text.split("event: error\ndata: ", 1)[1].split("\n", 1)[0])["error"]
+            assert error["type"] == "internal_error" and "engine process exited" in error["message"], error
+            assert re.fullmatch(r"[0-9a-f]{16}", error["id"]), error
+            ready = c.get("/readyz")
+            assert ready.status_code == 503 and ready.json()["status"] == "engine_failed", ready.text
+            assert "exit code -9" in ready.json()["reason"]
+            after = c.post(NATIVE, json={**GOOD, "timeout": 60})
+            assert_error(after, 500, "internal_error", None)
+        time.sleep(0.2)
+        gone = [e for e in log_entries(process.log_path) if e.get("error_id") == error["id"]]
+        assert {e["msg"] for e in gone} == {"engine process gone; failing its requests", "request"}, gone
     finally:
         process.stop()
 

@@ -1,8 +1,9 @@
 """`create_app(settings)`: load the bundle, build the engine, mount the routers.
 
-Each app owns its runner, engine thread and metrics registry, so tests can build
-several in one process. The engine thread starts with the app (lifespan) and warms up
-in the background: /healthz answers at once, /readyz once warm-up is done.
+Each app owns its engine (a process of its own by default, or a thread with its runner in
+this one) and its metrics registry, so tests can build several in one process. The bundle
+is loaded before the app serves (a broken one refuses to start); the engine then warms up in
+the background: /healthz answers at once, /readyz once warm-up is done.
 """
 
 from __future__ import annotations
@@ -19,8 +20,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from tokenizers import Tokenizer
 
 from contract.manifest import load_manifest
-from runtime.allocator import retain_freed_memory
-from runtime.onnx_runner import OnnxRunner
 from server.api import native, openai_compat, ops
 from server.api.auth import ApiKeyAuth
 from server.api.errors import install_error_handlers
@@ -28,9 +27,8 @@ from server.api.guard import RequestGuard
 from server.api.schemas import ErrorResponse
 from server.api.state import ServerState
 from server.config import Settings
-from server.engine.engine import Engine
-from server.engine.faults import FaultInjector
-from server.engine.scheduler import Scheduler
+from server.engine.engine import EngineBase, build_engine
+from server.engine.process import EngineProcess
 from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -65,35 +63,14 @@ class RequestIdMiddleware:
 
 def build_state(settings: Settings) -> ServerState:
     manifest = load_manifest(settings.bundle)
-    retain_freed_memory()  # before the first cache buffers: rebuilds then reuse memory (runtime/allocator.py)
-    runner = OnnxRunner(
-        settings.bundle,
-        variant=settings.variant,
-        provider=settings.provider,
-        intra_op_threads=settings.intra_op_threads,
-        inter_op_threads=settings.inter_op_threads,
-        manifest=manifest,
-        device_sampling=settings.device_sampling,
-        spinning=settings.ort_spinning,
-        mixed_prefill=settings.mixed_prefill,
-    )
     tokenizer = Tokenizer.from_file(str(settings.bundle / manifest.tokenizer_file))
     model_name = settings.model_name or manifest.name
     metrics = Metrics(model_name)
-    scheduler = Scheduler(
-        runner,
-        tokenizer,
-        metrics,
-        max_batch_size=settings.max_batch_size,
-        batch_window_s=settings.batch_window_ms / 1000,
-        max_prefill_tokens=settings.max_prefill_tokens,
-        faults=FaultInjector.parse(settings.fault_inject),
-    )
-    engine = Engine(
-        scheduler,
-        capacity=settings.max_batch_size + settings.max_queue,
-        heartbeat_timeout_s=settings.heartbeat_timeout_s,
-    )
+    engine: EngineBase
+    if settings.engine_process:
+        engine = EngineProcess(settings, model_name, metrics)
+    else:
+        engine = build_engine(settings, manifest, tokenizer, metrics)
     return ServerState(
         settings=settings,
         manifest=manifest,
@@ -101,8 +78,8 @@ def build_state(settings: Settings) -> ServerState:
         engine=engine,
         metrics=metrics,
         model_name=model_name,
-        variant=runner.variant.name,
-        provider=runner.provider,
+        variant=engine.variant,
+        provider=engine.provider,
     )
 
 

@@ -10,7 +10,7 @@ from tokenizers import Tokenizer
 
 from contract.manifest import Manifest
 from server.config import Settings
-from server.engine.engine import Engine
+from server.engine.engine import EngineBase
 from server.metrics import Metrics
 
 
@@ -19,7 +19,7 @@ class ServerState:
     settings: Settings
     manifest: Manifest
     tokenizer: Tokenizer
-    engine: Engine
+    engine: EngineBase
     metrics: Metrics
     model_name: str
     variant: str

@@ -1,8 +1,10 @@
 """The engine: a dedicated thread that owns the model and runs the scheduler.
 
-One process, one engine thread: ONNX Runtime's own threads do the arithmetic, and two
-busy processes on a small machine slow each other badly (docs/architecture.md). The asyncio side
-(API routes) talks to it through three thread-safe doors:
+One engine thread per model: ONNX Runtime's own threads do the arithmetic. It runs in the
+server's process (`Engine`) or, by default, in a process of its own behind the same doors
+(server/engine/process.py: `EngineProcess`), so the HTTP side's Python and the engine's do
+not take turns on one GIL. The asyncio side (API routes) talks to it through three
+thread-safe doors, which `EngineBase` declares:
 - `try_admit()` / `release()`: the admission bound (in flight + queued), checked before
   a request is even tokenised, so an overloaded server refuses cheaply;
 - `submit()` / `abort()`: hand a request over, or take it back (client disconnected);
@@ -17,45 +19,60 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import deque
+from collections.abc import Callable
 
+from tokenizers import Tokenizer
+
+from contract.manifest import Manifest
+from runtime.allocator import retain_freed_memory
 from runtime.decode import generate
 from runtime.mixed_runner import MixedRunner
+from runtime.onnx_runner import OnnxRunner
+from server.config import Settings
+from server.engine.faults import FaultInjector
 from server.engine.request import GenerationRequest, new_error_id
 from server.engine.scheduler import Scheduler
+from server.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 IDLE_WAIT_S = 0.05  # how often an idle loop wakes to beat its heartbeat
 
 
-class Engine:
-    def __init__(self, scheduler: Scheduler, capacity: int, heartbeat_timeout_s: float) -> None:
-        self.scheduler = scheduler
+class EngineBase(ABC):
+    """What the API sees of an engine, wherever it runs: the admission bound, drain, and
+    the status /readyz reports."""
+
+    def __init__(self, capacity: int, heartbeat_timeout_s: float) -> None:
         self.capacity = capacity  # requests in flight (running + queued) before 429
         self.heartbeat_timeout_s = heartbeat_timeout_s
         self._lock = threading.Lock()
-        self._wakeup = threading.Condition(self._lock)
-        self._inbox: deque[GenerationRequest] = deque()
-        self._aborts: deque[str] = deque()
         self._in_flight = 0
-        self._stop = False
         self.draining = False
         self.warmed_up = False
-        self.failure: str | None = None  # why the engine thread stopped, if it did
-        self.heartbeat = time.monotonic()
-        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+        self.failure: str | None = None  # why the engine stopped, if it did
+        self.variant = ""  # the bundle variant and ORT provider it runs, once loaded
+        self.provider = ""
 
-    # --- called from the API (any thread) -------------------------------------------
+    @abstractmethod
+    def start(self) -> None: ...
 
-    def start(self) -> None:
-        self._thread.start()
+    @abstractmethod
+    def stop(self, timeout: float = 5.0) -> None: ...
 
-    def stop(self, timeout: float = 5.0) -> None:
-        with self._wakeup:
-            self._stop = True
-            self._wakeup.notify()
-        self._thread.join(timeout)
+    @abstractmethod
+    def submit(self, request: GenerationRequest) -> None: ...
+
+    @abstractmethod
+    def abort(self, request_id: str) -> None: ...
+
+    @abstractmethod
+    def heartbeat_age(self) -> float: ...
+
+    @abstractmethod
+    def alive(self) -> bool: ...
 
     def try_admit(self) -> bool:
         """Take one of `capacity` tickets; False when full or draining (then: 429/503)."""
@@ -73,26 +90,10 @@ class Engine:
     def in_flight(self) -> int:
         return self._in_flight
 
-    def submit(self, request: GenerationRequest) -> None:
-        with self._wakeup:
-            self._inbox.append(request)
-            self._wakeup.notify()
-
-    def abort(self, request_id: str) -> None:
-        with self._wakeup:
-            self._aborts.append(request_id)
-            self._wakeup.notify()
-
     def drain(self) -> None:
         """Stop admitting; what is in flight carries on."""
         with self._lock:
             self.draining = True
-
-    def heartbeat_age(self) -> float:
-        return time.monotonic() - self.heartbeat
-
-    def alive(self) -> bool:
-        return self._thread.is_alive() and self.heartbeat_age() < self.heartbeat_timeout_s
 
     def status(self) -> str:
         """What /readyz reports: ready, or why not."""
@@ -105,6 +106,62 @@ class Engine:
         if not self.alive():
             return "engine_stalled"
         return "ready"
+
+
+class Engine(EngineBase):
+    """The engine thread in this process. `on_beat`, called on the engine thread at the top
+    of every loop iteration (after the last one's events), is how the engine process sends
+    a step's events and its heartbeat across (server/engine/process.py)."""
+
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        capacity: int,
+        heartbeat_timeout_s: float,
+        on_beat: Callable[[Engine], None] | None = None,
+    ) -> None:
+        super().__init__(capacity, heartbeat_timeout_s)
+        self.scheduler = scheduler
+        self.variant = scheduler.runner.variant.name
+        self.provider = scheduler.runner.provider
+        self.on_beat = on_beat
+        self._wakeup = threading.Condition(self._lock)
+        self._inbox: deque[GenerationRequest] = deque()
+        self._aborts: deque[str] = deque()
+        self._stop = False
+        self.heartbeat = time.monotonic()
+        self._thread = threading.Thread(target=self._run, name="engine", daemon=True)
+
+    # --- called from the API (any thread) -------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        with self._wakeup:
+            self._stop = True
+            self._wakeup.notify()
+        self._thread.join(timeout)
+
+    def submit(self, request: GenerationRequest) -> None:
+        with self._wakeup:
+            self._inbox.append(request)
+            self._wakeup.notify()
+
+    def abort(self, request_id: str) -> None:
+        with self._wakeup:
+            self._aborts.append(request_id)
+            self._wakeup.notify()
+
+    def heartbeat_age(self) -> float:
+        return time.monotonic() - self.heartbeat
+
+    def running(self) -> bool:
+        """Whether the engine thread is still there (a hung one is; see `alive`)."""
+        return self._thread.is_alive()
+
+    def alive(self) -> bool:
+        return self.running() and self.heartbeat_age() < self.heartbeat_timeout_s
 
     # --- the engine thread ----------------------------------------------------------
 
@@ -129,6 +186,8 @@ class Engine:
         scheduler = self.scheduler
         while True:
             self.heartbeat = time.monotonic()
+            if self.on_beat is not None:
+                self.on_beat(self)
             with self._wakeup:
                 if self._stop:
                     break
@@ -153,3 +212,29 @@ class Engine:
                 error_id = new_error_id()  # in the log line and in each failed request's 500 body
                 log.exception("engine step failed; failing its batch", extra={"error_id": error_id})
                 scheduler.fail_all(f"engine error: {type(e).__name__} (error id {error_id})", error_id)
+
+
+def build_engine(settings: Settings, manifest: Manifest, tokenizer: Tokenizer, metrics: Metrics) -> Engine:
+    """The runner, scheduler and engine thread `settings` ask for (not started)."""
+    retain_freed_memory()  # before the first cache buffers: rebuilds then reuse memory (runtime/allocator.py)
+    runner = OnnxRunner(
+        settings.bundle,
+        variant=settings.variant,
+        provider=settings.provider,
+        intra_op_threads=settings.intra_op_threads,
+        inter_op_threads=settings.inter_op_threads,
+        manifest=manifest,
+        device_sampling=settings.device_sampling,
+        spinning=settings.ort_spinning,
+        mixed_prefill=settings.mixed_prefill,
+    )
+    scheduler = Scheduler(
+        runner,
+        tokenizer,
+        metrics,
+        max_batch_size=settings.max_batch_size,
+        batch_window_s=settings.batch_window_ms / 1000,
+        max_prefill_tokens=settings.max_prefill_tokens,
+        faults=FaultInjector.parse(settings.fault_inject),
+    )
+    return Engine(scheduler, settings.capacity, settings.heartbeat_timeout_s)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -110,6 +111,10 @@ class Scheduler:
     ) -> None:
         self.runner = runner
         self.faults = faults or FaultInjector()
+        # Called before every forward. The engine process (server/engine/process.py) sends what
+        # the step has produced so far (events, metric updates) here, so the server sees them
+        # while the forward runs, as it would with the engine in the server's process.
+        self.before_forward: Callable[[], None] | None = None
         self.tokenizer = tokenizer
         self.metrics = metrics
         self.max_batch_size = max_batch_size
@@ -408,6 +413,8 @@ class Scheduler:
         runner can and every row's parameters allow it, else on the host."""
         prepared = [s.prepare() for s in rows]
         self.faults.before_forward()
+        if self.before_forward is not None:
+            self.before_forward()
         result = self.sampler.run(input_ids, mask, positions, past, prepared, logits_rows, prompts=prompts)
         self._forward[phase].observe(result.forward_s)  # with device sampling: the sampling too
         self._batch_size[phase].observe(len(np.unique(logits_rows)))  # prompts in a prefill, live rows in a decode
