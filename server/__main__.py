@@ -71,6 +71,7 @@ def serve(args: argparse.Namespace) -> int:
 
     from contract.manifest import BundleError
     from server.api.app import create_app
+    from server.engine.process import EngineStartError
     from server.log import configure_logging
 
     overrides = {k: v for k, v in vars(args).items() if k in Settings.model_fields and v is not None}
@@ -86,7 +87,8 @@ def serve(args: argparse.Namespace) -> int:
         print(f"server: cannot load the bundle: {e}", file=sys.stderr)
         return 2
     except Exception as e:  # e.g. an ONNX file that ORT cannot load, an unreadable keys file: one line, exit 2
-        reason = " ".join(f"{type(e).__name__}: {e}".split())[:500]
+        raised = str(e) if isinstance(e, EngineStartError) else f"{type(e).__name__}: {e}"  # named inside already
+        reason = " ".join(raised.split())[:500]
         print(f"server: cannot start: {reason}", file=sys.stderr)
         return 2
     config = uvicorn.Config(

@@ -24,6 +24,7 @@ delivered, so a client that has its answer finds it counted on /metrics, as in o
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import functools
 import logging
@@ -55,7 +56,8 @@ MetricOp = tuple[str, tuple[str, ...], str, float]
 
 
 class EngineStartError(RuntimeError):
-    """The engine process could not load the bundle (other than a BundleError)."""
+    """The engine process could not load the bundle (other than a BundleError); the message
+    names the exception it raised there, as in "InvalidProtobuf: ..."."""
 
 
 def _no_sink(event: Event) -> None:
@@ -206,6 +208,7 @@ class EngineProcess(EngineBase):
         self._send_lock = threading.Lock()
         self._series: dict[tuple[str, tuple[str, ...]], Any] = {}  # replay's label lookups, once each
         self._stopping = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the server's loop, once started
         context = multiprocessing.get_context("spawn")  # never fork a process that runs threads
         child_requests, self._requests = context.Pipe(duplex=False)
         self._events, child_events = context.Pipe(duplex=False)
@@ -223,7 +226,6 @@ class EngineProcess(EngineBase):
         self._await_loaded()
         assert self._process.pid is not None
         metrics.watch_engine_process(self._process.pid)
-        self._reader = threading.Thread(target=self._read, name="engine-events", daemon=True)
 
     def _await_loaded(self) -> None:
         message: tuple[Any, ...] = ("error", "EngineStartError", "the engine process did not load in time", False)
@@ -236,6 +238,8 @@ class EngineProcess(EngineBase):
             self.variant, self.provider = message[1], message[2]
             return
         self._process.kill()
+        self._stopping = True
+        atexit.unregister(self.stop)
         _, kind, text, bundle_error = message
         raise BundleError(text) if bundle_error else EngineStartError(f"{kind}: {text}")
 
@@ -246,7 +250,10 @@ class EngineProcess(EngineBase):
     # --- the doors -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._reader.start()
+        """Read the engine's messages on the server's event loop (called from its lifespan):
+        a message wakes the loop that writes the responses, and no thread of our own."""
+        self._loop = asyncio.get_running_loop()
+        self._loop.add_reader(self._events.fileno(), self._read)
 
     def stop(self, timeout: float = 5.0) -> None:
         """Stop the engine process (it ignores SIGTERM, see run_engine_process). Also run at
@@ -260,8 +267,7 @@ class EngineProcess(EngineBase):
         if self._process.is_alive():
             self._process.kill()
             self._process.join(1.0)
-        if self._reader.is_alive():
-            self._reader.join(1.0)
+        self._stop_reading()
 
     def submit(self, request: GenerationRequest) -> None:
         self._sinks[request.request_id] = request.sink
@@ -287,24 +293,32 @@ class EngineProcess(EngineBase):
         except (BrokenPipeError, ConnectionResetError, OSError):
             return False
 
-    # --- the events thread ---------------------------------------------------------------
+    # --- the engine's messages, on the event loop ---------------------------------------
 
     def _read(self) -> None:
-        while True:
-            try:
-                message = self._events.recv()
-            except (EOFError, OSError):
-                break
-            if message[0] == "batch":
-                self._replay(message[1])
-                for request_id, event in message[2]:
-                    self._deliver(request_id, event)
-            elif message[0] == "ready":
-                self.warmed_up = True
-            elif message[0] == "failed":
-                self.failure = message[1]
-        if not self._stopping:
-            self._engine_gone()
+        """Every message the pipe holds now (the loop calls this when it is readable)."""
+        try:
+            while self._events.poll():
+                self._handle(self._events.recv())
+        except (EOFError, OSError):
+            self._stop_reading()
+            if not self._stopping:
+                self._engine_gone()
+
+    def _stop_reading(self) -> None:
+        if self._loop is not None and not self._events.closed:
+            self._loop.remove_reader(self._events.fileno())
+            self._loop = None
+
+    def _handle(self, message: tuple[Any, ...]) -> None:
+        if message[0] == "batch":
+            self._replay(message[1])
+            for request_id, event in message[2]:
+                self._deliver(request_id, event)
+        elif message[0] == "ready":
+            self.warmed_up = True
+        elif message[0] == "failed":
+            self.failure = message[1]
 
     def _replay(self, ops: list[MetricOp]) -> None:
         for name, labels, method, value in ops:
