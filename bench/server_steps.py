@@ -59,7 +59,11 @@ def main() -> int:
               f"{1e3 * total_forward / total_steps:.2f} ms of forward per step")  # fmt: skip
     generator = after_cpu.ru_utime + after_cpu.ru_stime - child_cpu.ru_utime - child_cpu.ru_stime
     server_cpu = delta.get(("process_cpu_seconds_total", ""), 0.0)
-    print(f"CPU: the server {server_cpu:.1f} s, the load generator {generator:.1f} s")
+    engine_cpu = delta.get(("promptgen_engine_process_cpu_seconds_total", ""), 0.0)  # engine_process on
+    print(
+        f"CPU: the server {server_cpu:.1f} s, its engine process {engine_cpu:.1f} s, "
+        f"the load generator {generator:.1f} s"
+    )
     return 0
 
 

@@ -1,8 +1,9 @@
 """`python -m loadtest soak`: minutes of open-loop load, judged minute by minute.
 
 Every window (a minute by default) reports its p50/p99 latency, errors, throughput and the
-server's resident memory, scraped from its /metrics (`process_resident_memory_bytes`, parsed
-with prometheus_client's own parser) at the window's end. The run passes when, after the
+server's resident memory, scraped from its /metrics (`process_resident_memory_bytes`, plus
+`promptgen_engine_process_resident_memory_bytes` where the engine runs in a process of its own;
+parsed with prometheus_client's own parser) at the window's end. The run passes when, after the
 warm-up windows: no request failed, no window's p99 exceeds `--p99-tolerance` times the median
 window p99 (latency stays flat: no queue building up, no slow leak of work), and resident
 memory grew less than `--max-rss-growth` from the end of warm-up (no leak). Issue 12's bar:
@@ -25,19 +26,23 @@ from loadtest.report import percentiles_ms, write_json
 from loadtest.run import Load, UsageError, add_load_arguments, drive, load_from_args, positive
 
 RSS_METRIC = "process_resident_memory_bytes"
+ENGINE_RSS_METRIC = "promptgen_engine_process_resident_memory_bytes"  # server/engine/process.py
 
 
 async def resident_memory(client: httpx.AsyncClient, url: str) -> float | None:
-    """The server's RSS in bytes, or None when /metrics does not answer or lacks the series."""
+    """The server's RSS in bytes, its engine process's included, or None when /metrics does
+    not answer or lacks the server's series."""
     try:
         text = (await client.get(f"{url}/metrics")).text
     except httpx.HTTPError:
         return None
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == RSS_METRIC:
-                return float(sample.value)
-    return None
+    found = {
+        sample.name: float(sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name in (RSS_METRIC, ENGINE_RSS_METRIC)
+    }
+    return found[RSS_METRIC] + found.get(ENGINE_RSS_METRIC, 0.0) if RSS_METRIC in found else None
 
 
 async def watch_memory(url: str, window_s: float, windows: int) -> list[float | None]:

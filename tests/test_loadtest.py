@@ -171,7 +171,9 @@ def test_sweep_writes_reports_and_a_png_and_compare_reads_them(server: ServerPro
 
 
 def test_server_exposes_its_resident_memory(server: ServerProcess) -> None:
-    assert server.metrics()[("process_resident_memory_bytes", ())] > 0  # what a soak run watches
+    metrics = server.metrics()  # what a soak run watches: the server's and its engine process's
+    assert metrics[("process_resident_memory_bytes", ())] > 0
+    assert metrics[("promptgen_engine_process_resident_memory_bytes", ())] > 0
 
 
 def test_soak_reports_each_window_with_the_servers_memory(server: ServerProcess, tmp_path: Path) -> None:
