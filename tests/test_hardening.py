@@ -577,6 +577,22 @@ def test_a_killed_engine_process_fails_its_requests_and_readyz(tiny_bundle: Path
         process.stop()
 
 
+def test_the_engine_process_never_outlives_the_server(tiny_bundle: Path, tmp_path: Path) -> None:
+    """kill -9 to the server: its engine process (which ignores SIGTERM and SIGINT) sees its
+    pipe close and exits, rather than holding the model's memory and cores as an orphan."""
+    process = ServerProcess(tiny_bundle, tmp_path / "server.log")
+    try:
+        pid = engine_pid(process)
+        process.process.kill()
+        process.process.wait(10)
+        deadline = time.monotonic() + 10
+        while (stat := Path(f"/proc/{pid}/stat")).exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the engine process outlived the server"
+            time.sleep(0.05)
+    finally:
+        process.stop()
+
+
 def running(process: ServerProcess) -> float:
     return sum(v for (name, _), v in process.metrics().items() if name == "promptgen_requests_running")
 
