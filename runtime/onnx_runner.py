@@ -32,7 +32,6 @@ a session keeps one IO binding from step to step (`_binding`), which two threads
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import time
 from dataclasses import dataclass
@@ -108,6 +107,15 @@ def choose_variant(manifest: Manifest, requested: str, provider: str) -> str:
         if name in names:
             return name
     return names[0]
+
+
+class _Memory:
+    """Host memory numpy can wrap without a copy (`np.asarray`), as C-contiguous `shape` of `typestr`."""
+
+    __slots__ = ("__array_interface__",)
+
+    def __init__(self, address: int, shape: tuple[int, ...], typestr: str) -> None:
+        self.__array_interface__ = {"data": (address, False), "shape": shape, "typestr": typestr, "version": 3}
 
 
 def _same(bound: list[ort.OrtValue], past: list[ort.OrtValue]) -> bool:
@@ -283,12 +291,11 @@ class OnnxRunner:
         if self.device != "cpu":
             return None
         shape = tuple(value.shape())
-        nbytes = int(np.prod(shape)) * self.kv_dtype.itemsize
-        if nbytes == 0:
+        if 0 in shape:
             return np.zeros(shape, self.kv_dtype)
-        buffer = (ctypes.c_byte * nbytes).from_address(value.data_ptr())
-        view: np.ndarray = np.frombuffer(memoryview(buffer), dtype=self.kv_dtype)
-        return view.reshape(shape)
+        # numpy's array interface over the raw pointer: ~1 us, a quarter of a ctypes array type's
+        view: np.ndarray = np.asarray(_Memory(value.data_ptr(), shape, self.kv_dtype.str))
+        return view
 
     def rearrange(
         self,
