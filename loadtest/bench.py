@@ -3,8 +3,8 @@ written to bench/RESULTS.md (loadtest/results.py) with the JSON and latency-vs-l
 
 For each model (tiny default student, GPT-2 small) and each system (the naive transformers
 server, CTranslate2 behind the same wrapper, ours with batching off and with continuous
-batching, INT8 and FP32), one server process owns the cores while the load generator drives
-it: unloaded (one request at a time), saturation (closed loop), then open-loop Poisson loads
+batching, INT8 and FP32), one server (ours: its HTTP and engine processes) owns the cores while
+the load generator drives it: unloaded (one request at a time), saturation (closed loop), then open-loop Poisson loads
 at fractions of that saturation. CTranslate2 is also timed in-process at static batches, and
 the machine's roofline is measured first. Bounded: every phase has a duration, a request count
 and a per-request timeout.

@@ -124,7 +124,8 @@ def write_results(results: dict[str, Any], out: Path) -> None:
         f" together, {roof['copy_mb']} MB), copy bandwidth {roof['memory_bandwidth_gbs']:.1f} GB/s (one thread,"
         " read + write). The weight-bandwidth floor rests on the read bandwidth.",
         "",
-        "How: one server process at a time owns the cores, the load generator (`loadtest`) runs beside it on"
+        "How: one server at a time owns the cores (ours: its HTTP process and its engine process, the"
+        " default), the load generator (`loadtest`) runs beside it on"
         " the same cores (so every HTTP figure pays for its client too). Every request is the same 20-word"
         " `t2i_prompt` with a 48-token budget and temperature 0.8, the eight default intents in turn. Unloaded:"
         " one request at a time, streamed where the server streams (TTFT). Saturation: closed loop at the"
