@@ -31,6 +31,7 @@ import multiprocessing
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from multiprocessing.connection import Connection
 from typing import Any, cast
@@ -203,7 +204,7 @@ class EngineProcess(EngineBase):
     def __init__(self, settings: Settings, model_name: str, metrics: Metrics) -> None:
         super().__init__(settings.capacity, settings.heartbeat_timeout_s)
         self.metrics = metrics
-        self._sinks: dict[str, Any] = {}  # request id -> its sink, until its last event
+        self._sinks: dict[str, Callable[[Event], None]] = {}  # request id -> its sink, until its last event
         self._send_lock = threading.Lock()
         self._series: dict[tuple[str, tuple[str, ...]], Any] = {}  # replay's label lookups, once each
         self._stopping = False
