@@ -94,37 +94,44 @@ def _sample_nucleus(probs: np.ndarray, top_p: np.ndarray, u: np.ndarray) -> np.n
     by probability, most likely first (ties: lower id first), the nucleus kept (the tokens
     whose more likely predecessors hold less than top_p of the mass), one draw per row with `u`."""
     rows, vocab = probs.shape
-    flat = probs.reshape(-1)
     mass = top_p * probs.sum(axis=1, dtype=np.float64)
     peak = probs.max(axis=1)
-    cut = np.zeros(rows, probs.dtype)
-    chosen = np.zeros(rows, dtype=bool)
+    pending = np.arange(rows)  # rows whose cut is not settled yet
+    settled: list[np.ndarray] = []  # the candidates (flat indices into probs) of the settled rows
+    count = 0  # how many those are
     for level in NUCLEUS_CUTS:
-        threshold = np.where(chosen, cut, level * peak)
-        above = probs >= threshold[:, None]
-        if np.count_nonzero(above) > DENSE_FRACTION * probs.size:
+        # Only the rows still pending are scanned again: on a trained model most rows settle at
+        # the first cut, and the few that do not used to cost a pass over the whole batch each.
+        part = probs if pending.size == rows else probs[pending]
+        above = part >= (level * peak[pending])[:, None]
+        if count + np.count_nonzero(above) > DENSE_FRACTION * probs.size:
             break  # too many to sort: a flat row
         # Flat indices (2-D np.nonzero took ~10x as long): their rows' masses are one bincount,
         # and the draw takes them as they are, without another pass over the batch.
-        candidates = np.flatnonzero(above)
-        covered = np.bincount(candidates // vocab, weights=flat[candidates], minlength=rows)
-        covers = ~chosen & (covered >= mass)
-        cut[covers], chosen = threshold[covers], chosen | covers
-        if chosen.all():
-            return _draw_from_sorted_candidates(probs, candidates, mass, u)
+        found = np.flatnonzero(above)
+        part_row, token = np.divmod(found, vocab)
+        covered = np.bincount(part_row, weights=part.reshape(-1)[found], minlength=pending.size)
+        covers = covered >= mass[pending]
+        keep = covers[part_row]
+        settled.append(pending[part_row[keep]] * vocab + token[keep])
+        count += settled[-1].size
+        pending = pending[~covers]
+        if pending.size == 0:
+            return _draw_from_sorted_candidates(probs, np.concatenate(settled), mass, u)
     return _draw_by_buckets(probs, mass, u)
 
 
 def _draw_from_sorted_candidates(
     probs: np.ndarray, candidates: np.ndarray, mass: np.ndarray, u: np.ndarray
 ) -> np.ndarray:
-    """All rows' candidates (flat indices into `probs`, in row-major order) sorted together in
-    one flat array (grouped by row), so a row with many candidates costs its own sort only,
-    not a padded one for every row."""
+    """All rows' candidates (flat indices into `probs`, each row's in ascending order, the rows in
+    any order) sorted together in one flat array (grouped by row), so a row with many candidates
+    costs its own sort only, not a padded one for every row."""
     rows, vocab = probs.shape
-    row_of, token = np.divmod(candidates, vocab)  # grouped by row, ascending ids
+    row_of, token = np.divmod(candidates, vocab)
     p = probs.reshape(-1)[candidates].astype(np.float64)
-    order = np.lexsort((-p, row_of))  # by row, then most likely first (ties: lower id first)
+    # by row, then most likely first; stable, so ties keep each row's ascending ids: lower id first
+    order = np.lexsort((-p, row_of))
     row_of, token, p = row_of[order], token[order], p[order]
     starts = np.searchsorted(row_of, np.arange(rows))  # each row's first candidate
     kept, kept_sum = _kept_running_mass(row_of, p, starts, np.zeros(rows), mass)

@@ -24,10 +24,13 @@ from runtime.kv_cache import BatchCache, can_write_in_place, empty_cache, live, 
 from runtime.onnx_runner import OnnxRunner
 from runtime.padding import pad
 from runtime.sampler import (
+    DENSE_FRACTION,
+    NUCLEUS_CUTS,
     Row,
     SamplingParams,
     _draw_by_buckets,
     _draw_from_sorted_candidates,
+    _sample_nucleus,
     apply_repetition_penalty,
     make_generator,
     sample,
@@ -175,6 +178,23 @@ def test_top_p_draws_the_same_token_by_buckets_or_sorted_candidates() -> None:
             u = rng.random(32)
             by_candidates = _draw_from_sorted_candidates(probs, np.flatnonzero(probs >= 0), mass, u)
             assert _draw_by_buckets(probs, mass, u).tolist() == by_candidates.tolist()
+
+
+def test_rows_settling_at_different_cuts_draw_as_the_full_bucketed_draw() -> None:
+    """_sample_nucleus rescans only the rows its first cut did not settle; rows settled at each
+    cut, in any mix and order in the batch, get the token the bucketed draw over every row gives."""
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        scale = rng.choice([3.0, 4.0, 6.0, 10.0], size=(24, 1))  # flatter rows need lower cuts
+        logits = (rng.normal(size=(24, 3000)) * scale).astype(np.float32)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        top_p, u = np.full(24, 0.95), rng.random(24)
+        cuts = [next(c for c in NUCLEUS_CUTS if np.where(r >= c, r, 0).sum() >= 0.95 * r.sum()) for r in probs]
+        assert len(set(cuts)) >= 2, cuts  # rows settle at different cuts
+        candidates = sum(int((r >= c).sum()) for r, c in zip(probs, cuts, strict=True))
+        assert candidates <= DENSE_FRACTION * probs.size  # so the candidate path draws, not the buckets
+        mass = top_p * probs.sum(axis=1, dtype=np.float64)
+        assert _sample_nucleus(probs, top_p, u).tolist() == _draw_by_buckets(probs, mass, u).tolist()
 
 
 def test_repetition_penalty_shrinks_only_generated_tokens() -> None:
