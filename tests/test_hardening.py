@@ -529,7 +529,8 @@ def test_a_hung_or_dead_engine_fails_readyz(
                 assert time.monotonic() - started < 5, "/readyz still 200 after the heartbeat timeout"
                 time.sleep(0.1)
             assert c.get("/readyz").json()["status"] == status
-            assert c.get("/healthz").status_code == 200
+            # liveness: a stalled engine may come back; a failed one needs the restart it asks for
+            assert c.get("/healthz").status_code == (503 if status == "engine_failed" else 200)
     finally:
         process.stop()
 
@@ -546,7 +547,8 @@ def engine_pid(process: ServerProcess) -> int:
 def test_a_killed_engine_process_fails_its_requests_and_readyz(tiny_bundle: Path, tmp_path: Path) -> None:
     """SIGKILL (the OOM killer, a crashed kernel) to the engine process mid-stream: the stream
     ends with a 500 error event at once, later requests get a 500 rather than waiting for their
-    deadline, /readyz says engine_failed, and the server itself stays up to say so."""
+    deadline, /readyz and /healthz say engine_failed (so an orchestrator restarts the pod), and
+    the server itself stays up to say so."""
     process = ServerProcess(tiny_bundle, tmp_path / "server.log", variant="fp32", max_batch_size=1)
     long = {**GOOD, "max_new_tokens": 110, "controls": {"length": 32}, "stream": True, "timeout": 60}
     try:
@@ -568,6 +570,8 @@ def test_a_killed_engine_process_fails_its_requests_and_readyz(tiny_bundle: Path
             ready = c.get("/readyz")
             assert ready.status_code == 503 and ready.json()["status"] == "engine_failed", ready.text
             assert "exit code -9" in ready.json()["reason"]
+            health = c.get("/healthz")  # the liveness probe asks for the restart that mends it
+            assert health.status_code == 503 and health.json()["status"] == "engine_failed", health.text
             after = c.post(NATIVE, json={**GOOD, "timeout": 60})
             assert_error(after, 500, "internal_error", None)
         time.sleep(0.2)

@@ -1,4 +1,4 @@
-"""Operations: `/healthz` (the process is alive), `/readyz` (send it traffic), `/metrics`."""
+"""Operations: `/healthz` (keep it running), `/readyz` (send it traffic), `/metrics`."""
 
 from __future__ import annotations
 
@@ -11,10 +11,17 @@ from server.api.state import get_state
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
-async def healthz() -> dict[str, str]:
-    """Liveness: answers as long as the process serves HTTP. Restart it if this fails."""
-    return {"status": "ok"}
+@router.get("/healthz", responses={503: {"description": "engine_failed: the engine is gone for good; restart"}})
+async def healthz(http_request: Request) -> JSONResponse:
+    """Liveness: restart the server if this fails. 200 while the process serves HTTP and its
+    engine can still serve (warming up, draining, even stalled: /readyz keeps traffic away
+    meanwhile); 503 once the engine has failed for good (its process died, or its warm-up
+    failed), which nothing but a restart mends. vLLM's /health fails the same way on a dead
+    engine core."""
+    engine = get_state(http_request).engine
+    if engine.failure is not None:
+        return JSONResponse({"status": "engine_failed", "reason": engine.failure}, status_code=503)
+    return JSONResponse({"status": "ok"})
 
 
 @router.get(
