@@ -141,10 +141,11 @@ class Outbox:
 
     def flush(self) -> None:
         if self.events or self.metrics.ops:
-            ops, events = list(self.metrics.ops), list(self.events)
+            # send pickles at once, so the lists can be emptied in place after it (the scheduler's
+            # series hold `metrics.ops` itself: it is cleared, never replaced)
+            self.send(("batch", self.metrics.ops, self.events))
             self.metrics.ops.clear()
             self.events.clear()
-            self.send(("batch", ops, events))
 
 
 def run_engine_process(
