@@ -1,7 +1,7 @@
 """In-process scheduler benchmarks behind bench/engine.md's saturation section (no HTTP).
 
     python bench/scheduler.py rebuilds BUNDLE [--lag 2] [--requests 192] [--no-retain] [--hold | --no-hold]
-                                              [--no-mix] [--no-spin]
+                                              [--no-mix] [--no-spin] [--device-sampling on]
     python bench/scheduler.py unloaded BUNDLE [--requests 3] [--no-mix] [--no-spin]
     python bench/scheduler.py kernels
     python bench/scheduler.py burst BUNDLE [--budgets 0 64 128 256] [--no-mix] [--no-spin]
@@ -33,6 +33,8 @@
   a forward of their own, as one without does, so one bundle measures both.
 - --no-spin: ORT's workers sleep between operators instead of spinning through a forward
   (runtime/onnx_runner.py says why they spin).
+- --device-sampling on: sample in the runner's ONNX sampler graph (runtime/sampler_graph.py), on
+  the CPU too, instead of the host sampler (auto: on CUDA only, as the server does).
 - mixed: a join step's forwards at batch 1, 8 and 32 (the batch's decode step and the joiners'
   prefill apart, against one forward of the mixed graph), best of 15 each; and the decode step
   through the mixed graph beside a one-token prompt: what every step would cost if the mixed
@@ -109,8 +111,8 @@ INTENTS = ("holiday sale in paris", "summer hiking boots", "coffee shop opening"
 
 
 # the runner's options: --no-mix (a `mixed` bundle's joiners prefill in a forward of their own),
-# --no-spin (ORT's workers sleep between operators)
-RUNNER_OPTIONS = {"mixed_prefill": True, "spinning": True}
+# --no-spin (ORT's workers sleep between operators), --device-sampling (the sampler graph on the CPU too)
+RUNNER_OPTIONS: dict[str, Any] = {"mixed_prefill": True, "spinning": True, "device_sampling": "auto"}
 
 
 def load(bundle: Path, retain: bool = True) -> tuple[OnnxRunner, Tokenizer]:
@@ -775,8 +777,15 @@ def main() -> None:
     for command in (r, u, b, o):
         command.add_argument("--no-mix", dest="mix", action="store_false", help="joiners prefill on their own")
         command.add_argument("--no-spin", dest="spin", action="store_false", help="ORT's workers sleep between ops")
+        command.add_argument(
+            "--device-sampling", choices=("auto", "on", "off"), default="auto", help="the runner's sampler graph"
+        )
     args = parser.parse_args()
-    RUNNER_OPTIONS.update(mixed_prefill=getattr(args, "mix", True), spinning=getattr(args, "spin", True))
+    RUNNER_OPTIONS.update(
+        mixed_prefill=getattr(args, "mix", True),
+        spinning=getattr(args, "spin", True),
+        device_sampling=getattr(args, "device_sampling", "auto"),
+    )
     print(f"load average at start: {load_average()}")
     if args.command == "rebuilds":
         rebuilds(args.bundle, args.lag, args.requests, args.retain, args.hold)
