@@ -36,6 +36,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -69,6 +70,13 @@ CPU = "CPUExecutionProvider"
 # cache) at most once every KV_ROOM steps, and the room costs memory only (the kernel reads
 # the live columns alone).
 KV_ROOM = 64
+# A CPU decoder smaller than this runs its operators on one thread when the server asks for
+# `auto` intra-op threads. Its operators are too short to gain from a second thread, which spins
+# through every forward on the core that the rest of the server needs (its HTTP side, the
+# engine's sampling and bookkeeping). The tiny default (13 MB INT8, 27 MB FP32) serves
+# 24-28% more tokens/s on one thread on 2 cores. GPT-2 small (116 MB INT8) loses 12% there,
+# and one request alone takes 60% longer (bench/engine.md, step 17).
+SINGLE_THREAD_BELOW_BYTES = 64 * 2**20
 
 
 @dataclass
@@ -93,6 +101,16 @@ def choose_provider(requested: str) -> str:
     if requested == "auto" and CUDA in available:
         return CUDA
     return CPU
+
+
+def choose_intra_op_threads(requested: int | Literal["auto"], decoder: Path, provider: str) -> int:
+    """ORT's threads inside one operator: `auto` is 1 for a CPU decoder file under
+    SINGLE_THREAD_BELOW_BYTES, else ORT's default (0: one per physical core); a number is kept."""
+    if requested != "auto":
+        return requested
+    if provider == CPU and decoder.stat().st_size < SINGLE_THREAD_BELOW_BYTES:
+        return 1
+    return 0
 
 
 def choose_variant(manifest: Manifest, requested: str, provider: str) -> str:
@@ -129,7 +147,7 @@ class OnnxRunner:
         bundle_dir: Path | str,
         variant: str = "auto",
         provider: str = "auto",
-        intra_op_threads: int = 0,
+        intra_op_threads: int | Literal["auto"] = 0,
         inter_op_threads: int = 0,
         manifest: Manifest | None = None,
         device_sampling: str = "auto",
@@ -162,8 +180,10 @@ class OnnxRunner:
         self.present_names = present_names(self.n_layer)
         self.prompt_cache_names = (prompt_past_names(self.n_layer), prompt_present_names(self.n_layer))
 
+        path = self.bundle_dir / self.variant.file
+        self.intra_op_threads = choose_intra_op_threads(intra_op_threads, path, provider_name)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = intra_op_threads
+        options.intra_op_num_threads = self.intra_op_threads
         options.inter_op_num_threads = inter_op_threads
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning: a worker that finished its part of one operator busy-waits for the next
@@ -179,7 +199,6 @@ class OnnxRunner:
         providers: list[str | tuple[str, dict[str, str]]] = [CPU]
         if provider_name == CUDA:
             providers = [(CUDA, {"device_id": "0"}), CPU]
-        path = self.bundle_dir / self.variant.file
         self.session = ort.InferenceSession(str(path), options, providers=providers)
         self.last_run_s = 0.0  # the last decoder run's time inside ORT (the engine bench splits a step with it)
         self._check_interface(self.session, mixed=False)
@@ -222,6 +241,7 @@ class OnnxRunner:
                 "kv_dtype": self.variant.kv_dtype,
                 "ragged_rows": self.ragged_rows,
                 "mixed_prefill": self.mixed_session is not None,
+                "intra_op_threads": self.intra_op_threads or "ORT's default",
                 "file": str(path),
             },
         )

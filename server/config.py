@@ -7,7 +7,7 @@ place where it is documented (`python -m server serve --help` prints them all).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,7 +25,11 @@ class Settings(BaseSettings):
         "auto",
         description="sample inside an ONNX graph next to the model (auto: on CUDA, so only token ids are copied back)",
     )
-    intra_op_threads: int = Field(0, ge=0, description="ORT threads inside one operator (0: ORT's default)")
+    intra_op_threads: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="ORT threads inside one operator (auto: 1 for a CPU model under 64 MB, whose operators are too "
+        "short to split, else ORT's default; 0: ORT's default, one per physical core)",
+    )
     inter_op_threads: int = Field(1, ge=0, description="ORT threads across operators (0: ORT's default)")
     ort_spinning: bool = Field(
         True,

@@ -21,7 +21,7 @@ from contract.manifest import load_manifest
 from runtime.decode import generate
 from runtime.detokenize import IncrementalDetokenizer
 from runtime.kv_cache import BatchCache
-from runtime.onnx_runner import OnnxRunner, Prompts
+from runtime.onnx_runner import CPU, CUDA, SINGLE_THREAD_BELOW_BYTES, OnnxRunner, Prompts, choose_intra_op_threads
 from runtime.padding import pad
 from runtime.sampler import SamplingParams
 
@@ -285,6 +285,38 @@ def test_workers_spin_only_inside_a_forward_and_only_when_asked(tiny_bundle: Pat
         options = session.get_session_options()  # type: ignore[union-attr]
         assert options.get_session_config_entry("session.intra_op.allow_spinning") == str(int(spinning))
         assert options.get_session_config_entry("session.force_spinning_stop") == "1"
+
+
+@pytest.mark.parametrize("variant", ["int8", "fp32"])
+def test_auto_threads_run_a_small_cpu_model_on_one_thread_in_every_session(tiny_bundle: Path, variant: str) -> None:
+    runner = OnnxRunner(tiny_bundle, variant=variant, provider="cpu", intra_op_threads="auto", device_sampling="on")
+    sessions = [runner.session, runner.mixed_session, runner.sampler]
+    assert runner.intra_op_threads == 1 and all(s is not None for s in sessions)
+    assert {s.get_session_options().intra_op_num_threads for s in sessions} == {1}  # type: ignore[union-attr]
+    explicit = OnnxRunner(tiny_bundle, variant=variant, provider="cpu", intra_op_threads=2, mixed_prefill=False)
+    assert explicit.session.get_session_options().intra_op_num_threads == 2
+
+
+def test_auto_threads_leave_large_and_cuda_models_to_ort(tmp_path: Path) -> None:
+    small, large = tmp_path / "small.onnx", tmp_path / "large.onnx"
+    for path, size in ((small, SINGLE_THREAD_BELOW_BYTES - 1), (large, SINGLE_THREAD_BELOW_BYTES)):
+        with open(path, "wb") as f:
+            f.truncate(size)  # sparse: the rule reads the size only
+    assert choose_intra_op_threads("auto", small, CPU) == 1
+    assert choose_intra_op_threads("auto", large, CPU) == 0  # 0: ORT's default, a thread per core
+    assert choose_intra_op_threads("auto", small, CUDA) == 0  # the GPU runs the operators
+    assert choose_intra_op_threads(3, small, CPU) == 3 and choose_intra_op_threads(0, small, CPU) == 0
+
+
+def test_the_server_threads_automatically_by_default_and_refuses_a_negative_count() -> None:
+    from server.config import Settings
+
+    assert Settings.model_fields["intra_op_threads"].default == "auto"
+    command = [sys.executable, "-m", "server", "serve", "--intra-op-threads", "-1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    expected = "server: invalid setting: intra_op_threads: Input should be greater than or equal to 0"
+    assert result.stderr.strip() == expected
 
 
 def test_the_server_spins_by_default() -> None:
