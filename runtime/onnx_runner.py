@@ -33,6 +33,7 @@ a session keeps one IO binding from step to step (`_binding`), which two threads
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,7 @@ from contract.manifest import (
     prompt_present_names,
 )
 from runtime.cache_graph import CACHE_OUTPUT, cache_graph
+from runtime.cpus import available_cpus
 from runtime.sampler_graph import SAMPLER_OUTPUT, sampler_graph
 
 log = logging.getLogger(__name__)
@@ -104,13 +106,16 @@ def choose_provider(requested: str) -> str:
 
 
 def choose_intra_op_threads(requested: int | Literal["auto"], decoder: Path, provider: str) -> int:
-    """ORT's threads inside one operator: `auto` is 1 for a CPU decoder file under
-    SINGLE_THREAD_BELOW_BYTES, else ORT's default (0: one per physical core); a number is kept."""
+    """ORT's threads inside one operator; a number is kept. `auto`: 1 for a CPU decoder file
+    under SINGLE_THREAD_BELOW_BYTES; else ORT's default (0: one per physical core of the host),
+    unless this process may use fewer CPUs than the host has (a container's CPU limit, an
+    affinity mask: cpus.py), then that many."""
     if requested != "auto":
         return requested
     if provider == CPU and decoder.stat().st_size < SINGLE_THREAD_BELOW_BYTES:
         return 1
-    return 0
+    cpus = available_cpus()
+    return cpus if cpus < (os.cpu_count() or cpus) else 0
 
 
 def choose_variant(manifest: Manifest, requested: str, provider: str) -> str:

@@ -28,7 +28,8 @@ class Settings(BaseSettings):
     intra_op_threads: Annotated[int, Field(ge=0)] | Literal["auto"] = Field(
         "auto",
         description="ORT threads inside one operator (auto: 1 for a CPU model under 64 MB, whose operators are too "
-        "short to split, else ORT's default; 0: ORT's default, one per physical core)",
+        "short to split, else one per CPU this process may use: a container's CPU limit or cpuset, else ORT's "
+        "default; 0: ORT's default, one per physical core of the host)",
     )
     inter_op_threads: int = Field(1, ge=0, description="ORT threads across operators (0: ORT's default)")
     ort_spinning: bool = Field(

@@ -4,6 +4,7 @@ incremental detokenization (also through the real server's SSE stream)."""
 from __future__ import annotations
 
 import ast
+import math
 import os
 import subprocess
 import sys
@@ -18,6 +19,7 @@ from tokenizers import Tokenizer
 
 from contract.command import CommandSpec, encode_text, normalize_text, prompt_ids
 from contract.manifest import load_manifest
+from runtime.cpus import available_cpus, cgroup_cpu_quota
 from runtime.decode import generate
 from runtime.detokenize import IncrementalDetokenizer
 from runtime.kv_cache import BatchCache
@@ -306,6 +308,74 @@ def test_auto_threads_leave_large_and_cuda_models_to_ort(tmp_path: Path) -> None
     assert choose_intra_op_threads("auto", large, CPU) == 0  # 0: ORT's default, a thread per core
     assert choose_intra_op_threads("auto", small, CUDA) == 0  # the GPU runs the operators
     assert choose_intra_op_threads(3, small, CPU) == 3 and choose_intra_op_threads(0, small, CPU) == 0
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or (os.cpu_count() or 1) < 2, reason="needs 2 CPUs")
+def test_auto_threads_give_a_large_model_only_the_cpus_the_process_may_use(tmp_path: Path) -> None:
+    # ORT's default pool is one thread per core of the host; a process pinned to fewer CPUs
+    # (as a container's cpuset or CPU limit pins it) must get that many, not the host's count
+    large = tmp_path / "large.onnx"
+    with open(large, "wb") as f:
+        f.truncate(SINGLE_THREAD_BELOW_BYTES)
+    script = (
+        "import os, sys; from pathlib import Path; from runtime.onnx_runner import CPU, choose_intra_op_threads as c; "
+        "print(c('auto', Path(sys.argv[1]), CPU)); os.sched_setaffinity(0, {min(os.sched_getaffinity(0))}); "
+        "print(c('auto', Path(sys.argv[1]), CPU))"
+    )
+    result = subprocess.run([sys.executable, "-c", script, str(large)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    unpinned, pinned = result.stdout.split()
+    assert pinned == "1"
+    # 0: ORT's default, where this process may use the whole host (a CI runner with a CPU limit may not)
+    cpus = available_cpus()
+    assert int(unpinned) == (0 if cpus >= (os.cpu_count() or cpus) else cpus)
+
+
+def write_cgroup(root: Path, files: dict[str, str]) -> tuple[Path, Path]:
+    """A cgroup file system as the kernel lays it out, under `root`, and a /proc/self/cgroup."""
+    for name, text in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(text)
+    return root / "fs", root / "proc_self_cgroup"
+
+
+@pytest.mark.parametrize(
+    ("files", "quota"),
+    [
+        # cgroup v2, the pod's own path (Kubernetes limits.cpu: 1500m)
+        ({"proc_self_cgroup": "0::/kubepods/pod1/c1\n", "fs/kubepods/pod1/c1/cpu.max": "150000 100000\n"}, 1.5),
+        # v2 inside a cgroup namespace: the path is "/" and the root is the container's cgroup
+        ({"proc_self_cgroup": "0::/\n", "fs/cpu.max": "50000 100000\n"}, 0.5),
+        ({"proc_self_cgroup": "0::/\n", "fs/cpu.max": "max 100000\n"}, None),  # no limit
+        # cgroup v1, cpu and cpuacct mounted together (docker --cpus 2)
+        (
+            {
+                "proc_self_cgroup": "5:memory:/docker/a\n4:cpu,cpuacct:/docker/a\n",
+                "fs/cpu,cpuacct/docker/a/cpu.cfs_quota_us": "200000\n",
+                "fs/cpu,cpuacct/docker/a/cpu.cfs_period_us": "100000\n",
+            },
+            2.0,
+        ),
+        (
+            {
+                "proc_self_cgroup": "4:cpu,cpuacct:/\n",
+                "fs/cpu/cpu.cfs_quota_us": "-1\n",
+                "fs/cpu/cpu.cfs_period_us": "100000\n",
+            },
+            None,
+        ),
+        ({"proc_self_cgroup": "0::/\n", "fs/cpu.max": "garbage\n"}, None),
+        ({"proc_self_cgroup": "0::/x\n"}, None),  # no cpu controller files at all
+    ],
+)
+def test_the_cgroup_cpu_quota_is_read_as_the_kernel_writes_it(
+    tmp_path: Path, files: dict[str, str], quota: float | None
+) -> None:
+    root, proc = write_cgroup(tmp_path, files)
+    assert cgroup_cpu_quota(root, proc) == quota
+    if quota is not None:  # the CPUs to use: the quota rounded up, never more than the affinity, at least 1
+        expected = max(1, min(len(os.sched_getaffinity(0)), math.ceil(quota)))
+        assert available_cpus(root, proc) == expected
 
 
 def test_the_server_threads_automatically_by_default_and_refuses_a_negative_count() -> None:
