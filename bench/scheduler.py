@@ -1,8 +1,8 @@
 """In-process scheduler benchmarks behind bench/engine.md's saturation section (no HTTP).
 
     python bench/scheduler.py rebuilds BUNDLE [--lag 2] [--requests 192] [--no-retain] [--hold | --no-hold]
-                                              [--no-mix] [--no-spin] [--device-sampling on]
-    python bench/scheduler.py unloaded BUNDLE [--requests 3] [--no-mix] [--no-spin]
+                                              [--no-mix] [--no-spin] [--device-sampling on] [--threads auto]
+    python bench/scheduler.py unloaded BUNDLE [--requests 3] [--no-mix] [--no-spin] [--threads auto]
     python bench/scheduler.py kernels
     python bench/scheduler.py burst BUNDLE [--budgets 0 64 128 256] [--no-mix] [--no-spin]
     python bench/scheduler.py topp
@@ -35,6 +35,8 @@
   (runtime/onnx_runner.py says why they spin).
 - --device-sampling on: sample in the runner's ONNX sampler graph (runtime/sampler_graph.py), on
   the CPU too, instead of the host sampler (auto: on CUDA only, as the server does).
+- --threads N: ORT's intra-op threads (default `auto`, as the server: one for a model under 64 MB,
+  runtime/onnx_runner.py: choose_intra_op_threads; 0: ORT's default).
 - mixed: a join step's forwards at batch 1, 8 and 32 (the batch's decode step and the joiners'
   prefill apart, against one forward of the mixed graph), best of 15 each; and the decode step
   through the mixed graph beside a one-token prompt: what every step would cost if the mixed
@@ -111,8 +113,14 @@ INTENTS = ("holiday sale in paris", "summer hiking boots", "coffee shop opening"
 
 
 # the runner's options: --no-mix (a `mixed` bundle's joiners prefill in a forward of their own),
-# --no-spin (ORT's workers sleep between operators), --device-sampling (the sampler graph on the CPU too)
-RUNNER_OPTIONS: dict[str, Any] = {"mixed_prefill": True, "spinning": True, "device_sampling": "auto"}
+# --no-spin (ORT's workers sleep between operators), --device-sampling (the sampler graph on the CPU too),
+# --threads (ORT's intra-op threads)
+RUNNER_OPTIONS: dict[str, Any] = {
+    "mixed_prefill": True,
+    "spinning": True,
+    "device_sampling": "auto",
+    "intra_op_threads": "auto",
+}
 
 
 def load(bundle: Path, retain: bool = True) -> tuple[OnnxRunner, Tokenizer]:
@@ -729,6 +737,15 @@ def resident_mb() -> float:
     return int(status.split("VmRSS:")[1].split()[0]) / 1024
 
 
+def threads(text: str) -> int | str:
+    """--threads: `auto` or a count (0: ORT's default)."""
+    if text == "auto":
+        return text
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"auto or a number of threads, not {text!r}")
+    return int(text)
+
+
 def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
@@ -780,11 +797,13 @@ def main() -> None:
         command.add_argument(
             "--device-sampling", choices=("auto", "on", "off"), default="auto", help="the runner's sampler graph"
         )
+        command.add_argument("--threads", type=threads, default="auto", help="ORT's intra-op threads: auto or N")
     args = parser.parse_args()
     RUNNER_OPTIONS.update(
         mixed_prefill=getattr(args, "mix", True),
         spinning=getattr(args, "spin", True),
         device_sampling=getattr(args, "device_sampling", "auto"),
+        intra_op_threads=getattr(args, "threads", "auto"),
     )
     print(f"load average at start: {load_average()}")
     if args.command == "rebuilds":
