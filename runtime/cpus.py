@@ -35,7 +35,10 @@ def cgroup_cpu_quota(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_C
     except OSError:
         return None
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:  # not a line the kernel writes
+            continue
+        _, controllers, path = fields
         relative = path.lstrip("/")
         if controllers == "":  # cgroup v2, one unified hierarchy: "0::/path"
             # Inside a container's cgroup namespace the path is "/" and the root is its own cgroup.

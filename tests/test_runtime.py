@@ -366,6 +366,7 @@ def write_cgroup(root: Path, files: dict[str, str]) -> tuple[Path, Path]:
         ),
         ({"proc_self_cgroup": "0::/\n", "fs/cpu.max": "garbage\n"}, None),
         ({"proc_self_cgroup": "0::/x\n"}, None),  # no cpu controller files at all
+        ({"proc_self_cgroup": "garbage\n0::/\n", "fs/cpu.max": "100000 100000\n"}, 1.0),  # a stray line is skipped
     ],
 )
 def test_the_cgroup_cpu_quota_is_read_as_the_kernel_writes_it(
