@@ -8,6 +8,12 @@ the load generator drives it: unloaded (one request at a time), saturation (clos
 at fractions of that saturation. CTranslate2 is also timed in-process at static batches, and
 the machine's roofline is measured first. Bounded: every phase has a duration, a request count
 and a per-request timeout.
+
+The peers get their best thread count, not a default: on a 2-core machine CTranslate2 on two
+threads served one request at a time at a fifth of its one-thread speed (bench/engine.md, step
+18). So each peer server first runs a short closed loop at one thread and at one per core, and
+is measured at the faster; CTranslate2 in-process is timed at both per batch and the faster is
+kept. Ours runs at its own default (`intra_op_threads=auto`).
 """
 
 from __future__ import annotations
@@ -49,12 +55,13 @@ class Phases:
     warmup_s: float
     fractions: tuple[float, ...]  # open-loop loads, as fractions of the measured saturation
     static_batches: tuple[int, ...]  # CTranslate2 in-process
+    calibrate_s: float  # each thread count's closed loop, for the peers (best_threads)
 
 
 FULL = Phases(unloaded_requests=10, saturation_s=15.0, open_s=12.0, warmup_s=3.0,
-              fractions=(0.25, 0.5, 1.0), static_batches=(1, 16, 32))  # fmt: skip
+              fractions=(0.25, 0.5, 1.0), static_batches=(1, 16, 32), calibrate_s=5.0)  # fmt: skip
 QUICK = Phases(unloaded_requests=3, saturation_s=3.0, open_s=3.0, warmup_s=0.5, fractions=(0.5,),
-               static_batches=(1, 4))  # fmt: skip
+               static_batches=(1, 4), calibrate_s=1.0)  # fmt: skip
 
 
 @dataclass
@@ -64,6 +71,7 @@ class System:
     command: list[str]  # without --port
     streams: bool  # ours streams (TTFT); the baselines answer whole
     concurrency: int  # clients that saturate it
+    threads_flag: str | None = None  # a peer's thread-count flag: measured at its best (best_threads)
     figures: dict[str, Any] = field(default_factory=dict)
 
 
@@ -71,10 +79,10 @@ def systems(model: BenchModel) -> list[System]:
     py = sys.executable
     ours = [py, "-m", "server", "serve", "--bundle", str(model.bundle), "--max-queue", "256"]
     baseline = [py, "-m", "loadtest.baseline", "--checkpoint", str(model.checkpoint)]
-    out = [System("naive", "transformers generate(), fp32, one request at a time", baseline, False, 4)]
+    out = [System("naive", "transformers generate(), fp32, one request at a time", baseline, False, 4, "--threads")]
     if model.ct2 is not None:
         ct2 = [*baseline, "--backend", "ctranslate2", "--ct2-model", str(model.ct2)]
-        out.append(System("ct2", "CTranslate2 INT8 behind the same wrapper", ct2, False, 4))
+        out.append(System("ct2", "CTranslate2 INT8 behind the same wrapper", ct2, False, 4, "--threads"))
     out += [
         System("ours_off", "ours INT8, batching off (max batch 1)",
                [*ours, "--variant", "int8", "--max-batch-size", "1"], True, 4),
@@ -127,6 +135,26 @@ def load(url: str, concurrency: int, rate: float | None, requests: int, duration
     return run_load(Load(url, specs, requests, duration, warmup, concurrency, rate, timeout_s=120.0))
 
 
+def thread_counts() -> list[int]:
+    """What a peer is tried at: one thread, and one per core."""
+    return sorted({1, os.cpu_count() or 1})
+
+
+def best_threads(system: System, phases: Phases, log: Path) -> tuple[int, dict[str, float]]:
+    """A peer's thread count that served it the most tokens/s in a short closed loop at its
+    saturating concurrency, and each count's tokens/s."""
+    assert system.threads_flag is not None
+    trial: dict[str, float] = {}
+    for threads in thread_counts():
+        with serving([*system.command, system.threads_flag, str(threads)], log) as url:
+            load(url, 1, None, 2, 60.0, 0.0, system.streams)  # warm-up, discarded
+            report = load(url, system.concurrency, None, 100_000, phases.calibrate_s + phases.warmup_s,
+                          phases.warmup_s, False)  # fmt: skip
+        trial[str(threads)] = report["tokens_per_s"]
+    best = max(trial, key=lambda t: trial[t])
+    return int(best), trial
+
+
 def measure_system(url: str, system: System, phases: Phases) -> dict[str, Any]:
     """Unloaded, saturation, then open loop at fractions of saturation, on one running server."""
     load(url, 1, None, 2, 60.0, 0.0, system.streams)  # warm-up, discarded
@@ -145,7 +173,7 @@ def measure_system(url: str, system: System, phases: Phases) -> dict[str, Any]:
     return figures
 
 
-def ct2_static(model: BenchModel, batches: tuple[int, ...]) -> dict[str, float]:
+def ct2_static(model: BenchModel, batches: tuple[int, ...]) -> dict[str, dict[str, float]]:
     """CTranslate2 in-process, no HTTP: generated tokens/s at static batch sizes (its best case)."""
     if model.ct2 is None:
         return {}
@@ -155,28 +183,31 @@ def ct2_static(model: BenchModel, batches: tuple[int, ...]) -> dict[str, float]:
     from contract.command import EOS_TOKEN, CommandSpec, prompt_ids, special_ids
     from loadtest.mix import DEFAULT_INTENTS
 
-    generator = ctranslate2.Generator(str(model.ct2), device="cpu", intra_threads=os.cpu_count() or 1)
+    generators = {t: ctranslate2.Generator(str(model.ct2), device="cpu", intra_threads=t) for t in thread_counts()}
     vocabulary: list[str] = json.loads((model.ct2 / "vocabulary.json").read_text())
     tokenizer = Tokenizer.from_file(str(model.checkpoint / "tokenizer.json"))
     spec = CommandSpec.from_dict(json.loads((model.checkpoint / "udrl.json").read_text())["command"])
     eos = vocabulary[special_ids(tokenizer, [EOS_TOKEN])[0]]
     prompts = [[vocabulary[i] for i in prompt_ids(tokenizer, spec, BENCH_TASK, BENCH_WORDS, "high", intent)]
                for intent in DEFAULT_INTENTS]  # fmt: skip
-    out = {}
+    out: dict[str, dict[str, float]] = {}
     for batch in batches:
         starts = [prompts[i % len(prompts)] for i in range(batch)]
+        for threads, generator in generators.items():  # each batch at its best thread count
 
-        def generate(starts: list[list[str]] = starts) -> Any:
-            return generator.generate_batch(
-                starts, max_length=BENCH_BUDGET, sampling_topk=0, sampling_topp=0.95, sampling_temperature=0.8,
-                include_prompt_in_result=False, end_token=eos,
-            )  # fmt: skip
+            def generate(starts: list[list[str]] = starts, generator: Any = generator) -> Any:
+                return generator.generate_batch(
+                    starts, max_length=BENCH_BUDGET, sampling_topk=0, sampling_topp=0.95, sampling_temperature=0.8,
+                    include_prompt_in_result=False, end_token=eos,
+                )  # fmt: skip
 
-        generate()  # warm-up
-        start = time.perf_counter()
-        results = generate()
-        seconds = time.perf_counter() - start
-        out[str(batch)] = round(sum(len(r.sequences[0]) for r in results) / seconds, 1)
+            generate()  # warm-up
+            start = time.perf_counter()
+            results = generate()
+            seconds = time.perf_counter() - start
+            tokens_per_s = round(sum(len(r.sequences[0]) for r in results) / seconds, 1)
+            if str(batch) not in out or tokens_per_s > out[str(batch)]["tokens_per_s"]:
+                out[str(batch)] = {"tokens_per_s": tokens_per_s, "threads": threads}
     return out
 
 
@@ -227,10 +258,17 @@ def run(args: argparse.Namespace) -> int:
         entry["ct2_static"] = ct2_static(model, phases.static_batches)
         for system in [s for s in systems(model) if not args.systems or s.key in args.systems]:
             print(f"== {name}: {system.label}", flush=True)
-            with serving(system.command, work / "logs" / f"{name}_{system.key}.log") as url:
+            log = work / "logs" / f"{name}_{system.key}.log"
+            tuned: dict[str, Any] = {}
+            if system.threads_flag is not None:
+                threads, trial = best_threads(system, phases, log)
+                system.command = [*system.command, system.threads_flag, str(threads)]
+                tuned = {"threads": threads, "thread_trial": trial}
+                print(f"   threads: {threads} (tokens/s by thread count: {trial})", flush=True)
+            with serving(system.command, log) as url:
                 figures = measure_system(url, system, phases)
             entry["systems"][system.key] = {"label": system.label, "command": shlex.join(system.command),
-                                            "concurrency": system.concurrency, **figures}  # fmt: skip
+                                            "concurrency": system.concurrency, **tuned, **figures}  # fmt: skip
             sat = figures["saturation"]
             print(f"   saturation {sat['tokens_per_s']} tok/s, {sat['requests_per_s']} req/s", flush=True)
         results["models"][name] = entry

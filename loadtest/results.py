@@ -19,6 +19,18 @@ def ms(value: float | None) -> str:
     return f"{value:,.1f}" if value is not None and value == value else "-"  # NaN: no sample
 
 
+def static_tokens_per_s(value: float | dict[str, float]) -> float:
+    """A CTranslate2 static-batch figure: tokens/s (results from before the thread count was
+    chosen per batch hold the number alone)."""
+    return float(value) if isinstance(value, int | float) else float(value["tokens_per_s"])
+
+
+def label(system: dict[str, Any]) -> str:
+    """A system's name in the tables, with the thread count a peer was measured at."""
+    threads = system.get("threads")
+    return system["label"] if threads is None else f"{system['label']} ({threads} thread{'s' * (threads > 1)})"
+
+
 def at_half(figures: dict[str, Any]) -> dict[str, Any] | None:
     return next((r for r in figures["open"] if r["fraction"] == 0.5), None)
 
@@ -50,7 +62,7 @@ def model_section(name: str, entry: dict[str, Any], roof: dict[str, Any]) -> lis
         saturation, unloaded, half = system["saturation"], system["unloaded"], at_half(system)
         ttft = unloaded.get("ttft_ms")
         lines.append(
-            f"| {system['label']} | {saturation['tokens_per_s']:,.0f} ({saturation['requests_per_s']:.2f},"
+            f"| {label(system)} | {saturation['tokens_per_s']:,.0f} ({saturation['requests_per_s']:.2f},"
             f" {system['concurrency']}) | {ms(half['latency_ms']['p50']) if half else '-'} /"
             f" {ms(half['latency_ms']['p99']) if half else '-'} | {ms(unloaded['latency_ms']['p50'])}"
             f" | {ms(ttft['p50']) if ttft else 'no streaming'} | {ratio(sat[key], sat.get('naive'))}"
@@ -63,15 +75,18 @@ def model_section(name: str, entry: dict[str, Any], roof: dict[str, Any]) -> lis
         for r in system["open"]:
             lat = r["latency_ms"]
             lines.append(
-                f"| {system['label']} | {r['rate']:.2f} ({r['fraction']:.0%}) | {r['requests_per_s']:.2f}"
+                f"| {label(system)} | {r['rate']:.2f} ({r['fraction']:.0%}) | {r['requests_per_s']:.2f}"
                 f" | {r['requests']} | {ms(lat['p50'])} | {ms(lat['p90'])} | {ms(lat['p99'])} | {ms(lat['p99.9'])}"
                 f" | {sum(r['errors'].values())} |"
             )
     static = entry.get("ct2_static") or {}
     if static:
-        lines += ["", "CTranslate2 INT8 in-process (no HTTP), static batches, generated tokens/s: "
-                  + ", ".join(f"batch {b}: {v:,.0f}" for b, v in static.items()) + "."]  # fmt: skip
-        same = static.get("32")
+        lines += ["", "CTranslate2 INT8 in-process (no HTTP), static batches, generated tokens/s at the faster of"
+                  " one thread and one per core: "
+                  + ", ".join(f"batch {b}: {static_tokens_per_s(v):,.0f}"
+                              + (f" ({v['threads']} thread{'s' * (v['threads'] > 1)})" if isinstance(v, dict) else "")
+                              for b, v in static.items()) + "."]  # fmt: skip
+        same = static_tokens_per_s(static["32"]) if "32" in static else None
         if same and "ours_int8" in sat:
             lines.append(f"Ours INT8 over HTTP at 32 clients against it at batch 32: {ratio(sat['ours_int8'], same)}.")
     if "ours_int8" in systems:
@@ -131,14 +146,16 @@ def write_results(results: dict[str, Any], out: Path) -> None:
         " one request at a time, streamed where the server streams (TTFT). Saturation: closed loop at the"
         f" listed number of clients, warm-up excluded. Then open-loop Poisson arrivals at {fractions} of that"
         " saturation. The baselines serve one request at a time (a lock around one generate() call) and do"
-        " not stream. Tokens/s counts generated tokens, EOS included. A phase's percentiles rest on the"
+        " not stream; each runs at the thread count, one or one per core, that served it the most tokens/s in a"
+        " closed loop the command runs first (the count is in its row); ours at its own default"
+        " (`intra_op_threads=auto`). Tokens/s counts generated tokens, EOS included. A phase's percentiles rest on the"
         " `requests` column: with few requests (the slow baselines on GPT-2 small) p99 and p99.9 are the"
         " maximum, so read them as rough.",
         "",
     ]
     for name, entry in results["models"].items():
         lines += model_section(name, entry, roof)
-        series = {entry["systems"][k]["label"]: entry["systems"][k]["open"] for k in SYSTEM_KEYS
+        series = {label(entry["systems"][k]): entry["systems"][k]["open"] for k in SYSTEM_KEYS
                   if k in entry["systems"]}  # fmt: skip
         plot_sweep(series, out.parent / f"RESULTS_{name}.png", f"{name}: latency against offered load", ("p50", "p99"))
     lines += ["Server command lines (each with `--port P` added):", ""]

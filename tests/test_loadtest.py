@@ -214,6 +214,17 @@ def test_bench_quick_mode_wires_every_phase_into_results(tiny_checkpoint: Path, 
         assert [r["fraction"] for r in system["open"]] == [0.5]
         assert system["label"] in text
     assert tiny["ours_int8"]["unloaded"]["ttft_ms"] is not None  # ours streams: TTFT measured
+    # each peer is measured at the thread count that served it best in its trial, and says so
+    counts = {str(t) for t in {1, os.cpu_count() or 1}}
+    for key in set(systems) - {"ours_int8"}:
+        peer = tiny[key]
+        assert set(peer["thread_trial"]) == counts and all(v > 0 for v in peer["thread_trial"].values())
+        assert str(peer["threads"]) == max(peer["thread_trial"], key=peer["thread_trial"].get)
+        assert peer["command"].endswith(f"--threads {peer['threads']}")
+        assert f"{peer['label']} ({peer['threads']} thread" in text
+    assert "threads" not in tiny["ours_int8"]  # ours at its own default
+    for batch in figures["models"]["tiny"].get("ct2_static", {}).values():
+        assert batch["tokens_per_s"] > 0 and str(batch["threads"]) in counts
     assert "x |" in text  # ratios against the naive baseline
     assert (tmp_path / "RESULTS_tiny.png").read_bytes()[:4] == b"\x89PNG"
 
