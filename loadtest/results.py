@@ -81,8 +81,9 @@ def model_section(name: str, entry: dict[str, Any], roof: dict[str, Any]) -> lis
             )
     static = entry.get("ct2_static") or {}
     if static:
-        lines += ["", "CTranslate2 INT8 in-process (no HTTP), static batches, generated tokens/s at the faster of"
-                  " one thread and one per core: "
+        tuned = all(isinstance(v, dict) for v in static.values())  # older results: one thread per core only
+        how = "at the faster of one thread and one per core" if tuned else "at one thread per core"
+        lines += ["", f"CTranslate2 INT8 in-process (no HTTP), static batches, generated tokens/s {how}: "
                   + ", ".join(f"batch {b}: {static_tokens_per_s(v):,.0f}"
                               + (f" ({v['threads']} thread{'s' * (v['threads'] > 1)})" if isinstance(v, dict) else "")
                               for b, v in static.items()) + "."]  # fmt: skip
