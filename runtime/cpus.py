@@ -39,29 +39,27 @@ def cgroup_cpu_quota(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_C
         if len(fields) != 3:  # not a line the kernel writes
             continue
         _, controllers, path = fields
-        relative = path.lstrip("/")
-        if controllers == "":  # cgroup v2, one unified hierarchy: "0::/path"
-            # Inside a container's cgroup namespace the path is "/" and the root is its own cgroup.
-            for directory in (cgroup_root / relative, cgroup_root):
-                quota = _read_ratio(directory / "cpu.max", None)
-                if quota is not None:
-                    return quota
-        elif "cpu" in controllers.split(","):  # cgroup v1: "4:cpu,cpuacct:/path"
-            for mount in (cgroup_root / controllers, cgroup_root / "cpu"):
-                for directory in (mount / relative, mount):
-                    quota = _read_ratio(directory / "cpu.cfs_quota_us", directory / "cpu.cfs_period_us")
-                    if quota is not None:
-                        return quota
+        v2 = controllers == ""  # one unified hierarchy: "0::/path"; v1: "4:cpu,cpuacct:/path"
+        if not v2 and "cpu" not in controllers.split(","):
+            continue
+        mounts = [cgroup_root] if v2 else [cgroup_root / controllers, cgroup_root / "cpu"]
+        # Inside a container's cgroup namespace the path is "/" and the mount is its own cgroup.
+        for directory in dict.fromkeys(d for mount in mounts for d in (mount / path.lstrip("/"), mount)):
+            quota = _quota(directory, v2)
+            if quota is not None:
+                return quota
     return None
 
 
-def _read_ratio(quota_file: Path, period_file: Path | None) -> float | None:
-    """v2 `cpu.max` ("max 100000" or "200000 100000"), or v1's quota and period files (-1: none)."""
+def _quota(directory: Path, v2: bool) -> float | None:
+    """A cgroup directory's quota in CPUs: v2 `cpu.max` ("max 100000" or "200000 100000"), v1
+    `cpu.cfs_quota_us` (-1: none) over `cpu.cfs_period_us`; None where it sets none."""
     try:
-        if period_file is None:
-            quota, period = quota_file.read_text().split()
+        if v2:
+            quota, period = (directory / "cpu.max").read_text().split()
         else:
-            quota, period = quota_file.read_text().strip(), period_file.read_text().strip()
+            quota = (directory / "cpu.cfs_quota_us").read_text().strip()
+            period = (directory / "cpu.cfs_period_us").read_text().strip()
         if quota in ("max", "-1") or int(period) <= 0:
             return None
         return int(quota) / int(period)

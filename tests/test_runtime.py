@@ -299,14 +299,21 @@ def test_auto_threads_run_a_small_cpu_model_on_one_thread_in_every_session(tiny_
     assert explicit.session.get_session_options().intra_op_num_threads == 2
 
 
+def pool_for_this_process() -> int:
+    """What `auto` gives a large model here: 0 (ORT's default, a thread per core) where this
+    process may use the whole host, else the CPUs it may use (a CI runner with a CPU limit)."""
+    cpus = available_cpus()
+    return 0 if cpus >= (os.cpu_count() or cpus) else cpus
+
+
 def test_auto_threads_leave_large_and_cuda_models_to_ort(tmp_path: Path) -> None:
     small, large = tmp_path / "small.onnx", tmp_path / "large.onnx"
     for path, size in ((small, SINGLE_THREAD_BELOW_BYTES - 1), (large, SINGLE_THREAD_BELOW_BYTES)):
         with open(path, "wb") as f:
             f.truncate(size)  # sparse: the rule reads the size only
     assert choose_intra_op_threads("auto", small, CPU) == 1
-    assert choose_intra_op_threads("auto", large, CPU) == 0  # 0: ORT's default, a thread per core
-    assert choose_intra_op_threads("auto", small, CUDA) == 0  # the GPU runs the operators
+    assert choose_intra_op_threads("auto", large, CPU) == pool_for_this_process()
+    assert choose_intra_op_threads("auto", small, CUDA) == pool_for_this_process()  # the GPU runs the operators
     assert choose_intra_op_threads(3, small, CPU) == 3 and choose_intra_op_threads(0, small, CPU) == 0
 
 
@@ -325,10 +332,7 @@ def test_auto_threads_give_a_large_model_only_the_cpus_the_process_may_use(tmp_p
     result = subprocess.run([sys.executable, "-c", script, str(large)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     unpinned, pinned = result.stdout.split()
-    assert pinned == "1"
-    # 0: ORT's default, where this process may use the whole host (a CI runner with a CPU limit may not)
-    cpus = available_cpus()
-    assert int(unpinned) == (0 if cpus >= (os.cpu_count() or cpus) else cpus)
+    assert pinned == "1" and int(unpinned) == pool_for_this_process()
 
 
 def write_cgroup(root: Path, files: dict[str, str]) -> tuple[Path, Path]:
