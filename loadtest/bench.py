@@ -140,6 +140,15 @@ def thread_counts() -> list[int]:
     return sorted({1, os.cpu_count() or 1})
 
 
+def fastest(trial: dict[str, float]) -> int:
+    """The thread count (a key of `trial`) with the most tokens/s."""
+    return int(max(trial, key=lambda threads: trial[threads]))
+
+
+def warm_up(url: str, system: System) -> None:
+    load(url, 1, None, 2, 60.0, 0.0, system.streams)  # first requests pay for allocations: discarded
+
+
 def best_threads(system: System, phases: Phases, log: Path) -> tuple[int, dict[str, float]]:
     """A peer's thread count that served it the most tokens/s in a short closed loop at its
     saturating concurrency, and each count's tokens/s."""
@@ -147,17 +156,16 @@ def best_threads(system: System, phases: Phases, log: Path) -> tuple[int, dict[s
     trial: dict[str, float] = {}
     for threads in thread_counts():
         with serving([*system.command, system.threads_flag, str(threads)], log) as url:
-            load(url, 1, None, 2, 60.0, 0.0, system.streams)  # warm-up, discarded
+            warm_up(url, system)
             report = load(url, system.concurrency, None, 100_000, phases.calibrate_s + phases.warmup_s,
                           phases.warmup_s, False)  # fmt: skip
         trial[str(threads)] = report["tokens_per_s"]
-    best = max(trial, key=lambda t: trial[t])
-    return int(best), trial
+    return fastest(trial), trial
 
 
 def measure_system(url: str, system: System, phases: Phases) -> dict[str, Any]:
     """Unloaded, saturation, then open loop at fractions of saturation, on one running server."""
-    load(url, 1, None, 2, 60.0, 0.0, system.streams)  # warm-up, discarded
+    warm_up(url, system)
     figures: dict[str, Any] = {"load_before": os.getloadavg()}
     figures["unloaded"] = load(url, 1, None, phases.unloaded_requests, 120.0, 0.0, system.streams)
     sat = load(url, system.concurrency, None, 100_000, phases.saturation_s + phases.warmup_s,
@@ -173,8 +181,9 @@ def measure_system(url: str, system: System, phases: Phases) -> dict[str, Any]:
     return figures
 
 
-def ct2_static(model: BenchModel, batches: tuple[int, ...]) -> dict[str, dict[str, float]]:
-    """CTranslate2 in-process, no HTTP: generated tokens/s at static batch sizes (its best case)."""
+def ct2_static(model: BenchModel, batches: tuple[int, ...]) -> dict[str, dict[str, Any]]:
+    """CTranslate2 in-process, no HTTP: generated tokens/s at static batch sizes (its best case),
+    each batch at each thread count (`thread_trial`) and at the fastest (`threads`)."""
     if model.ct2 is None:
         return {}
     import ctranslate2
@@ -190,10 +199,11 @@ def ct2_static(model: BenchModel, batches: tuple[int, ...]) -> dict[str, dict[st
     eos = vocabulary[special_ids(tokenizer, [EOS_TOKEN])[0]]
     prompts = [[vocabulary[i] for i in prompt_ids(tokenizer, spec, BENCH_TASK, BENCH_WORDS, "high", intent)]
                for intent in DEFAULT_INTENTS]  # fmt: skip
-    out: dict[str, dict[str, float]] = {}
+    out: dict[str, dict[str, Any]] = {}
     for batch in batches:
         starts = [prompts[i % len(prompts)] for i in range(batch)]
-        for threads, generator in generators.items():  # each batch at its best thread count
+        trial: dict[str, float] = {}
+        for threads, generator in generators.items():
 
             def generate(starts: list[list[str]] = starts, generator: Any = generator) -> Any:
                 return generator.generate_batch(
@@ -205,9 +215,9 @@ def ct2_static(model: BenchModel, batches: tuple[int, ...]) -> dict[str, dict[st
             start = time.perf_counter()
             results = generate()
             seconds = time.perf_counter() - start
-            tokens_per_s = round(sum(len(r.sequences[0]) for r in results) / seconds, 1)
-            if str(batch) not in out or tokens_per_s > out[str(batch)]["tokens_per_s"]:
-                out[str(batch)] = {"tokens_per_s": tokens_per_s, "threads": threads}
+            trial[str(threads)] = round(sum(len(r.sequences[0]) for r in results) / seconds, 1)
+        best = fastest(trial)
+        out[str(batch)] = {"tokens_per_s": trial[str(best)], "threads": best, "thread_trial": trial}
     return out
 
 

@@ -19,7 +19,11 @@ def ms(value: float | None) -> str:
     return f"{value:,.1f}" if value is not None and value == value else "-"  # NaN: no sample
 
 
-def static_tokens_per_s(value: float | dict[str, float]) -> float:
+def threads_text(threads: int) -> str:
+    return f"{threads} thread" + ("s" if threads > 1 else "")
+
+
+def static_tokens_per_s(value: float | dict[str, Any]) -> float:
     """A CTranslate2 static-batch figure: tokens/s (results from before the thread count was
     chosen per batch hold the number alone)."""
     return float(value) if isinstance(value, int | float) else float(value["tokens_per_s"])
@@ -28,7 +32,7 @@ def static_tokens_per_s(value: float | dict[str, float]) -> float:
 def label(system: dict[str, Any]) -> str:
     """A system's name in the tables, with the thread count a peer was measured at."""
     threads = system.get("threads")
-    return system["label"] if threads is None else f"{system['label']} ({threads} thread{'s' * (threads > 1)})"
+    return system["label"] if threads is None else f"{system['label']} ({threads_text(threads)})"
 
 
 def at_half(figures: dict[str, Any]) -> dict[str, Any] | None:
@@ -85,7 +89,7 @@ def model_section(name: str, entry: dict[str, Any], roof: dict[str, Any]) -> lis
         how = "at the faster of one thread and one per core" if tuned else "at one thread per core"
         lines += ["", f"CTranslate2 INT8 in-process (no HTTP), static batches, generated tokens/s {how}: "
                   + ", ".join(f"batch {b}: {static_tokens_per_s(v):,.0f}"
-                              + (f" ({v['threads']} thread{'s' * (v['threads'] > 1)})" if isinstance(v, dict) else "")
+                              + (f" ({threads_text(v['threads'])})" if isinstance(v, dict) else "")
                               for b, v in static.items()) + "."]  # fmt: skip
         same = static_tokens_per_s(static["32"]) if "32" in static else None
         if same and "ours_int8" in sat:
