@@ -39,7 +39,9 @@ class Settings(BaseSettings):
     )
     max_batch_size: int = Field(32, ge=1, description="most sequences decoded together (n samples count each)")
     max_queue: int = Field(64, ge=0, description="most requests waiting for a slot; beyond it: 429")
-    batch_window_ms: float = Field(2.0, ge=0, description="when idle, wait this long to prefill arrivals together")
+    batch_window_ms: float = Field(
+        0.0, ge=0, description="when idle, wait this long to prefill arrivals together (0: prefill at once)"
+    )
     max_prefill_tokens: int = Field(
         128, ge=0, description="while rows decode, most padded prompt tokens one step prefills (0: no bound)"
     )

@@ -561,6 +561,33 @@ def test_a_lone_joiner_waits_for_company_only_while_the_batch_is_nearly_full(
     assert steps_to_join(busy(12), ["lone"]) == 1  # 12 of 16: not over 3/4
 
 
+def test_the_batch_window_holds_only_an_idle_servers_first_arrivals(runner: OnnxRunner, tokenizer: Tokenizer) -> None:
+    """With a window, arrivals at an idle server wait until the first has waited it out, then
+    share one prefill; a full batch's worth goes at once, and rows decoding never wait. Without
+    one (the default) the first arrival is prefilled at once."""
+    metrics = Metrics("test")
+    scheduler = Scheduler(runner, tokenizer, metrics, max_batch_size=4, batch_window_s=0.05)
+    collector = Collector()
+    first = make_request(tokenizer, runner, collector, "a", arrival=100.0)
+    scheduler.add(first)
+    assert scheduler.window_wait(100.01) == pytest.approx(0.04)
+    assert scheduler.window_wait(100.06) == 0.0
+    scheduler.add(make_request(tokenizer, runner, collector, "b", arrival=100.03))
+    assert scheduler.window_wait(100.04) == pytest.approx(0.01)  # counted from the first arrival
+    scheduler.step()
+    count = metrics.registry.get_sample_value
+    assert count("promptgen_batch_size_sum", {"model": "test", "phase": "prefill"}) == 2  # one prefill, both
+    scheduler.add(make_request(tokenizer, runner, collector, "c", arrival=100.07))
+    assert scheduler.window_wait(100.07) == 0.0  # rows are decoding: join at the next step
+
+    full = Scheduler(runner, tokenizer, Metrics("full"), max_batch_size=4, batch_window_s=0.05)
+    full.add(make_request(tokenizer, runner, collector, "d", arrival=100.0, n=4))
+    assert full.window_wait(100.0) == 0.0  # a whole batch is waiting already
+    default = Scheduler(runner, tokenizer, Metrics("default"), max_batch_size=4)
+    default.add(make_request(tokenizer, runner, collector, "e", arrival=100.0))
+    assert default.window_wait(100.0) == 0.0
+
+
 def staggered_greedy_run(runner: OnnxRunner, tokenizer: Tokenizer, bounds: LengthBounds | None) -> dict[str, list[str]]:
     """Ten greedy requests of different lengths arriving one per step into 4 slots."""
     scheduler = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=4)
