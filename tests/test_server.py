@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import multiprocessing
 import shutil
 import signal
 import socket
@@ -30,6 +31,8 @@ from tokenizers import Tokenizer
 
 from contract.command import prompt_ids
 from contract.manifest import load_manifest
+from server.engine.process import METRICS_DELAY_S, Outbox, RecordedMetrics
+from server.engine.request import RequestDone
 
 TASK = "title"
 # Long: EOS is masked until 32 words, which random weights rarely reach in 110 tokens.
@@ -362,6 +365,40 @@ def test_metrics_parse_with_model_labels_and_fine_buckets(server: ServerProcess,
     assert {"prefill", "decode"} <= phases
     assert sample_value(server, "promptgen_requests_total", status="200") > 0
     assert sample_value(server, "promptgen_requests_total", status="422") > 0
+
+
+def test_an_answer_is_counted_on_metrics_as_soon_as_it_arrives(server: ServerProcess, client: httpx.Client) -> None:
+    """The engine process holds back metric updates until an event can carry them (Outbox.flush):
+    the answer's last event carries every update before it, so nothing of it lags."""
+    before = {
+        name: sample_value(server, name)
+        for name in ("promptgen_generated_tokens_total", "promptgen_inter_token_latency_seconds_count")
+    }
+    answer = client.post("/v1/generate", json={**LONG, "task": TASK, "max_new_tokens": 20})
+    assert answer.status_code == 200 and answer.json()["usage"]["completion_tokens"] == 20
+    assert sample_value(server, "promptgen_generated_tokens_total") == before["promptgen_generated_tokens_total"] + 20
+    itl = sample_value(server, "promptgen_inter_token_latency_seconds_count")
+    assert itl == before["promptgen_inter_token_latency_seconds_count"] + 19
+    assert sample_value(server, "promptgen_requests_running") == 0
+
+
+def test_the_engine_process_sends_metric_updates_with_events_or_once_they_have_waited() -> None:
+    """Outbox.flush over a real pipe: a step that only updated metrics sends nothing; an event
+    takes every pending update with it; updates alone go once they have waited METRICS_DELAY_S."""
+    receiving, sending = multiprocessing.Pipe(duplex=False)
+    metrics = RecordedMetrics("m")
+    outbox = Outbox(sending, multiprocessing.Value("d", 0.0, lock=False), metrics)
+    done = RequestDone(prompt_tokens=4, completion_tokens=3, queue_s=0.0)
+    metrics.generated_tokens.labels("m").inc(3)
+    outbox.sink("r1")(done)
+    outbox.flush()
+    assert receiving.recv() == ("batch", [("generated_tokens", ("m",), "inc", 3)], [("r1", done)])
+    metrics.running.labels("m").set(0)
+    outbox.flush()
+    assert receiving.poll(0) is False  # an update alone, just after a send: it waits
+    time.sleep(METRICS_DELAY_S)
+    outbox.flush()
+    assert receiving.recv() == ("batch", [("running", ("m",), "set", 0)], [])
 
 
 def test_promtool_accepts_the_metrics(client: httpx.Client) -> None:

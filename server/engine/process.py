@@ -14,8 +14,10 @@ The server process keeps everything the API touches: admission tickets and drain
 - back: `("loaded", variant, provider)` or `("error", ...)` once, `("ready",)` after warm-up,
   `("failed", reason)`, and `("batch", metric_ops, events)` with everything produced since
   the last one, sent at the top of each loop iteration and before each forward (where the
-  one-process engine's events would be on their way too), so a step of 32 rows costs one
-  message, not 32.
+  one-process engine's events would be on their way too) when it holds an event, so a step
+  of 32 rows costs one message, not 32, and a step that only updated metrics none (the
+  updates wait up to METRICS_DELAY_S for an event: one message a token cost a lone request
+  that does not stream 10% of its latency, bench/engine.md, step 19).
 The heartbeat is a shared double the engine writes every iteration, so /readyz sees a hung
 engine without a message. The scheduler's metrics are recorded in the engine process
 (`RecordedMetrics`) and replayed on the server's registry before the batch's events are
@@ -50,6 +52,9 @@ log = logging.getLogger(__name__)
 
 LOAD_TIMEOUT_S = 300.0  # loading the bundle and building ORT's sessions, in the engine process
 POLL_S = 0.1  # how often the engine process's main thread checks its engine thread
+# Longest a metric update waits for an event to travel with (Outbox.flush); an idle engine
+# beats every IDLE_WAIT_S (engine.py), so /metrics lags the engine by ~0.1 s at most.
+METRICS_DELAY_S = 0.05
 
 # one scheduler metric update: Metrics attribute, label values, method (observe, inc, set), value
 MetricOp = tuple[str, tuple[str, ...], str, float]
@@ -121,6 +126,7 @@ class Outbox:
         self.events: list[tuple[str, Event]] = []
         self._ready_sent = False
         self._lock = threading.Lock()
+        self._sent_at = 0.0  # when flush last sent
 
     def sink(self, request_id: str) -> functools.partial[None]:
         return functools.partial(self._event, request_id)
@@ -140,12 +146,18 @@ class Outbox:
         self.flush()
 
     def flush(self) -> None:
-        if self.events or self.metrics.ops:
+        """Send what is pending if it holds an event, or metric updates that have waited
+        METRICS_DELAY_S. A step that only updated metrics (every step of a request that does not
+        stream) is not worth a message: its updates ride with the next event, which carries all
+        that came before it, so a client holding its answer still finds it counted."""
+        now = time.monotonic()
+        if self.events or (self.metrics.ops and now - self._sent_at >= METRICS_DELAY_S):
             # send pickles at once, so the lists can be emptied in place after it (the scheduler's
             # series hold `metrics.ops` itself: it is cleared, never replaced)
             self.send(("batch", self.metrics.ops, self.events))
             self.metrics.ops.clear()
             self.events.clear()
+            self._sent_at = now
 
 
 def run_engine_process(
