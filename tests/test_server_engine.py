@@ -115,6 +115,40 @@ def test_each_row_of_a_mixed_batch_draws_what_it_draws_alone_and_the_logits_stay
     assert sample(logits, rows())[1] != logits[1].argmax()  # its ban holds in the batch
 
 
+def test_a_lone_row_draws_what_the_batched_sampler_draws_for_it() -> None:
+    """`sample` takes a shortcut for a batch of one (_sample_row); the first row of a batch of
+    two goes the batched way with the same arithmetic, so both must give the same token for the
+    same generator, over peaked, flat and tied logits and every parameter."""
+    rng = np.random.default_rng(12)
+    choices: list[dict[str, float]] = [
+        {"temperature": 0.0},
+        {"top_p": 0.95},
+        {"top_p": 0.5},
+        {"temperature": 1.3, "top_p": 0.999},
+        {"top_p": 1.0},
+        {"top_k": 20, "top_p": 0.9},
+        {"repetition_penalty": 1.3, "top_p": 0.9},
+    ]
+    never = np.array([3, 7], np.int64)
+    for case in range(300):
+        vocab = int(rng.choice([40, 700, 7083]))
+        logits = (rng.normal(size=(2, vocab)) * rng.choice([0.3, 2.0, 6.0])).astype(np.float32)
+        if case % 3 == 0:
+            logits = np.round(logits)  # ties
+        params = choices[case % len(choices)]
+
+        def made(seed: int, p: dict[str, float] = params, n: int = vocab) -> Row:
+            r = row(seed=seed, **p)
+            r.generated, r.banned = rng.integers(0, n, 5).tolist(), rng.integers(0, n, 2).tolist()
+            return r
+
+        alone, mate = made(case), made(case + 1000)
+        batched = made(case)
+        batched.generated, batched.banned = alone.generated, alone.banned
+        expected = int(sample(logits, [batched, mate], never)[0])
+        assert int(sample(logits[:1], [alone], never)[0]) == expected, (case, params)
+
+
 def test_never_tokens_are_never_sampled() -> None:
     logits = np.random.default_rng(6).normal(size=(4, 40)).astype(np.float32)
     never = np.unique(logits.argmax(axis=1))
