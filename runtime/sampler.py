@@ -300,7 +300,7 @@ def _sample_row(logits: np.ndarray, row: Row, never: np.ndarray | None) -> int:
         token, p = found[order], p[order]
         kept = np.where(np.cumsum(p) - p < mass, p, 0.0)
         running = np.cumsum(kept)
-        index = np.count_nonzero((running - kept) + kept <= u * running[-1])
+        index = int(np.count_nonzero((running - kept) + kept <= u * running[-1]))
         return int(token[min(index, token.size - 1)])
     return int(_draw_by_buckets(probs[None], np.array([mass]), np.array([u]))[0])
 
