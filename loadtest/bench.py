@@ -50,6 +50,7 @@ BENCH_TASK, BENCH_WORDS, BENCH_BUDGET = "t2i_prompt", 20, 48
 @dataclass
 class Phases:
     unloaded_requests: int
+    unloaded_s: float  # at most this long: a slow baseline answers fewer
     saturation_s: float
     open_s: float
     warmup_s: float
@@ -58,9 +59,9 @@ class Phases:
     calibrate_s: float  # each thread count's closed loop, for the peers (best_threads)
 
 
-FULL = Phases(unloaded_requests=10, saturation_s=15.0, open_s=12.0, warmup_s=3.0,
+FULL = Phases(unloaded_requests=40, unloaded_s=15.0, saturation_s=15.0, open_s=12.0, warmup_s=3.0,
               fractions=(0.25, 0.5, 1.0), static_batches=(1, 16, 32), calibrate_s=5.0)  # fmt: skip
-QUICK = Phases(unloaded_requests=3, saturation_s=3.0, open_s=3.0, warmup_s=0.5, fractions=(0.5,),
+QUICK = Phases(unloaded_requests=3, unloaded_s=15.0, saturation_s=3.0, open_s=3.0, warmup_s=0.5, fractions=(0.5,),
                static_batches=(1, 4), calibrate_s=1.0)  # fmt: skip
 
 
@@ -167,7 +168,12 @@ def measure_system(url: str, system: System, phases: Phases) -> dict[str, Any]:
     """Unloaded, saturation, then open loop at fractions of saturation, on one running server."""
     warm_up(url, system)
     figures: dict[str, Any] = {"load_before": os.getloadavg()}
-    figures["unloaded"] = load(url, 1, None, phases.unloaded_requests, 120.0, 0.0, system.streams)
+    # Unloaded as every peer answers (whole), so the latencies compare and the tail ratio's p50 is
+    # of the same kind of request as the open-loop p99; where the server streams, a second run
+    # of streamed requests gives the time to first token (and what streaming adds).
+    figures["unloaded"] = load(url, 1, None, phases.unloaded_requests, phases.unloaded_s, 0.0, False)
+    if system.streams:
+        figures["unloaded_stream"] = load(url, 1, None, phases.unloaded_requests, phases.unloaded_s, 0.0, True)
     sat = load(url, system.concurrency, None, 100_000, phases.saturation_s + phases.warmup_s,
                phases.warmup_s, False)  # fmt: skip
     figures["saturation"] = sat

@@ -213,7 +213,10 @@ def test_bench_quick_mode_wires_every_phase_into_results(tiny_checkpoint: Path, 
         assert system["saturation"]["tokens_per_s"] > 0 and system["saturation"]["errors"] == {}
         assert [r["fraction"] for r in system["open"]] == [0.5]
         assert system["label"] in text
-    assert tiny["ours_int8"]["unloaded"]["ttft_ms"] is not None  # ours streams: TTFT measured
+    # unloaded answered whole by every system; ours also streamed, for the TTFT
+    assert all(s["unloaded"]["ttft_ms"] is None for s in tiny.values())
+    assert tiny["ours_int8"]["unloaded_stream"]["ttft_ms"] is not None
+    assert "unloaded_stream" not in tiny["naive"]
     # each peer is measured at the thread count that served it best in its trial, and says so
     counts = {str(t) for t in {1, os.cpu_count() or 1}}
     for key in set(systems) - {"ours_int8"}:
