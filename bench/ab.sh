@@ -11,9 +11,13 @@
 # --max-queue 256 FLAGS`, warms it with 6 s of a closed loop of 32, prints the load average,
 # runs `python -m loadtest run` with the given flags, and stops it; A then B, ROUNDS times
 # (default 2). Reports and server logs go under $OUT (default artifacts/bench_ab).
+# A_DIR / B_DIR (default: here) run each side's server from another checkout, for a commit
+# against another: `git worktree add /tmp/before <commit>`, then
+#   A_DIR=/tmp/before bench/ab.sh artifacts/bundle "" "" -- <loadtest run flags>
+# (the bundle path is taken from here; PY must be an absolute path or on PATH).
 # Run it on an otherwise idle machine: two busy processes on two cores slow each other.
 set -euo pipefail
-BUNDLE=$1
+BUNDLE=$(realpath "$1")
 A=$2
 B=$3
 shift 3
@@ -28,10 +32,11 @@ URL="http://127.0.0.1:$PORT"
 for round in $(seq 1 "$ROUNDS"); do
     for side in A B; do
         flags=$A
-        [[ $side == B ]] && flags=$B
+        dir=${A_DIR:-.}
+        [[ $side == B ]] && flags=$B && dir=${B_DIR:-.}
         # shellcheck disable=SC2086  # the flags are words
-        $PY -m server serve --bundle "$BUNDLE" --port "$PORT" --variant int8 --max-batch-size 32 \
-            --max-queue 256 $flags >"$OUT/server-$side-$round.log" 2>&1 &
+        (cd "$dir" && exec $PY -m server serve --bundle "$BUNDLE" --port "$PORT" --variant int8 \
+            --max-batch-size 32 --max-queue 256 $flags) >"$OUT/server-$side-$round.log" 2>&1 &
         pid=$!
         until curl -sf "$URL/readyz" >/dev/null; do
             kill -0 "$pid" 2>/dev/null || { echo "server $side died, see $OUT/server-$side-$round.log" >&2; exit 1; }
