@@ -399,5 +399,8 @@ class Sampler:
             assert isinstance(self.runner, OnnxRunner), "only a mixed ONNX graph prefills prompts in a step"
             logits, present = self.runner.forward(input_ids, attention_mask, position_ids, past, prompts)
         forward_s = time.perf_counter() - start
-        tokens = sample(logits[logits_rows], rows, self.never)
+        # Each row its own logits row, in order (a decode step's usual case): no gathered copy,
+        # sample() copies them anyway (~40 us at 32 rows of the tiny default's vocabulary).
+        own_rows = logits_rows.size == logits.shape[0] and np.array_equal(logits_rows, np.arange(logits.shape[0]))
+        tokens = sample(logits if own_rows else logits[logits_rows], rows, self.never)
         return SampledStep(tokens, present, logits, forward_s)

@@ -417,7 +417,8 @@ class Scheduler:
             self.before_forward()
         result = self.sampler.run(input_ids, mask, positions, past, prepared, logits_rows, prompts=prompts)
         self._forward[phase].observe(result.forward_s)  # with device sampling: the sampling too
-        self._batch_size[phase].observe(len(np.unique(logits_rows)))  # prompts in a prefill, live rows in a decode
+        # prompts in a prefill, live rows in a decode (a set: np.unique was 2% of a lone request's step)
+        self._batch_size[phase].observe(len(set(logits_rows.tolist())))
         self._append(result.tokens, rows)
         return result.present
 
