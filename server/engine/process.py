@@ -53,7 +53,8 @@ log = logging.getLogger(__name__)
 LOAD_TIMEOUT_S = 300.0  # loading the bundle and building ORT's sessions, in the engine process
 POLL_S = 0.1  # how often the engine process's main thread checks its engine thread
 # Longest a metric update waits for an event to travel with (Outbox.flush); an idle engine
-# beats every IDLE_WAIT_S (engine.py), so /metrics lags the engine by ~0.1 s at most.
+# beats every IDLE_WAIT_S (engine.py), so /metrics lags a working engine by ~0.1 s at most (a
+# hung one's last updates wait until it moves again; /readyz sees the hang by its heartbeat).
 METRICS_DELAY_S = 0.05
 
 # one scheduler metric update: Metrics attribute, label values, method (observe, inc, set), value
