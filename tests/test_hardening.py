@@ -500,6 +500,39 @@ def test_a_failed_forward_spares_requests_that_wait(tiny_bundle: Path, tmp_path:
         process.stop()
 
 
+def test_a_request_to_a_hung_engine_fails_at_its_deadline_plus_the_backstop(tiny_bundle: Path, tmp_path: Path) -> None:
+    """The engine enforces deadlines; when it hangs, the server's backstop (one timer a request,
+    BACKSTOP_S past its deadline) answers 504 for it, whole or streamed, and counts it."""
+    process = ServerProcess(tiny_bundle, tmp_path / "server.log", variant="fp32", fault_inject="hang@2")
+    answers: dict[str, Any] = {}
+
+    def ask(stream: bool) -> None:
+        started = time.monotonic()
+        body = {**GOOD, "timeout": 1, "stream": stream}
+        response = httpx.post(f"{process.url}{NATIVE}", json=body, timeout=30)
+        answers[f"stream={stream}"] = (response, time.monotonic() - started)
+
+    try:
+        threads = [threading.Thread(target=ask, args=(stream,)) for stream in (False, True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+        whole, whole_s = answers["stream=False"]
+        assert whole.status_code == 504 and whole.json()["error"]["type"] == "deadline_exceeded"
+        streamed, streamed_s = answers["stream=True"]
+        assert streamed.status_code == 200  # the stream had started: its failure is its last event
+        event, data = streamed.text.strip().split("\n\n")[-1].split("\n")
+        assert (
+            event == "event: error" and json.loads(data.removeprefix("data:"))["error"]["type"] == "deadline_exceeded"
+        )
+        assert 5.5 < whole_s < 15 and 5.5 < streamed_s < 15  # the 1 s deadline, then the 5 s backstop
+        counted = {labels: v for (name, labels), v in process.metrics().items() if name == "promptgen_requests_total"}
+        assert sum(v for labels, v in counted.items() if ("status", "504") in labels) == 2
+    finally:
+        process.stop()
+
+
 @pytest.mark.parametrize(
     ("mode", "engine_process", "status"),
     [

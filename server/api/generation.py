@@ -37,6 +37,7 @@ R = TypeVar("R")
 
 MAX_STOP_STRINGS = 4
 RETRY_AFTER_S = "1"
+BACKSTOP_S = 5.0  # past a request's deadline, the server fails it if the engine has not
 # how the engine's reasons for giving up map to HTTP (499: nginx's "client closed request")
 FAILURES = {
     "deadline": (504, "deadline_exceeded"),
@@ -96,6 +97,7 @@ class GenerationCall:
         self.samples: list[SampleDone] = []
         self.log_fields: dict[str, Any] = {}
         self._closed = False
+        self._backstop: asyncio.TimerHandle | None = None  # set in prepare(), cancelled in close()
 
     # --- admission and preparation ----------------------------------------------------
 
@@ -193,20 +195,25 @@ class GenerationCall:
         if settings.log_request_text:
             self.log_fields["input"] = intent
         state.engine.submit(self.request)
+        wait = max(self.request.deadline - time.monotonic() + BACKSTOP_S, 0.1)
+        self._backstop = asyncio.get_running_loop().call_later(wait, self._engine_silent)
         return controls.model_copy(update={"length": length})
 
     # --- waiting for the engine -------------------------------------------------------
 
     async def _next_event(self) -> Event:
-        """The next event; if the engine stops answering, fail rather than hang (the
-        engine enforces the deadline itself; this is the backstop)."""
-        assert self.request is not None and self.events_in is not None
-        backstop = self.request.deadline - time.monotonic() + 5.0
-        try:
-            return await asyncio.wait_for(self.events_in.get(), timeout=max(backstop, 0.1))
-        except TimeoutError:
-            self.state.engine.abort(self.engine_id)
-            return RequestFailed("deadline", "the engine did not answer before the deadline")
+        """The next event. If the engine stops answering, the backstop timer set in `prepare`
+        fails the request rather than let it hang."""
+        assert self.events_in is not None
+        return await self.events_in.get()
+
+    def _engine_silent(self) -> None:
+        """The backstop: BACKSTOP_S past the deadline (which the engine enforces itself) and the
+        request is not done. One timer per request, not an `asyncio.wait_for` per event: that
+        cost a streamed token ~6 us more on the event loop."""
+        assert self.events_in is not None
+        self.state.engine.abort(self.engine_id)
+        self.events_in.put(RequestFailed("deadline", "the engine did not answer before the deadline"))
 
     def _fail(self, failure: RequestFailed) -> ApiError:
         status, kind = FAILURES.get(failure.reason, (500, "internal_error"))
@@ -305,6 +312,8 @@ class GenerationCall:
         if self._closed:
             return
         self._closed = True
+        if self._backstop is not None:
+            self._backstop.cancel()
         self.state.engine.release()
         self._record(status, reason, error_id)
 
