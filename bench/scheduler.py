@@ -88,8 +88,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from tokenizers import Tokenizer
 
-from contract.command import prompt_ids
-from contract.positions import position_offset
+from loadtest.inprocess import lone_request
 from loadtest.roofline import best_seconds
 from runtime import sampler as sampler_module
 from runtime.allocator import retain_freed_memory
@@ -98,7 +97,6 @@ from runtime.onnx_runner import OnnxRunner, Prompts
 from runtime.padding import pad
 from runtime.sampler import (
     Row,
-    SamplingParams,
     _draw_by_buckets,
     _draw_from_sorted_candidates,
     _sample_nucleus,
@@ -138,14 +136,7 @@ def load(bundle: Path, retain: bool = True) -> tuple[OnnxRunner, Tokenizer]:
 def request(
     runner: OnnxRunner, tokenizer: Tokenizer, i: int, new_tokens: int, sink: Callable[[Event], None]
 ) -> GenerationRequest:
-    ids = prompt_ids(tokenizer, runner.manifest.command, "t2i_prompt", 20, "high", INTENTS[i % len(INTENTS)])
-    params = SamplingParams(temperature=0.8, top_p=0.95)
-    # as the API builds it (server/api/generation.py): the tiny default counts its output
-    # positions down from `words`, after the prompt's offset
-    offset = position_offset(runner.manifest.command, len(ids))
-    return GenerationRequest(
-        f"r{i}", ids, 1, params, max_new_tokens=new_tokens, sink=sink, seed=i, words=20, position_offset=offset
-    )
+    return lone_request(runner, tokenizer, i, new_tokens, sink, INTENTS)
 
 
 def timed(name: str, counts: Counter[str], seconds: Counter[str], function: Callable[..., Any]) -> Callable[..., Any]:

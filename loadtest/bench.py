@@ -187,6 +187,16 @@ def measure_system(url: str, system: System, phases: Phases) -> dict[str, Any]:
     return figures
 
 
+def inprocess(bundle: Path, requests: int) -> dict[str, Any]:
+    """Ours without HTTP, one request at a time, in a process of its own (loadtest/inprocess.py):
+    ms per decode step and ORT's forward in it."""
+    command = [sys.executable, "-m", "loadtest.inprocess", str(bundle), "--requests", str(max(requests, 1)),
+               "--new-tokens", str(BENCH_BUDGET)]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
+    figures: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return figures
+
+
 def ct2_static(model: BenchModel, batches: tuple[int, ...]) -> dict[str, dict[str, Any]]:
     """CTranslate2 in-process, no HTTP: generated tokens/s at static batch sizes (its best case),
     each batch at each thread count (`thread_trial`) and at the fastest (`threads`)."""
@@ -272,6 +282,9 @@ def run(args: argparse.Namespace) -> int:
         model = prepare(name, Path(args.checkpoint), Path(args.bundle), work)
         entry: dict[str, Any] = {"parameters": model.parameters, "bundle": str(model.bundle), "systems": {}}
         entry["ct2_static"] = ct2_static(model, phases.static_batches)
+        if not args.systems or "ours_int8" in args.systems:
+            entry["inprocess"] = inprocess(model.bundle, phases.unloaded_requests // 4)
+            print(f"   ours in-process, one request at a time: {entry['inprocess']}", flush=True)
         for system in [s for s in systems(model) if not args.systems or s.key in args.systems]:
             print(f"== {name}: {system.label}", flush=True)
             log = work / "logs" / f"{name}_{system.key}.log"

@@ -112,6 +112,15 @@ def model_section(name: str, entry: dict[str, Any], roof: dict[str, Any]) -> lis
             f" saturation spends {ms(step32)} ms per 32 tokens (prefills, sampling and HTTP included):"
             f" {100 * roofline32 / step32 if step32 else 0:.0f}% of the roofline.",
         ]
+        alone = entry.get("inprocess")
+        if alone:
+            lines.append(
+                f"Without HTTP (one request at a time through the engine's scheduler in a process of its own,"
+                f" `python -m loadtest.inprocess BUNDLE`), a decode step takes {alone['step_ms']:.2f} ms,"
+                f" {alone['step_ms'] / memory:.2f}x the floor; ORT's forward in it {alone['forward_ms']:.2f} ms,"
+                f" {alone['forward_ms'] / memory:.2f}x. The rest of the time per token above is the engine's"
+                " host work, the prefill and HTTP."
+            )
         half = at_half(systems["ours_int8"])
         if half:
             p99, p50 = half["latency_ms"]["p99"], unloaded["latency_ms"]["p50"]

@@ -217,6 +217,9 @@ def test_bench_quick_mode_wires_every_phase_into_results(tiny_checkpoint: Path, 
     assert all(s["unloaded"]["ttft_ms"] is None for s in tiny.values())
     assert tiny["ours_int8"]["unloaded_stream"]["ttft_ms"] is not None
     assert "unloaded_stream" not in tiny["naive"]
+    alone = figures["models"]["tiny"]["inprocess"]  # ours without HTTP, a lone request's steps
+    assert alone["requests"] >= 1 and alone["step_ms"] > alone["forward_ms"] > 0
+    assert "Without HTTP (one request at a time through the engine's scheduler" in text
     # each peer is measured at the thread count that served it best in its trial, and says so
     counts = {str(t) for t in {1, os.cpu_count() or 1}}
     for key in set(systems) - {"ours_int8"}:
