@@ -3,6 +3,7 @@
     python bench/scheduler.py rebuilds BUNDLE [--lag 2] [--requests 192] [--no-retain] [--hold | --no-hold]
                                               [--no-mix] [--no-spin] [--device-sampling on] [--threads auto]
     python bench/scheduler.py unloaded BUNDLE [--requests 3] [--no-mix] [--no-spin] [--threads auto]
+    python bench/scheduler.py lone BUNDLE [--requests 10] [--new-tokens 48]
     python bench/scheduler.py kernels
     python bench/scheduler.py burst BUNDLE [--budgets 0 64 128 256] [--no-mix] [--no-spin]
     python bench/scheduler.py topp
@@ -22,6 +23,10 @@
   waits for company (scheduler.HOLD_ABOVE) even where joiners are prefilled in the decode step
   (by default it waits only where they are not).
 - unloaded: one request at a time (48 new tokens): ms per step, and ORT's share of it.
+- lone: the same through the engine built as the server builds it (`build_engine`, the server's
+  default settings, INT8 on the CPU): one JSON line with the median ms per decode step and of ORT's
+  forward in it over `--requests` lone requests. `make bench` runs it in a process of its own and
+  puts it beside the HTTP figures in bench/RESULTS.md.
 - kernels: ORT's dynamic INT8 MatMul on one GPT-2 small MLP weight at batch 1/8/32,
   GroupQueryAttention over a GPT-2 small batch of 32 ragged rows (12 layers) with the cache in
   fp32, fp16 and int8 and with padded query chunks, numpy reading 49 of C columns per row (the
@@ -71,6 +76,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 import threading
@@ -88,7 +94,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 from tokenizers import Tokenizer
 
-from loadtest.inprocess import lone_request
+from contract.command import prompt_ids
+from contract.manifest import load_manifest
+from contract.positions import position_offset
 from loadtest.roofline import best_seconds
 from runtime import sampler as sampler_module
 from runtime.allocator import retain_freed_memory
@@ -97,12 +105,15 @@ from runtime.onnx_runner import OnnxRunner, Prompts
 from runtime.padding import pad
 from runtime.sampler import (
     Row,
+    SamplingParams,
     _draw_by_buckets,
     _draw_from_sorted_candidates,
     _sample_nucleus,
     make_generator,
 )
+from server.config import Settings
 from server.engine import scheduler as scheduler_module
+from server.engine.engine import build_engine
 from server.engine.request import Event, GenerationRequest, RequestDone
 from server.engine.scheduler import Scheduler
 from server.metrics import Metrics
@@ -136,7 +147,14 @@ def load(bundle: Path, retain: bool = True) -> tuple[OnnxRunner, Tokenizer]:
 def request(
     runner: OnnxRunner, tokenizer: Tokenizer, i: int, new_tokens: int, sink: Callable[[Event], None]
 ) -> GenerationRequest:
-    return lone_request(runner, tokenizer, i, new_tokens, sink, INTENTS)
+    ids = prompt_ids(tokenizer, runner.manifest.command, "t2i_prompt", 20, "high", INTENTS[i % len(INTENTS)])
+    params = SamplingParams(temperature=0.8, top_p=0.95)
+    # as the API builds it (server/api/generation.py): the tiny default counts its output
+    # positions down from `words`, after the prompt's offset
+    offset = position_offset(runner.manifest.command, len(ids))
+    return GenerationRequest(
+        f"r{i}", ids, 1, params, max_new_tokens=new_tokens, sink=sink, seed=i, words=20, position_offset=offset
+    )
 
 
 def timed(name: str, counts: Counter[str], seconds: Counter[str], function: Callable[..., Any]) -> Callable[..., Any]:
@@ -371,6 +389,30 @@ def unloaded(bundle: Path, requests: int) -> None:
         wall = time.perf_counter() - start
         if i:
             print(f"request {i}: {1000 * wall / steps:.2f} ms per step over {steps}, ORT {100 * ort_s[0] / wall:.0f}%")
+
+
+def lone(bundle: Path, requests: int, new_tokens: int) -> None:
+    manifest = load_manifest(bundle)
+    tokenizer = Tokenizer.from_file(str(bundle / manifest.tokenizer_file))
+    settings = Settings(bundle=bundle, variant="int8", provider="cpu")
+    scheduler = build_engine(settings, manifest, tokenizer, Metrics("lone")).scheduler
+    runner = scheduler.runner
+    steps_ms: list[float] = []
+    forward_ms: list[float] = []
+    for i in range(requests + 1):  # the first warms up
+        events: list[Event] = []
+        scheduler.add(request(runner, tokenizer, i, new_tokens, events.append))
+        scheduler.step()  # its prefill
+        ort, steps, start = 0.0, 0, time.perf_counter()
+        while not any(isinstance(e, RequestDone) for e in events):
+            scheduler.step()
+            ort, steps = ort + runner.last_run_s, steps + 1
+        if i and steps:
+            steps_ms.append(1000 * (time.perf_counter() - start) / steps)
+            forward_ms.append(1000 * ort / steps)
+    figures = {"requests": len(steps_ms), "step_ms": float(np.median(steps_ms)),
+               "forward_ms": float(np.median(forward_ms)), "intra_op_threads": runner.intra_op_threads}  # fmt: skip
+    print(json.dumps(figures))
 
 
 def openloop(bundle: Path, rates: list[float], seconds: float, warmup_s: float) -> None:
@@ -755,6 +797,10 @@ def main() -> None:
     u = sub.add_parser("unloaded")
     u.add_argument("bundle", type=Path)
     u.add_argument("--requests", type=int, default=3)
+    lo = sub.add_parser("lone")
+    lo.add_argument("bundle", type=Path)
+    lo.add_argument("--requests", type=int, default=10)
+    lo.add_argument("--new-tokens", type=int, default=48)
     sub.add_parser("kernels")
     b = sub.add_parser("burst")
     b.add_argument("bundle", type=Path)
@@ -801,6 +847,8 @@ def main() -> None:
         rebuilds(args.bundle, args.lag, args.requests, args.retain, args.hold)
     elif args.command == "unloaded":
         unloaded(args.bundle, args.requests)
+    elif args.command == "lone":
+        lone(args.bundle, args.requests, args.new_tokens)
     elif args.command == "kernels":
         kernels()
     elif args.command == "mixed":
