@@ -2,8 +2,7 @@
 
     python bench/scheduler.py rebuilds BUNDLE [--lag 2] [--requests 192] [--no-retain] [--hold | --no-hold]
                                               [--no-mix] [--no-spin] [--device-sampling on] [--threads auto]
-    python bench/scheduler.py unloaded BUNDLE [--requests 3] [--no-mix] [--no-spin] [--threads auto]
-    python bench/scheduler.py lone BUNDLE [--requests 10] [--new-tokens 48]
+    python bench/scheduler.py unloaded BUNDLE [--requests 3] [--new-tokens 48] [--no-mix] [--no-spin] [--threads auto]
     python bench/scheduler.py kernels
     python bench/scheduler.py burst BUNDLE [--budgets 0 64 128 256] [--no-mix] [--no-spin]
     python bench/scheduler.py topp
@@ -22,11 +21,11 @@
   `--no-hold` / `--hold`: a lone joiner is admitted at once even when the batch is nearly full, or
   waits for company (scheduler.HOLD_ABOVE) even where joiners are prefilled in the decode step
   (by default it waits only where they are not).
-- unloaded: one request at a time (48 new tokens): ms per step, and ORT's share of it.
-- lone: the same through the engine built as the server builds it (`build_engine`, the server's
-  default settings, INT8 on the CPU): one JSON line with the median ms per decode step and of ORT's
-  forward in it over `--requests` lone requests. `make bench` runs it in a process of its own and
-  puts it beside the HTTP figures in bench/RESULTS.md.
+- unloaded: one request at a time through the engine as the server builds it (`build_engine`):
+  per request, ms per decode step after its prefill and ORT's share of it; then one JSON line with
+  the medians, which `make bench` runs in a process of its own and puts beside the HTTP figures in
+  bench/RESULTS.md. (Before 2026-12-05 21:00 UTC it built its own runner, a new Scheduler per
+  request, and counted the prefill as a step.)
 - kernels: ORT's dynamic INT8 MatMul on one GPT-2 small MLP weight at batch 1/8/32,
   GroupQueryAttention over a GPT-2 small batch of 32 ragged rows (12 layers) with the cache in
   fp32, fp16 and int8 and with padded query chunks, numpy reading 49 of C columns per row (the
@@ -288,11 +287,13 @@ def sampling(bundle: Path, steps: int) -> None:
     recorded: list[tuple[np.ndarray, list[Row], np.ndarray | None]] = []
     record = sampler_module.sample
 
-    def recording(logits: np.ndarray, rows: list[Row], never: np.ndarray | None = None) -> np.ndarray:
+    def recording(
+        logits: np.ndarray, rows: list[Row], never: np.ndarray | None = None, logits_rows: np.ndarray | None = None
+    ) -> np.ndarray:
         if len(recorded) < steps and len(rows) == 32:
             state = [Row(r.params, r.generator, list(r.generated), list(r.banned), list(r.never)) for r in rows]
-            recorded.append((logits.copy(), state, never))
-        return record(logits, rows, never)
+            recorded.append((logits.copy() if logits_rows is None else logits[logits_rows], state, never))
+        return record(logits, rows, never, logits_rows)
 
     sampler_module.sample = recording
     scheduler = Scheduler(runner, tokenizer, Metrics("bench"), max_batch_size=32)
@@ -364,38 +365,22 @@ def sideload(bundle: Path, ms: float, rate: float, seconds: float) -> None:
         print(f"{kind}: {tokens_per_s:,.0f} tokens/s, the side thread busy {share:.0%} of the time")
 
 
-def unloaded(bundle: Path, requests: int) -> None:
-    """One request at a time: ms per scheduler step, and how much of it is ORT's forward."""
-    runner, tokenizer = load(bundle)
-    forward = runner.forward
-    ort_s = [0.0]
-
-    def timed_forward(*args: Any) -> Any:
-        result = forward(*args)
-        ort_s[0] += runner.last_run_s
-        return result
-
-    runner.forward = timed_forward  # type: ignore[method-assign]
-    for i in range(requests + 1):  # the first one warms up
-        done: list[RequestDone] = []
-        scheduler = Scheduler(runner, tokenizer, Metrics(f"u{i}"), max_batch_size=32)
-        ort_s[0], steps, start = 0.0, 0, time.perf_counter()
-        scheduler.add(
-            request(runner, tokenizer, i, 48, lambda e, d=done: d.append(e) if isinstance(e, RequestDone) else None)
-        )
-        while not done:
-            scheduler.step()
-            steps += 1
-        wall = time.perf_counter() - start
-        if i:
-            print(f"request {i}: {1000 * wall / steps:.2f} ms per step over {steps}, ORT {100 * ort_s[0] / wall:.0f}%")
-
-
-def lone(bundle: Path, requests: int, new_tokens: int) -> None:
+def unloaded(bundle: Path, requests: int, new_tokens: int) -> None:
+    """One request at a time through the engine built as the server builds it (`build_engine`,
+    the runner options above): per request, ms per decode step after its prefill and ORT's share;
+    then one JSON line with the medians (what `make bench` reads)."""
     manifest = load_manifest(bundle)
     tokenizer = Tokenizer.from_file(str(bundle / manifest.tokenizer_file))
-    settings = Settings(bundle=bundle, variant="int8", provider="cpu")
-    scheduler = build_engine(settings, manifest, tokenizer, Metrics("lone")).scheduler
+    settings = Settings(
+        bundle=bundle,
+        variant="int8",
+        provider="cpu",
+        mixed_prefill=RUNNER_OPTIONS["mixed_prefill"],
+        ort_spinning=RUNNER_OPTIONS["spinning"],
+        device_sampling=RUNNER_OPTIONS["device_sampling"],
+        intra_op_threads=RUNNER_OPTIONS["intra_op_threads"],
+    )
+    scheduler = build_engine(settings, manifest, tokenizer, Metrics("unloaded")).scheduler
     runner = scheduler.runner
     steps_ms: list[float] = []
     forward_ms: list[float] = []
@@ -407,9 +392,11 @@ def lone(bundle: Path, requests: int, new_tokens: int) -> None:
         while not any(isinstance(e, RequestDone) for e in events):
             scheduler.step()
             ort, steps = ort + runner.last_run_s, steps + 1
+        wall = time.perf_counter() - start
         if i and steps:
-            steps_ms.append(1000 * (time.perf_counter() - start) / steps)
+            steps_ms.append(1000 * wall / steps)
             forward_ms.append(1000 * ort / steps)
+            print(f"request {i}: {steps_ms[-1]:.2f} ms per decode step over {steps}, ORT {100 * ort / wall:.0f}%")
     figures = {"requests": len(steps_ms), "step_ms": float(np.median(steps_ms)),
                "forward_ms": float(np.median(forward_ms)), "intra_op_threads": runner.intra_op_threads}  # fmt: skip
     print(json.dumps(figures))
@@ -797,10 +784,7 @@ def main() -> None:
     u = sub.add_parser("unloaded")
     u.add_argument("bundle", type=Path)
     u.add_argument("--requests", type=int, default=3)
-    lo = sub.add_parser("lone")
-    lo.add_argument("bundle", type=Path)
-    lo.add_argument("--requests", type=int, default=10)
-    lo.add_argument("--new-tokens", type=int, default=48)
+    u.add_argument("--new-tokens", type=int, default=48)
     sub.add_parser("kernels")
     b = sub.add_parser("burst")
     b.add_argument("bundle", type=Path)
@@ -846,9 +830,7 @@ def main() -> None:
     if args.command == "rebuilds":
         rebuilds(args.bundle, args.lag, args.requests, args.retain, args.hold)
     elif args.command == "unloaded":
-        unloaded(args.bundle, args.requests)
-    elif args.command == "lone":
-        lone(args.bundle, args.requests, args.new_tokens)
+        unloaded(args.bundle, args.requests, args.new_tokens)
     elif args.command == "kernels":
         kernels()
     elif args.command == "mixed":

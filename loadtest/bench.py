@@ -189,12 +189,12 @@ def measure_system(url: str, system: System, phases: Phases) -> dict[str, Any]:
 
 def inprocess(bundle: Path, requests: int) -> dict[str, Any] | None:
     """Ours without HTTP, one request at a time, in a process of its own (`python
-    bench/scheduler.py lone`: the engine as the server builds it): ms per decode step and ORT's
+    bench/scheduler.py unloaded`: the engine as the server builds it): ms per decode step and ORT's
     forward in it. None where the checkout's bench/ is not there (an installed package)."""
     script = Path(__file__).resolve().parents[1] / "bench" / "scheduler.py"
     if not script.is_file():
         return None
-    command = [sys.executable, str(script), "lone", str(bundle), "--requests", str(max(requests, 1)),
+    command = [sys.executable, str(script), "unloaded", str(bundle), "--requests", str(max(requests, 1)),
                "--new-tokens", str(BENCH_BUDGET)]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
     figures: dict[str, Any] = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("{")))

@@ -116,7 +116,7 @@ def model_section(name: str, entry: dict[str, Any], roof: dict[str, Any]) -> lis
         if alone:
             lines.append(
                 f"Without HTTP (one request at a time through the engine's scheduler in a process of its own,"
-                f" `python bench/scheduler.py lone BUNDLE`), a decode step takes {alone['step_ms']:.2f} ms,"
+                f" `python bench/scheduler.py unloaded BUNDLE`), a decode step takes {alone['step_ms']:.2f} ms,"
                 f" {alone['step_ms'] / memory:.2f}x the floor; ORT's forward in it {alone['forward_ms']:.2f} ms,"
                 f" {alone['forward_ms'] / memory:.2f}x. The rest of the time per token above is the engine's"
                 " host work, the prefill and HTTP."

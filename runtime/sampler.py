@@ -212,16 +212,20 @@ def _bucket_in_order(
     return row_of, token, kept, kept_sum
 
 
-def sample(logits: np.ndarray, rows: list[Row], never: np.ndarray | None = None) -> np.ndarray:
-    """One token id per row from logits [rows, vocab] (float32). Does not modify `logits`.
+def sample(
+    logits: np.ndarray, rows: list[Row], never: np.ndarray | None = None, logits_rows: np.ndarray | None = None
+) -> np.ndarray:
+    """One token id per row from logits [rows, vocab] (float32), row i from logits row
+    `logits_rows[i]` (default i: the n samples of a request read their one prefill row). Does
+    not modify `logits`: it works on its own copy, gathered and copied in one go.
 
     Batched where it can be (softmax, top-p, the draw), per row where parameters differ
     (penalty, banned tokens, top-k). `never`: token ids no row may produce. Each row's
     result depends only on its own logits, parameters and generator.
     """
     if len(rows) == 1:
-        return np.array([_sample_row(logits[0], rows[0], never)], np.int64)
-    x = np.array(logits, dtype=np.float32, copy=True)
+        return np.array([_sample_row(logits[0 if logits_rows is None else logits_rows[0]], rows[0], never)], np.int64)
+    x = np.asarray(logits.copy() if logits_rows is None else logits[logits_rows], dtype=np.float32)
     if never is not None and never.size:
         x[:, never] = -np.inf  # tokens no output may contain (the command tokens)
     banned_rows: list[int] = []
@@ -263,12 +267,11 @@ def sample(logits: np.ndarray, rows: list[Row], never: np.ndarray | None = None)
 
 
 def _sample_row(logits: np.ndarray, row: Row, never: np.ndarray | None) -> int:
-    """`sample` for a batch of one (a lone request: every step of an unloaded server). The same
-    arithmetic on the same values in the same order, so the same token for the same uniform, less
-    the batch's bookkeeping: 79 -> 43 us a call on the tiny default's own rows (bench/engine.md,
-    step 19). Its candidates' running sums are the batched path's with a single row: each row's
-    sums there start from exactly 0 (_kept_running_mass), and a weighted bincount adds in order,
-    as cumsum does."""
+    """`sample` for a batch of one (a lone request: every step of an unloaded server): the same
+    steps on one row without the batch's bookkeeping, and the same draw (its candidates go to
+    `_draw_from_sorted_candidates` as a batch of one), so the same token for the same uniform.
+    `python bench/scheduler.py sampling BUNDLE`, one row of the tiny default: 0.12-0.13 -> 0.09-0.10
+    ms (bench/engine.md, step 19)."""
     x = np.array(logits, dtype=np.float32, copy=True)
     if never is not None and never.size:
         x[never] = -np.inf
@@ -283,26 +286,19 @@ def _sample_row(logits: np.ndarray, row: Row, never: np.ndarray | None) -> int:
         kth = np.partition(x, x.size - params.top_k)[x.size - params.top_k]
         x[x < kth] = -np.inf
     x -= x.max()
-    probs = np.exp(x, out=x)
-    u = row.generator.random()
+    probs = np.exp(x, out=x)[None]
+    u = np.array([row.generator.random()])
     if params.top_p >= 1.0:
-        return int(_draw(probs[None], np.array([u]))[0])
-    mass = params.top_p * probs.sum(dtype=np.float64)
+        return int(_draw(probs, u)[0])
+    mass = np.array([params.top_p * probs.sum(dtype=np.float64)])
     peak = probs.max()
-    for level in NUCLEUS_CUTS:
+    for level in NUCLEUS_CUTS:  # _sample_nucleus's cuts, for one row
         found = np.flatnonzero(probs >= level * peak)
         if found.size > DENSE_FRACTION * probs.size:
             break  # a flat row: the buckets draw it
-        p = probs[found].astype(np.float64)
-        if np.cumsum(p)[-1] < mass:
-            continue
-        order = np.argsort(-p, kind="stable")  # most likely first, ties lower id first
-        token, p = found[order], p[order]
-        kept = np.where(np.cumsum(p) - p < mass, p, 0.0)
-        running = np.cumsum(kept)
-        index = int(np.count_nonzero((running - kept) + kept <= u * running[-1]))
-        return int(token[min(index, token.size - 1)])
-    return int(_draw_by_buckets(probs[None], np.array([mass]), np.array([u]))[0])
+        if np.cumsum(probs[0, found], dtype=np.float64)[-1] >= mass[0]:  # in order, as its bincount adds
+            return int(_draw_from_sorted_candidates(probs, found, mass, u)[0])
+    return int(_draw_by_buckets(probs, mass, u)[0])
 
 
 def make_generator(seed: int | None, sample_index: int) -> np.random.Generator:
@@ -399,8 +395,5 @@ class Sampler:
             assert isinstance(self.runner, OnnxRunner), "only a mixed ONNX graph prefills prompts in a step"
             logits, present = self.runner.forward(input_ids, attention_mask, position_ids, past, prompts)
         forward_s = time.perf_counter() - start
-        # Each row its own logits row, in order (a decode step's usual case): no gathered copy,
-        # sample() copies them anyway (~40 us at 32 rows of the tiny default's vocabulary).
-        own_rows = logits_rows.size == logits.shape[0] and np.array_equal(logits_rows, np.arange(logits.shape[0]))
-        tokens = sample(logits if own_rows else logits[logits_rows], rows, self.never)
+        tokens = sample(logits, rows, self.never, logits_rows)
         return SampledStep(tokens, present, logits, forward_s)

@@ -111,6 +111,10 @@ def test_each_row_of_a_mixed_batch_draws_what_it_draws_alone_and_the_logits_stay
         together = sample(logits[start:stop], rows()[start:stop])
         alone = [int(sample(logits[i : i + 1], [rows()[i]])[0]) for i in range(start, stop)]
         assert together.tolist() == alone
+    for read in ([2, 0, 2, 5], [3]):  # rows reading logits rows by index, as a prefill's n samples do
+        chosen = [rows()[i] for i in read]
+        by_index = sample(logits, chosen, None, np.array(read))
+        assert by_index.tolist() == sample(logits[read], [rows()[i] for i in read]).tolist()
     np.testing.assert_array_equal(logits, before)
     assert sample(logits, rows())[1] != logits[1].argmax()  # its ban holds in the batch
 
