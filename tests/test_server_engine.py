@@ -25,14 +25,17 @@ from runtime.onnx_runner import OnnxRunner
 from runtime.padding import pad
 from runtime.sampler import (
     DENSE_FRACTION,
+    KEY_SORT_FROM,
     NUCLEUS_CUTS,
     Row,
     SamplingParams,
+    _by_row_most_likely_first,
     _draw_by_buckets,
     _draw_from_sorted_candidates,
     _sample_nucleus,
     apply_repetition_penalty,
     make_generator,
+    row_mass,
     sample,
 )
 from runtime.sampler_graph import build_sampler_graph, sampler_graph
@@ -233,6 +236,37 @@ def test_rows_settling_at_different_cuts_draw_as_the_full_bucketed_draw() -> Non
         assert candidates <= DENSE_FRACTION * probs.size  # so the candidate path draws, not the buckets
         mass = top_p * probs.sum(axis=1, dtype=np.float64)
         assert _sample_nucleus(probs, top_p, u).tolist() == _draw_by_buckets(probs, mass, u).tolist()
+
+
+def test_many_tokens_sort_by_row_then_most_likely_first_as_lexsort_orders_them() -> None:
+    """Past KEY_SORT_FROM tokens the sampler sorts one int64 key made of each token's row and its
+    probability's bits: the same order as np.lexsort on (-p, row), ties (equal probabilities,
+    zeros, the same value in two rows) in their given order, rows given in any order."""
+    rng = np.random.default_rng(13)
+    for size in (KEY_SORT_FROM - 1, KEY_SORT_FROM, 3000):
+        p = rng.dirichlet(np.full(size, 0.05)).astype(np.float32)
+        p[rng.integers(0, size, size // 4)] = np.round(p[: size // 4] * 8) / 8  # ties, zeros, 1.0
+        row_of = rng.integers(0, 32, size)  # rows interleaved, as candidates of several cuts are
+        expected = np.lexsort((-p.astype(np.float64), row_of))
+        assert _by_row_most_likely_first(row_of, p).tolist() == expected.tolist(), size
+
+
+def test_a_rows_mass_is_the_same_wherever_the_row_sits_in_memory() -> None:
+    """A row's total probability must not depend on its batch: a lone row is a fresh copy at its
+    own alignment, a batch's rows sit at offsets of their own (np.einsum's sum fails this on GPT-2's
+    50,257 tokens)."""
+    rng = np.random.default_rng(14)
+    for vocab in (40, 7083, 50257):  # a compact vocabulary, GPT-2's own
+        logits = (rng.normal(size=(16, vocab)) * 4).astype(np.float32)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        batched = row_mass(probs)
+        for i in range(16):
+            buffer = np.empty(vocab + 16, np.float32)
+            offset = int(rng.integers(0, 16))
+            alone = buffer[offset : offset + vocab]
+            alone[...] = probs[i]
+            assert row_mass(alone[None])[0] == batched[i], (vocab, i, offset)
+        np.testing.assert_allclose(batched, probs.sum(axis=1, dtype=np.float64), rtol=1e-5)
 
 
 def test_repetition_penalty_shrinks_only_generated_tokens() -> None:
