@@ -55,7 +55,9 @@
   join to be written into in place) costs a decode step: the step of B rows of which the first L
   are live (41 columns each), for B / L = 8 / 8, 16 / 8, 16 / 16, 32 / 16, 32 / 32, best of 15,
   taken in turn (a ragged INT8 bundle).
-- topp: the host top-p sampler on 32 rows of 7,106 tokens, flat and peaked, by either sort.
+- topp: the host top-p sampler on 32 rows of 7,106 tokens, flat and peaked, by either sort; their
+  row sums in float64 and by `row_mass`; the candidates' sort by np.lexsort and by the sampler's
+  rule (an int64 key past KEY_SORT_FROM tokens) at 100 / 1,000 / 5,000 tokens.
 - sideload: a closed loop of 32 alone, then beside a second thread that does `--rate` chunks of
   `--ms` of work a second, in pure Python (it holds the GIL, as the HTTP side's request handling
   does) or hashing (the same CPU, the GIL released): tokens/s each way, twice. What the HTTP
@@ -105,10 +107,12 @@ from runtime.padding import pad
 from runtime.sampler import (
     Row,
     SamplingParams,
+    _by_row_most_likely_first,
     _draw_by_buckets,
     _draw_from_sorted_candidates,
     _sample_nucleus,
     make_generator,
+    row_mass,
 )
 from server.config import Settings
 from server.engine import scheduler as scheduler_module
@@ -280,6 +284,16 @@ def topp() -> None:
         bucketed = ms(lambda p=probs, m=mass, v=u: _draw_by_buckets(p, m, v))
         flat = ms(lambda p=probs, e=every, m=mass, v=u: _draw_from_sorted_candidates(p, e, m, v))
         print(f"{name}: top-p step {step:.1f} ms; by buckets {bucketed:.1f} ms, one flat sort {flat:.1f} ms")
+        print(f"  row sums: float64 {ms(lambda p=probs: p.sum(axis=1, dtype=np.float64)) * 1e3:.0f} us, "
+              f"row_mass (float32) {ms(lambda p=probs: row_mass(p)) * 1e3:.0f} us")  # fmt: skip
+    # The candidates' sort: np.lexsort against the int64 key (_by_row_most_likely_first, past
+    # KEY_SORT_FROM tokens), on tokens of 32 rows given row by row.
+    for size in (100, 1000, 5000):
+        p = rng.random(size).astype(np.float32)
+        row_of = np.sort(rng.integers(0, 32, size))
+        lexsort = ms(lambda p=p, r=row_of: np.lexsort((-p, r)), 200) * 1e3
+        keyed = ms(lambda p=p, r=row_of: _by_row_most_likely_first(r, p), 200) * 1e3
+        print(f"sorting {size:,} tokens: np.lexsort {lexsort:.1f} us, by the sampler's rule {keyed:.1f} us")
 
 
 def sampling(bundle: Path, steps: int, evict_mb: int) -> None:

@@ -44,8 +44,8 @@ NUCLEUS_CUTS = (1e-2, 2e-3, 5e-4, 1e-4, 1e-6)
 DENSE_FRACTION = 1 / 8  # past this share of the batch's tokens as candidates, draw by buckets
 MAX_BUCKETS = 2048  # per row: ~30 tokens per bucket at most on 32 flat rows of 7,106
 # Sorting tokens by row, then most likely first: np.lexsort on (-p, row) is quickest for a few
-# tokens, one stable argsort of an int64 key 4-8x quicker from a few hundred (1,000 tokens: 62
-# against 14 us), which a batch's candidates often are (`python bench/scheduler.py sampling`).
+# tokens, one stable argsort of an int64 key 3-4x quicker from a few hundred (1,000 tokens: 35
+# against 11 us), which a batch's candidates often are (`python bench/scheduler.py topp`).
 KEY_SORT_FROM = 256
 
 
@@ -99,7 +99,7 @@ def row_mass(probs: np.ndarray) -> np.ndarray:
     """Each row's total probability, float64. Summed in float32: numpy's pairwise sum is within
     ~1e-6 of the exact total, gives a row the same sum wherever it sits in memory (so a row
     draws the same alone or in a batch; np.einsum's does not), and takes half the time of a
-    float64 sum (40 against 95 us on 32 rows of 7,106)."""
+    float64 sum (40 against 95 us on 32 rows of 7,106; `python bench/scheduler.py topp`)."""
     mass: np.ndarray = probs.sum(axis=-1).astype(np.float64)
     return mass
 
@@ -146,9 +146,9 @@ def _draw_from_sorted_candidates(
     costs its own sort only, not a padded one for every row."""
     rows, vocab = probs.shape
     row_of, token = np.divmod(candidates, vocab)
-    order = _by_row_most_likely_first(row_of, probs.reshape(-1)[candidates])
-    row_of, token = row_of[order], token[order]
-    p = probs.reshape(-1)[candidates[order]].astype(np.float64)
+    p = probs.reshape(-1)[candidates]
+    order = _by_row_most_likely_first(row_of, p)
+    row_of, token, p = row_of[order], token[order], p[order].astype(np.float64)
     starts = np.searchsorted(row_of, np.arange(rows))  # each row's first candidate
     kept, kept_sum = _kept_running_mass(row_of, p, starts, np.zeros(rows), mass)
     target = u * np.bincount(row_of, weights=kept, minlength=rows)
@@ -234,9 +234,9 @@ def _bucket_in_order(
     """Each row's tokens in its bucket `bucket[row]`, in sampling order: rows, token ids, kept
     probabilities and kept mass so far (_kept_running_mass, from `above[row]`)."""
     row_of, token = np.divmod(np.flatnonzero(key == bucket[:, None]), key.shape[1])  # grouped by row, ascending ids
-    order = _by_row_most_likely_first(row_of, probs[row_of, token])
-    row_of, token = row_of[order], token[order]
-    p = probs[row_of, token].astype(np.float64)
+    p = probs[row_of, token]
+    order = _by_row_most_likely_first(row_of, p)
+    row_of, token, p = row_of[order], token[order], p[order].astype(np.float64)
     starts = np.searchsorted(row_of, np.arange(probs.shape[0]))
     kept, kept_sum = _kept_running_mass(row_of, p, starts, above, mass)
     return row_of, token, kept, kept_sum
