@@ -47,6 +47,11 @@ MAX_BUCKETS = 2048  # per row: ~30 tokens per bucket at most on 32 flat rows of 
 # tokens, one stable argsort of an int64 key 3-4x quicker from a few hundred (1,000 tokens: 35
 # against 11 us), which a batch's candidates often are (`python bench/scheduler.py topp`).
 KEY_SORT_FROM = 256
+# A row whose logits hold a NaN or +inf, or no finite value at all (an fp16 overflow, a broken
+# kernel), has no distribution to sample: it gets NO_TOKEN, and the scheduler fails its request
+# with a clear error (server/engine/scheduler.py). Told apart for free: such a row's largest
+# logit is not finite (NaN propagates through max; argmax finds a NaN first).
+NO_TOKEN = -1
 
 
 @dataclass(frozen=True)
@@ -251,7 +256,8 @@ def sample(
 
     Batched where it can be (softmax, top-p, the draw), per row where parameters differ
     (penalty, banned tokens, top-k). `never`: token ids no row may produce. Each row's
-    result depends only on its own logits, parameters and generator.
+    result depends only on its own logits, parameters and generator; a row whose logits are
+    not finite gets NO_TOKEN.
     """
     if len(rows) == 1:
         return np.array([_sample_row(logits[0 if logits_rows is None else logits_rows[0]], rows[0], never)], np.int64)
@@ -271,7 +277,9 @@ def sample(
     greedy = temperature <= 0.0
     tokens = np.zeros(len(rows), np.int64)
     if greedy.any():
-        tokens[greedy] = x[greedy].argmax(axis=1)
+        g = x[greedy]
+        best = g.argmax(axis=1)
+        tokens[greedy] = np.where(np.isfinite(g[np.arange(best.size), best]), best, NO_TOKEN)
     sampled = np.flatnonzero(~greedy)
     if sampled.size == 0:
         return tokens
@@ -282,7 +290,11 @@ def sample(
         if 0 < top_k < z.shape[1]:
             kth = np.partition(z[j], z.shape[1] - top_k)[z.shape[1] - top_k]
             z[j, z[j] < kth] = -np.inf
-    z -= z.max(axis=1, keepdims=True)
+    peak_logit = z.max(axis=1, keepdims=True)
+    broken = ~np.isfinite(peak_logit[:, 0])
+    if broken.any():  # drawn from as flat rows, their tokens then dropped: the others are untouched
+        z[broken] = peak_logit[broken] = 0.0
+    z -= peak_logit
     probs = np.exp(z, out=z)
     u = np.array([rows[i].generator.random() for i in sampled])  # exactly one draw per sampled row
     top_p = np.array([rows[i].params.top_p for i in sampled])
@@ -294,6 +306,7 @@ def sample(
         tokens[sampled[nucleus]] = _sample_nucleus(probs[nucleus], top_p[nucleus], u[nucleus], peak[nucleus])
     if not nucleus.all():
         tokens[sampled[~nucleus]] = _draw(probs[~nucleus], u[~nucleus])
+    tokens[sampled[broken]] = NO_TOKEN
     return tokens
 
 
@@ -311,12 +324,16 @@ def _sample_row(logits: np.ndarray, row: Row, never: np.ndarray | None) -> int:
     if ids := row.banned + row.never:
         x[ids] = -np.inf
     if params.temperature <= 0.0:
-        return int(x.argmax())
+        best = int(x.argmax())
+        return best if np.isfinite(x[best]) else NO_TOKEN
     x *= np.float32(1.0) / np.float32(params.temperature)  # as `sample` scales a row
     if 0 < params.top_k < x.size:
         kth = np.partition(x, x.size - params.top_k)[x.size - params.top_k]
         x[x < kth] = -np.inf
-    x -= x.max()
+    peak_logit = x.max()
+    if not np.isfinite(peak_logit):
+        return NO_TOKEN
+    x -= peak_logit
     probs = np.exp(x, out=x)[None]
     u = np.array([row.generator.random()])
     if params.top_p >= 1.0:

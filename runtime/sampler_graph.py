@@ -11,7 +11,8 @@ in, so seeding works as on CPU.
 Inputs: all_logits [B, V] (the decoder's output, on the device), rows [R] (which logits
 row each sampled row reads), and per sampled row: temperature, top_p, uniform [R] and
 banned_ids [R, M] (token ids, -1 for none); vocab_bias [V] (0, or -1e9 on tokens never to emit).
-Output: tokens [R] int64.
+Output: tokens [R] int64; -1 (sampler.py's NO_TOKEN) for a row whose logits hold a NaN or +inf,
+or no finite value, as the host sampler answers for it.
 
 The graph is stored below as serialised bytes: building it needs the `onnx` package,
 which a serving install does not have. `build_sampler_graph()` rebuilds it (a test
@@ -43,6 +44,7 @@ def build_sampler_graph() -> bytes:
         const("zero_f", [0.0], TensorProto.FLOAT),
         const("zero_i", [0]),
         const("banned_logit", [-1e9], TensorProto.FLOAT),
+        const("no_token", [-1]),
         # the rows to sample from (a request's n samples share a prefill row; free slots are skipped)
         helper.make_node("Gather", ["all_logits", "rows"], ["logits"], axis=0),
         # temperature: divide (0 becomes a tiny positive number; those rows take the argmax below)
@@ -87,7 +89,19 @@ def build_sampler_graph() -> bytes:
         # greedy rows
         helper.make_node("ArgMax", ["x"], ["greedy"], axis=1, keepdims=0),
         helper.make_node("Greater", ["temperature", "zero_f"], ["is_sampled"]),
-        helper.make_node("Where", ["is_sampled", "sampled", "greedy"], [SAMPLER_OUTPUT]),
+        helper.make_node("Where", ["is_sampled", "sampled", "greedy"], ["chosen"]),
+        # rows with nothing to sample from: a NaN or +inf anywhere, or no finite logit at all.
+        # Counted, not found by max: whether ReduceMax and ArgMax propagate NaN is up to the kernel.
+        helper.make_node("IsNaN", ["x"], ["is_nan"]),
+        helper.make_node("IsInf", ["x"], ["is_pos_inf"], detect_negative=0),
+        helper.make_node("Or", ["is_nan", "is_pos_inf"], ["is_bad"]),
+        helper.make_node("Cast", ["is_bad"], ["is_bad_f"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMax", ["is_bad_f"], ["any_bad"], axes=[1], keepdims=0),
+        helper.make_node("Greater", ["any_bad", "zero_f"], ["has_bad"]),
+        helper.make_node("ReduceMax", ["x"], ["row_max"], axes=[1], keepdims=0),
+        helper.make_node("IsInf", ["row_max"], ["none_finite"], detect_positive=0),
+        helper.make_node("Or", ["has_bad", "none_finite"], ["broken"]),
+        helper.make_node("Where", ["broken", "no_token", "chosen"], [SAMPLER_OUTPUT]),
     ]
     batch = ["batch"]
     inputs = [
@@ -112,31 +126,37 @@ def sampler_graph() -> bytes:
 
 
 SAMPLER_ONNX = (
-    "CAgSCXByb21wdGdlbjqgDwotEgVheGlzMSIIQ29uc3RhbnQqGgoFdmFsdWUqDggBEAc6AQFCBWF4aXMxoAEECikSA29uZSIIQ29u"
+    "CAgSCXByb21wdGdlbjqJEwotEgVheGlzMSIIQ29uc3RhbnQqGgoFdmFsdWUqDggBEAc6AQFCBWF4aXMxoAEECikSA29uZSIIQ29u"
     "c3RhbnQqGAoFdmFsdWUqDAgBEAc6AQFCA29uZaABBAouEgR0aW55IghDb25zdGFudCocCgV2YWx1ZSoQCAEQASIEvTeGNUIEdGlu"
     "eaABBAoyEgZ6ZXJvX2YiCENvbnN0YW50Kh4KBXZhbHVlKhIIARABIgQAAAAAQgZ6ZXJvX2agAQQKLxIGemVyb19pIghDb25zdGFu"
     "dCobCgV2YWx1ZSoPCAEQBzoBAEIGemVyb19poAEECj4SDGJhbm5lZF9sb2dpdCIIQ29uc3RhbnQqJAoFdmFsdWUqGAgBEAEiBChr"
-    "bs5CDGJhbm5lZF9sb2dpdKABBAovCgphbGxfbG9naXRzCgRyb3dzEgZsb2dpdHMiBkdhdGhlcioLCgRheGlzGACgAQIKIAoLdGVt"
-    "cGVyYXR1cmUKBHRpbnkSBnRfc2FmZSIDTWF4CiEKBnRfc2FmZQoFYXhpczESBXRfY29sIglVbnNxdWVlemUKHAoGbG9naXRzCgV0"
-    "X2NvbBIGc2NhbGVkIgNEaXYKFgoGbG9naXRzEgVzaGFwZSIFU2hhcGUKKAoFc2hhcGUKA29uZRIFdm9jYWIiBkdhdGhlcioLCgRh"
-    "eGlzGACgAQIKOgoFc2hhcGUSBXplcm9zIg9Db25zdGFudE9mU2hhcGUqGQoFdmFsdWUqDQgBEAEiBAAAAABCAXqgAQQKLwoKYmFu"
-    "bmVkX2lkcwoGemVyb19pEglpc19iYW5uZWQiDkdyZWF0ZXJPckVxdWFsCicKCmJhbm5lZF9pZHMKBnplcm9faRIMYmFubmVkX2lu"
-    "ZGV4IgNNYXgKNwoJaXNfYmFubmVkCgxiYW5uZWRfbG9naXQKBnplcm9fZhINYmFubmVkX3ZhbHVlcyIFV2hlcmUKXQoFemVyb3MK"
-    "DGJhbm5lZF9pbmRleAoNYmFubmVkX3ZhbHVlcxIEYmlhcyIPU2NhdHRlckVsZW1lbnRzKgsKBGF4aXMYAaABAioTCglyZWR1Y3Rp"
-    "b24iA2FkZKABAwodCgZzY2FsZWQKBGJpYXMSCHhfYmFubmVkIgNBZGQKHgoIeF9iYW5uZWQKCnZvY2FiX2JpYXMSAXgiA0FkZApL"
-    "CgF4CgV2b2NhYhIGc29ydGVkEgVvcmRlciIEVG9wSyoLCgRheGlzGAGgAQIqDgoHbGFyZ2VzdBgBoAECKg0KBnNvcnRlZBgBoAEC"
-    "CiEKBnNvcnRlZBIBcCIHU29mdG1heCoLCgRheGlzGAGgAQIKEwoBcAoDb25lEgFjIgZDdW1TdW0KEwoBYwoBcBIGYmVmb3JlIgNT"
-    "dWIKJAoFdG9wX3AKBWF4aXMxEgl0b3BfcF9jb2wiCVVuc3F1ZWV6ZQofCgZiZWZvcmUKCXRvcF9wX2NvbBIEa2VlcCIETGVzcwoe"
-    "CgRrZWVwCgFwCgZ6ZXJvX2YSBGtlcHQiBVdoZXJlChsKBGtlcHQKA29uZRIGa2VwdF9jIgZDdW1TdW0KMAoEa2VwdAoFYXhpczES"
-    "BXRvdGFsIglSZWR1Y2VTdW0qDwoIa2VlcGRpbXMYAaABAgoiCgd1bmlmb3JtCgVheGlzMRIFdV9jb2wiCVVuc3F1ZWV6ZQobCgV1"
-    "X2NvbAoFdG90YWwSBnRhcmdldCIDTXVsCiQKBmtlcHRfYwoGdGFyZ2V0EgViZWxvdyILTGVzc09yRXF1YWwKIQoFYmVsb3cSB2Jl"
-    "bG93X2kiBENhc3QqCQoCdG8YB6ABAgozCgdiZWxvd19pCgVheGlzMRIFY291bnQiCVJlZHVjZVN1bSoPCghrZWVwZGltcxgBoAEC"
-    "ChcKBXZvY2FiCgNvbmUSBGxhc3QiA1N1YgoZCgVjb3VudAoEbGFzdBIFaW5kZXgiA01pbgozCgVvcmRlcgoFaW5kZXgSBnBpY2tl"
-    "ZCIOR2F0aGVyRWxlbWVudHMqCwoEYXhpcxgBoAECCiEKBnBpY2tlZAoFYXhpczESB3NhbXBsZWQiB1NxdWVlemUKMQoBeBIGZ3Jl"
-    "ZWR5IgZBcmdNYXgqCwoEYXhpcxgBoAECKg8KCGtlZXBkaW1zGACgAQIKKgoLdGVtcGVyYXR1cmUKBnplcm9fZhIKaXNfc2FtcGxl"
-    "ZCIHR3JlYXRlcgosCgppc19zYW1wbGVkCgdzYW1wbGVkCgZncmVlZHkSBnRva2VucyIFV2hlcmUSB3NhbXBsZXJaKQoKYWxsX2xv"
-    "Z2l0cxIbChkIARIVCgoSCGFsbF9yb3dzCgcSBXZvY2FiWhcKBHJvd3MSDwoNCAcSCQoHEgViYXRjaFoeCgt0ZW1wZXJhdHVyZRIP"
-    "Cg0IARIJCgcSBWJhdGNoWhgKBXRvcF9wEg8KDQgBEgkKBxIFYmF0Y2haGgoHdW5pZm9ybRIPCg0IARIJCgcSBWJhdGNoWicKCmJh"
-    "bm5lZF9pZHMSGQoXCAcSEwoHEgViYXRjaAoIEgZiYW5uZWRaHQoKdm9jYWJfYmlhcxIPCg0IARIJCgcSBXZvY2FiYhkKBnRva2Vu"
-    "cxIPCg0IBxIJCgcSBWJhdGNoQgQKABAR"
+    "bs5CDGJhbm5lZF9sb2dpdKABBAo8Eghub190b2tlbiIIQ29uc3RhbnQqJgoFdmFsdWUqGggBEAc6Cv///////////wFCCG5vX3Rv"
+    "a2VuoAEECi8KCmFsbF9sb2dpdHMKBHJvd3MSBmxvZ2l0cyIGR2F0aGVyKgsKBGF4aXMYAKABAgogCgt0ZW1wZXJhdHVyZQoEdGlu"
+    "eRIGdF9zYWZlIgNNYXgKIQoGdF9zYWZlCgVheGlzMRIFdF9jb2wiCVVuc3F1ZWV6ZQocCgZsb2dpdHMKBXRfY29sEgZzY2FsZWQi"
+    "A0RpdgoWCgZsb2dpdHMSBXNoYXBlIgVTaGFwZQooCgVzaGFwZQoDb25lEgV2b2NhYiIGR2F0aGVyKgsKBGF4aXMYAKABAgo6CgVz"
+    "aGFwZRIFemVyb3MiD0NvbnN0YW50T2ZTaGFwZSoZCgV2YWx1ZSoNCAEQASIEAAAAAEIBeqABBAovCgpiYW5uZWRfaWRzCgZ6ZXJv"
+    "X2kSCWlzX2Jhbm5lZCIOR3JlYXRlck9yRXF1YWwKJwoKYmFubmVkX2lkcwoGemVyb19pEgxiYW5uZWRfaW5kZXgiA01heAo3Cglp"
+    "c19iYW5uZWQKDGJhbm5lZF9sb2dpdAoGemVyb19mEg1iYW5uZWRfdmFsdWVzIgVXaGVyZQpdCgV6ZXJvcwoMYmFubmVkX2luZGV4"
+    "Cg1iYW5uZWRfdmFsdWVzEgRiaWFzIg9TY2F0dGVyRWxlbWVudHMqCwoEYXhpcxgBoAECKhMKCXJlZHVjdGlvbiIDYWRkoAEDCh0K"
+    "BnNjYWxlZAoEYmlhcxIIeF9iYW5uZWQiA0FkZAoeCgh4X2Jhbm5lZAoKdm9jYWJfYmlhcxIBeCIDQWRkCksKAXgKBXZvY2FiEgZz"
+    "b3J0ZWQSBW9yZGVyIgRUb3BLKgsKBGF4aXMYAaABAioOCgdsYXJnZXN0GAGgAQIqDQoGc29ydGVkGAGgAQIKIQoGc29ydGVkEgFw"
+    "IgdTb2Z0bWF4KgsKBGF4aXMYAaABAgoTCgFwCgNvbmUSAWMiBkN1bVN1bQoTCgFjCgFwEgZiZWZvcmUiA1N1YgokCgV0b3BfcAoF"
+    "YXhpczESCXRvcF9wX2NvbCIJVW5zcXVlZXplCh8KBmJlZm9yZQoJdG9wX3BfY29sEgRrZWVwIgRMZXNzCh4KBGtlZXAKAXAKBnpl"
+    "cm9fZhIEa2VwdCIFV2hlcmUKGwoEa2VwdAoDb25lEgZrZXB0X2MiBkN1bVN1bQowCgRrZXB0CgVheGlzMRIFdG90YWwiCVJlZHVj"
+    "ZVN1bSoPCghrZWVwZGltcxgBoAECCiIKB3VuaWZvcm0KBWF4aXMxEgV1X2NvbCIJVW5zcXVlZXplChsKBXVfY29sCgV0b3RhbBIG"
+    "dGFyZ2V0IgNNdWwKJAoGa2VwdF9jCgZ0YXJnZXQSBWJlbG93IgtMZXNzT3JFcXVhbAohCgViZWxvdxIHYmVsb3dfaSIEQ2FzdCoJ"
+    "CgJ0bxgHoAECCjMKB2JlbG93X2kKBWF4aXMxEgVjb3VudCIJUmVkdWNlU3VtKg8KCGtlZXBkaW1zGAGgAQIKFwoFdm9jYWIKA29u"
+    "ZRIEbGFzdCIDU3ViChkKBWNvdW50CgRsYXN0EgVpbmRleCIDTWluCjMKBW9yZGVyCgVpbmRleBIGcGlja2VkIg5HYXRoZXJFbGVt"
+    "ZW50cyoLCgRheGlzGAGgAQIKIQoGcGlja2VkCgVheGlzMRIHc2FtcGxlZCIHU3F1ZWV6ZQoxCgF4EgZncmVlZHkiBkFyZ01heCoL"
+    "CgRheGlzGAGgAQIqDwoIa2VlcGRpbXMYAKABAgoqCgt0ZW1wZXJhdHVyZQoGemVyb19mEgppc19zYW1wbGVkIgdHcmVhdGVyCiwK"
+    "CmlzX3NhbXBsZWQKB3NhbXBsZWQKBmdyZWVkeRIGY2hvc2VuIgVXaGVyZQoSCgF4EgZpc19uYW4iBUlzTmFOCi4KAXgSCmlzX3Bv"
+    "c19pbmYiBUlzSW5mKhYKD2RldGVjdF9uZWdhdGl2ZRgAoAECCiAKBmlzX25hbgoKaXNfcG9zX2luZhIGaXNfYmFkIgJPcgojCgZp"
+    "c19iYWQSCGlzX2JhZF9mIgRDYXN0KgkKAnRvGAGgAQIKPAoIaXNfYmFkX2YSB2FueV9iYWQiCVJlZHVjZU1heCoLCgRheGVzQAGg"
+    "AQcqDwoIa2VlcGRpbXMYAKABAgojCgdhbnlfYmFkCgZ6ZXJvX2YSB2hhc19iYWQiB0dyZWF0ZXIKNQoBeBIHcm93X21heCIJUmVk"
+    "dWNlTWF4KgsKBGF4ZXNAAaABByoPCghrZWVwZGltcxgAoAECCjUKB3Jvd19tYXgSC25vbmVfZmluaXRlIgVJc0luZioWCg9kZXRl"
+    "Y3RfcG9zaXRpdmUYAKABAgoiCgdoYXNfYmFkCgtub25lX2Zpbml0ZRIGYnJva2VuIgJPcgopCgZicm9rZW4KCG5vX3Rva2VuCgZj"
+    "aG9zZW4SBnRva2VucyIFV2hlcmUSB3NhbXBsZXJaKQoKYWxsX2xvZ2l0cxIbChkIARIVCgoSCGFsbF9yb3dzCgcSBXZvY2FiWhcK"
+    "BHJvd3MSDwoNCAcSCQoHEgViYXRjaFoeCgt0ZW1wZXJhdHVyZRIPCg0IARIJCgcSBWJhdGNoWhgKBXRvcF9wEg8KDQgBEgkKBxIF"
+    "YmF0Y2haGgoHdW5pZm9ybRIPCg0IARIJCgcSBWJhdGNoWicKCmJhbm5lZF9pZHMSGQoXCAcSEwoHEgViYXRjaAoIEgZiYW5uZWRa"
+    "HQoKdm9jYWJfYmlhcxIPCg0IARIJCgcSBXZvY2FiYhkKBnRva2VucxIPCg0IBxIJCgcSBWJhdGNoQgQKABAR"
 )

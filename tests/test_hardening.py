@@ -31,6 +31,7 @@ from tokenizers import Tokenizer
 from contract.command import encode_text, prompt_ids
 from contract.manifest import MANIFEST_FILE, load_manifest
 from server.config import Settings
+from tests.poisoned_bundle import poisoned_bundle
 
 TASK = "title"
 GOOD: dict[str, Any] = {"task": TASK, "input": "holiday sale", "max_new_tokens": 8, "seed": 3, "temperature": 1.0}
@@ -452,6 +453,60 @@ def test_a_failed_forward_fails_only_its_batch(tiny_bundle: Path, tmp_path: Path
             assert stream.status_code == 200 and "event: done" in stream.text
         time.sleep(0.2)  # the log lines are written by the server process
         assert_logged_with(process.log_path, error_id)
+    finally:
+        process.stop()
+
+
+@pytest.mark.parametrize(
+    ("variant", "settings"),
+    [("fp32", {}), ("fp16", {"provider": "cpu", "device_sampling": "on"})],  # fp16: the GPU's sampler graph
+)
+def test_a_request_given_non_finite_logits_fails_alone_with_a_model_error(
+    tiny_bundle: Path, tmp_path: Path, variant: str, settings: dict[str, str]
+) -> None:
+    """One request's logits are NaN (its intent holds a token whose embedding is NaN,
+    tests/poisoned_bundle.py; on a GPU, an fp16 overflow would do it). That request answers 500
+    `model_error`, whole or streamed, with an id that is in the log; the request prefilled with it
+    in the same forward gets the text it gets alone; the server stays ready; the failures are
+    counted."""
+    pytest.importorskip("onnx")
+    manifest = load_manifest(tiny_bundle)
+    tokenizer = Tokenizer.from_file(str(tiny_bundle / manifest.tokenizer_file))
+    bad = {**GOOD, "input": "zebra parade"}
+    good_pieces = set(encode_text(tokenizer, " " + GOOD["input"]))  # the rest of a prompt is command tokens
+    poison = next(t for t in encode_text(tokenizer, " " + bad["input"]) if t not in good_pieces)
+    bundle = poisoned_bundle(tiny_bundle, tmp_path / "bundle", variant, poison)
+    # a window long enough that two requests sent together share one prefill forward
+    process = ServerProcess(bundle, tmp_path / "server.log", variant=variant, batch_window_ms=500, **settings)
+    try:
+        with httpx.Client(base_url=process.url, timeout=30) as c:
+            alone = c.post(NATIVE, json=GOOD)
+            assert alone.status_code == 200, alone.text
+            answers: dict[str, httpx.Response] = {}
+            threads = [
+                threading.Thread(target=lambda name=name, body=body: answers.update({name: c.post(NATIVE, json=body)}))
+                for name, body in (("good", GOOD), ("bad", bad))
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert answers["good"].status_code == 200 and answers["good"].json()["outputs"] == alone.json()["outputs"]
+            assert_error(answers["bad"], 500, "model_error", None)
+            error = answers["bad"].json()["error"]
+            assert "not finite" in error["message"] and error["id"] in error["message"]
+            streamed = c.post(NATIVE, json={**bad, "stream": True})
+            event, data = streamed.text.strip().split("\n\n")[-1].split("\n")
+            streamed_error = json.loads(data.removeprefix("data:"))["error"]
+            assert event == "event: error" and streamed_error["type"] == "model_error"
+            assert streamed_error["status"] == 500 and streamed_error["id"] != error["id"]
+            assert c.get("/readyz").status_code == 200
+            assert c.post(NATIVE, json=GOOD).json()["outputs"] == alone.json()["outputs"]
+        counted = {labels: v for (name, labels), v in process.metrics().items() if name == "promptgen_requests_total"}
+        assert sum(v for labels, v in counted.items() if ("reason", "model_error") in labels) == 2
+        time.sleep(0.2)  # the log lines are written by the server process
+        logged = [e for e in log_entries(process.log_path) if e.get("error_id") == error["id"]]
+        assert {e["msg"] for e in logged} == {"non-finite logits; failing the request", "request"}, logged
     finally:
         process.stop()
 

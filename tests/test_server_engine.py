@@ -17,7 +17,7 @@ import onnxruntime as ort
 import pytest
 from tokenizers import Tokenizer
 
-from contract.command import count_words, prompt_ids
+from contract.command import EOS_TOKEN, count_words, prompt_ids
 from contract.manifest import BundleError, load_manifest, sha256_file
 from runtime.cache_graph import build_cache_graph, cache_graph
 from runtime.kv_cache import BatchCache, can_write_in_place, empty_cache, live, rebuild, write_in_place
@@ -26,6 +26,7 @@ from runtime.padding import pad
 from runtime.sampler import (
     DENSE_FRACTION,
     KEY_SORT_FROM,
+    NO_TOKEN,
     NUCLEUS_CUTS,
     Row,
     SamplingParams,
@@ -39,9 +40,11 @@ from runtime.sampler import (
     sample,
 )
 from runtime.sampler_graph import build_sampler_graph, sampler_graph
-from server.engine.request import Event, GenerationRequest, LengthBounds, RequestDone, SampleDone
+from server.engine.request import Event, GenerationRequest, LengthBounds, RequestDone, RequestFailed, SampleDone
 from server.engine.scheduler import HOLD_STEPS, SHRINK_AFTER_STEPS, Scheduler
+from server.engine.sequence import Sequence
 from server.metrics import Metrics
+from tests.poisoned_bundle import poisoned_bundle
 from tests.ragged_rows import check_mixed_step, check_ragged_rows, prefill
 
 # --- sampler -----------------------------------------------------------------------
@@ -154,6 +157,43 @@ def test_a_lone_row_draws_what_the_batched_sampler_draws_for_it() -> None:
         batched.generated, batched.banned = alone.generated, alone.banned
         expected = int(sample(logits, [batched, mate], never)[0])
         assert int(sample(logits[:1], [alone], never)[0]) == expected, (case, params)
+
+
+@pytest.mark.parametrize("broken", ["nan", "+inf", "nothing finite"])
+def test_a_row_whose_logits_are_not_finite_gets_no_token_and_its_batch_mates_draw_as_before(broken: str) -> None:
+    """A NaN or +inf anywhere in a row (an fp16 overflow), or no finite logit at all: the host
+    sampler answers NO_TOKEN for that row, alone or in a batch, whatever its parameters, and each
+    other row draws the token it draws without it in the batch."""
+    rng = np.random.default_rng(31)
+    choices: list[dict[str, float]] = [
+        {"temperature": 0.0},
+        {"top_p": 0.9},
+        {"top_p": 1.0},
+        {"top_k": 5, "top_p": 0.9},
+        {"repetition_penalty": 1.3, "top_p": 0.9},
+    ]
+    for case, params in enumerate(choices):
+        for vocab in (60, 7083):
+            logits = (rng.normal(size=(3, vocab)) * 3).astype(np.float32)
+            if broken == "nothing finite":
+                logits[1] = -np.inf
+            else:
+                logits[1, rng.integers(vocab)] = np.nan if broken == "nan" else np.inf
+
+            def mates(seed: int = case) -> list[Row]:
+                return [row(seed=seed, top_p=0.9), row(seed=seed + 1, temperature=0.0)]
+
+            def broken_row(p: dict[str, float] = params) -> Row:
+                made = row(seed=7, **p)
+                made.generated = [1, 2]
+                return made
+
+            first, second = mates()
+            tokens = sample(logits, [first, broken_row(), second])
+            assert tokens[1] == NO_TOKEN, (case, vocab)
+            assert tokens[[0, 2]].tolist() == sample(logits[[0, 2]], mates()).tolist()
+            assert (tokens[[0, 2]] >= 0).all()
+            assert sample(logits[1:2], [broken_row()])[0] == NO_TOKEN  # alone: _sample_row
 
 
 def test_never_tokens_are_never_sampled() -> None:
@@ -792,6 +832,80 @@ def test_sampler_graph_top_p_and_seeding(tiny_bundle: Path) -> None:
     banned_ids[:] = -1
     vocab_bias[favourites] = -1e9  # the favourites are banned for everyone (command tokens, say)
     assert not set(run(np.full(4, 0.5), 1e-6).tolist()) & set(favourites.tolist())
+
+
+def test_the_sampler_graph_answers_no_token_for_rows_that_are_not_finite(tiny_bundle: Path) -> None:
+    """As the host sampler does: NaN, +inf, or nothing finite in a row gives NO_TOKEN, greedy or
+    sampled, and the other rows' tokens are what they are without those rows."""
+    runner = OnnxRunner(tiny_bundle, variant="fp32", provider="cpu", device_sampling="on")
+    assert runner.sampler is not None
+    logits = np.random.default_rng(9).normal(size=(4, 300)).astype(np.float32)
+    logits[0, 17], logits[1, 3], logits[2] = np.nan, np.inf, -np.inf
+
+    def run(rows: list[int], temperature: float) -> list[int]:
+        inputs = {
+            "all_logits": logits,
+            "rows": np.array(rows, np.int64),
+            "temperature": np.full(len(rows), temperature, np.float32),
+            "top_p": np.full(len(rows), 0.9, np.float32),
+            "uniform": np.full(len(rows), 0.4, np.float32),
+            "banned_ids": np.full((len(rows), 1), -1, np.int64),
+            "vocab_bias": np.zeros(300, np.float32),
+        }
+        return runner.sampler.run(None, inputs)[0].tolist()  # type: ignore[union-attr]
+
+    for temperature in (1.0, 0.0):
+        tokens = run([0, 1, 2, 3], temperature)
+        assert tokens[:3] == [NO_TOKEN] * 3
+        assert tokens[3] == run([3], temperature)[0] >= 0
+
+
+def test_a_request_whose_logits_turn_non_finite_fails_alone_with_a_model_error(
+    tiny_bundle: Path, tokenizer: Tokenizer, tmp_path: Path
+) -> None:
+    """A request whose own output makes the model's logits NaN mid-decode (a token whose embedding
+    is NaN, tests/poisoned_bundle.py) fails with `model_error` at the next token; the request
+    decoding beside it gets every token it gets without the fault, and the slot serves again."""
+    pytest.importorskip("onnx")
+    greedy = SamplingParams(temperature=0.0, top_p=1.0)
+    intents = {"a": "holiday sale", "b": "summer hiking boots", "c": "summer hiking boots"}
+
+    def run(bundle: Path) -> tuple[Collector, dict[str, list[int]], dict[str, list[int]]]:
+        """Requests a and b decode side by side, then c (b again) runs alone in a freed slot.
+        The events, and a's and b's prompt and output token ids."""
+        runner = OnnxRunner(bundle, variant="fp32", provider="cpu")
+        scheduler = Scheduler(runner, tokenizer, Metrics("test"), max_batch_size=4)
+        collector = Collector()
+        prompts: dict[str, list[int]] = {}
+        for rid in ("a", "b"):
+            request = make_request(tokenizer, runner, collector, rid, params=greedy, intent=intents[rid])
+            prompts[rid] = request.prompt_ids
+            scheduler.add(request)
+        outputs: dict[str, Sequence] = {}  # the samples, as they are admitted
+        scheduler.before_forward = lambda: outputs.update(
+            {rid: admitted.sequences[0] for rid, admitted in scheduler.active.items() if rid in prompts}
+        )
+        while scheduler.has_work():
+            scheduler.step()
+        scheduler.add(make_request(tokenizer, runner, collector, "c", params=greedy, intent=intents["c"]))
+        while scheduler.has_work():
+            scheduler.step()
+        return collector, prompts, {rid: sample.generated for rid, sample in outputs.items()}
+
+    clean, prompts, outputs = run(tiny_bundle)
+    # The first of a's output tokens (not its last: it must be read back) that b never reads and
+    # a's prompt lacks: with its embedding NaN, a's logits turn NaN at the step that reads it.
+    spared = {*prompts["a"], *prompts["b"], *outputs["b"], tokenizer.token_to_id(EOS_TOKEN)}
+    poison = next(token for token in outputs["a"][:-1] if token not in spared)
+    at = outputs["a"].index(poison)
+    faulty, _, _ = run(poisoned_bundle(tiny_bundle, tmp_path / "poisoned", "fp32", poison))
+
+    failures = [e for rid, e in faulty.events if rid == "a" and isinstance(e, RequestFailed)]
+    assert len(failures) == 1 and failures[0].reason == "model_error", faulty.events
+    assert f"at output token {at + 2}" in failures[0].message and failures[0].error_id in failures[0].message
+    assert not faulty.done("a")
+    assert [s.text for s in faulty.done("b")] == [s.text for s in clean.done("b")]
+    assert [s.text for s in faulty.done("c")] == [s.text for s in clean.done("c")] == [s.text for s in clean.done("b")]
 
 
 def test_n_samples_share_one_prefill_row(runner: OnnxRunner, tokenizer: Tokenizer) -> None:

@@ -43,6 +43,7 @@ FAILURES = {
     "deadline": (504, "deadline_exceeded"),
     "aborted": (499, "client_closed"),
     "internal": (500, "internal_error"),
+    "model_error": (500, "model_error"),  # the model's logits were not finite (engine/scheduler.py)
 }
 
 

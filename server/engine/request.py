@@ -59,7 +59,7 @@ def new_error_id() -> str:
 
 @dataclass(frozen=True)
 class RequestFailed:
-    """The engine gave up on the request: `reason` is deadline | aborted | internal.
+    """The engine gave up on the request: `reason` is deadline | aborted | internal | model_error.
     An internal failure has an `error_id`, also in the engine's log line, so a client's
     500 can be found in the logs."""
 

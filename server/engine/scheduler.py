@@ -49,9 +49,9 @@ from runtime.kv_cache import (
 )
 from runtime.onnx_runner import OnnxRunner, Prompts
 from runtime.padding import pad
-from runtime.sampler import Sampler, command_token_ids
+from runtime.sampler import NO_TOKEN, Sampler, command_token_ids
 from server.engine.faults import FaultInjector
-from server.engine.request import Event, GenerationRequest, RequestDone, RequestFailed
+from server.engine.request import Event, GenerationRequest, RequestDone, RequestFailed, new_error_id
 from server.engine.sequence import Sequence
 from server.metrics import Metrics
 
@@ -354,7 +354,9 @@ class Scheduler:
         # Trailing free slots are left out where the cache allows (_free_finished): the step runs
         # the first `ran` rows, through views of the batch's buffers (kv_cache.leading_rows).
         ran = self._live_rows() if trims_free_rows(self.runner, self.cache) else len(self.rows)
-        input_ids = np.array([[s.generated[-1] if s is not None else eos] for s in self.rows[:ran]], np.int64)
+        # A free slot, or a row that failed at its prefill (_fail_unsampleable), feeds a dummy token.
+        last = [s.generated[-1] if s is not None and s.generated else eos for s in self.rows[:ran]]
+        input_ids = np.array(last, np.int64)[:, None]
         live = np.array([s is not None for s in self.rows])
         positions = self._positions()[:ran]
         positions[~live[:ran]] = 0  # a free slot's dummy token must stay a valid position
@@ -426,7 +428,12 @@ class Scheduler:
         now = time.monotonic()
         generated = 0
         for sequence, token in zip(rows, tokens, strict=True):
-            admitted = self.active[sequence.request.request_id]
+            admitted = self.active.get(sequence.request.request_id)
+            if admitted is None:
+                continue  # failed by another of its samples in this step
+            if token == NO_TOKEN:
+                self._fail_unsampleable(sequence)
+                continue
             if admitted.first_token_at is None:
                 admitted.first_token_at = now
                 self._ttft.observe(now - sequence.request.arrival)
@@ -440,6 +447,25 @@ class Scheduler:
             if sequence.request.stream and (delta := sequence.delta()) is not None:
                 emit(sequence.request, delta)
         self._generated.inc(generated)
+
+    def _fail_unsampleable(self, sequence: Sequence) -> None:
+        """The model's logits for this row were not finite (runtime/sampler.py: NO_TOKEN): its
+        request fails with `model_error`, and the other rows go on. Their logits stay finite in
+        fp32 and fp16, whose rows do not mix. (The INT8 variant's dynamic quantisation turns a NaN
+        activation into finite noise: a NaN embedding gave fluent text there, not this error.)"""
+        request = sequence.request
+        error_id = new_error_id()
+        at = len(sequence.generated) + 1
+        log.error(
+            "non-finite logits; failing the request",
+            extra={"error_id": error_id, "output_token": at},
+        )
+        message = (
+            f"the model's logits were not finite (NaN or infinity) at output token {at}, so there "
+            f"was nothing to sample (error id {error_id}). An fp16 variant can overflow where fp32 "
+            "does not: try the bundle's fp32 or int8 variant (--variant)."
+        )
+        self.abort(request.request_id, "model_error", message, error_id)
 
     def _finish(self) -> None:
         """Report finished samples and requests; their rows leave at the next rebuild."""
