@@ -18,7 +18,12 @@ import numpy as np
 from contract.positions import Countdown
 from runtime.padding import pad
 from runtime.runner import Runner
-from runtime.sampler import GREEDY, Row, Sampler, SamplingParams, make_generator
+from runtime.sampler import GREEDY, NO_TOKEN, Row, Sampler, SamplingParams, make_generator
+
+
+class NonFiniteLogits(ValueError):
+    """The model's logits for a prompt were not finite (NaN or infinity): nothing to sample from,
+    so no text to evaluate or check; the server fails such a request alone instead."""
 
 
 @dataclass(frozen=True)
@@ -90,6 +95,11 @@ def generate(
         if keep_logits and result.logits is not None:
             all_logits.append(result.logits)
         tokens = result.tokens if forced is None else forced[:, step].astype(np.int64)
+        if (unsampleable := np.flatnonzero(~finished & (tokens == NO_TOKEN))).size:
+            raise NonFiniteLogits(
+                f"prompt {unsampleable[0]}: the model's logits are not finite (NaN or infinity) "
+                f"at output token {step + 1}"
+            )
         for row in np.flatnonzero(~finished):
             if eos_id is not None and tokens[row] == eos_id:
                 finished[row] = True

@@ -10,9 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tokenizers import Tokenizer
 from toy_records import write_toy_scored
 
-from contract.command import RELEVANCE_LEVELS
+from contract.command import OUTPUT_TOKEN, RELEVANCE_LEVELS
+from contract.manifest import load_manifest
+from tests.poisoned_bundle import poisoned_bundle
 from training.compare import run as compare_run
 from training.evaluate import copies_intent, evaluate, load_model, run
 from training.rewards import Embedder
@@ -128,3 +131,22 @@ def test_eval_rejects_bad_arguments(scored: Path, tmp_path: Path, capsys: pytest
     assert "--lengths" in capsys.readouterr().err
     assert run(Namespace(**{**base, "checkpoint": str(tmp_path)})) == 2
     assert "cannot load" in capsys.readouterr().err
+
+
+def test_eval_stops_with_one_line_on_a_model_whose_logits_are_not_finite(
+    tiny_bundle: Path, scored: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every prompt ends in the output token, whose embedding is NaN here: nothing can be sampled,
+    so no report is written, and the command says why in one line (exit 2)."""
+    pytest.importorskip("onnx")
+    tokenizer = Tokenizer.from_file(str(tiny_bundle / load_manifest(tiny_bundle).tokenizer_file))
+    bundle = poisoned_bundle(tiny_bundle, tmp_path / "bundle", "fp32", tokenizer.token_to_id(OUTPUT_TOKEN))
+    out = tmp_path / "eval"
+    args = Namespace(
+        checkpoint=None, onnx=str(bundle), variant="fp32", data=str(scored), out=str(out), intents=1, lengths="4",
+        n=1, batch_size=8, seed=0, no_record=True, temperature=None, top_p=None, realistic=0, realistic_file=None,
+    )  # fmt: skip
+    assert run(args) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]  # after the progress bar's lines
+    assert error.startswith("error: the model cannot be evaluated:") and "not finite" in error, error
+    assert not (out / "report.json").exists()

@@ -20,12 +20,13 @@ from tokenizers import Tokenizer
 from contract.command import CommandSpec, encode_text, normalize_text, prompt_ids
 from contract.manifest import load_manifest
 from runtime.cpus import available_cpus, cgroup_cpu_quota
-from runtime.decode import generate
+from runtime.decode import NonFiniteLogits, generate
 from runtime.detokenize import IncrementalDetokenizer
 from runtime.kv_cache import BatchCache
 from runtime.onnx_runner import CPU, CUDA, SINGLE_THREAD_BELOW_BYTES, OnnxRunner, Prompts, choose_intra_op_threads
 from runtime.padding import pad
 from runtime.sampler import SamplingParams
+from tests.poisoned_bundle import poisoned_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("contract", "runtime", "server", "training", "export", "loadtest")
@@ -88,6 +89,20 @@ def test_greedy_generate_is_the_argmax_of_each_step(runner: OnnxRunner) -> None:
     # Teacher forcing feeds the given tokens instead, and still reports every step's logits.
     forced = np.full((2, 6), 3, np.int64)
     assert [g.ids for g in generate(runner, prompts, 6, eos_id=None, forced=forced).generations] == forced.tolist()
+
+
+def test_generate_refuses_to_go_on_from_logits_that_are_not_finite(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Evaluation and the export's checks decode with `generate`: a prompt the model gives NaN
+    logits (token 9's embedding is NaN here) stops it with the prompt and the token named, rather
+    than feeding the sampler's NO_TOKEN (-1) back as a token. Teacher forcing needs no sampling."""
+    pytest.importorskip("onnx")
+    runner = OnnxRunner(poisoned_bundle(tiny_bundle, tmp_path / "poisoned", "fp32", 9), "fp32", "cpu")
+    prompts = [[5, 6, 7], [8, 9, 10]]
+    with pytest.raises(NonFiniteLogits, match="prompt 1: .* not finite .* at output token 1"):
+        generate(runner, prompts, 4, eos_id=None)
+    assert generate(runner, prompts[:1], 4, eos_id=None).generations[0].ids  # the other prompt decodes
+    forced = np.full((2, 4), 3, np.int64)
+    assert [g.ids for g in generate(runner, prompts, 4, eos_id=None, forced=forced).generations] == forced.tolist()
 
 
 def test_generate_stops_rows_at_eos_and_never_emits_banned_tokens(runner: OnnxRunner) -> None:

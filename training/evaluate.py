@@ -48,7 +48,7 @@ from contract.command import (
 from contract.copy import copy_table, intent_words
 from contract.manifest import GenerationDefaults
 from contract.positions import context_room, countdown, position_offset
-from runtime.decode import generate
+from runtime.decode import NonFiniteLogits, generate
 from runtime.runner import Runner
 from runtime.sampler import SamplingParams, command_token_ids, make_generator
 from training.examples import STOP_WORDS
@@ -551,7 +551,13 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as e:
         print(f"error: cannot read the realistic intents: {e}", file=sys.stderr)
         return 2
-    report = evaluate(model, records, args.intents, lengths, args.n, args.batch_size, args.seed, realistic=realistic)
+    try:
+        report = evaluate(
+            model, records, args.intents, lengths, args.n, args.batch_size, args.seed, realistic=realistic
+        )
+    except NonFiniteLogits as e:
+        print(f"error: the model cannot be evaluated: {e}", file=sys.stderr)
+        return 2
     report["data"] = {"file": str(data), "sha256": hashlib.sha256(data.read_bytes()).hexdigest()}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
