@@ -11,7 +11,7 @@
     python bench/scheduler.py mixed BUNDLE [--prompts 4] [--prompt-len 25]
     python bench/scheduler.py openloop BUNDLE [--rates 4 8 16] [--seconds 20] [--warmup-s 2]
     python bench/scheduler.py freeslots BUNDLE
-    python bench/scheduler.py weights
+    python bench/scheduler.py weights [--rows 1 8 25 32] [--dynamic-only]
     python bench/scheduler.py skipnorm BUNDLE
 
 - rebuilds: a closed loop of 32 requests (20-word t2i prompts, 30-48 new tokens, temperature
@@ -67,7 +67,9 @@
   sampled again from a fresh generator per row, from warm memory, on its first 1, 8 and all 32
   rows: ms per call, best of 3 passes.
 - weights: ORT's two INT8 weight kernels (export/variants.py's `dynamic` and `blockwise`) on 48
-  MLP-shaped MatMuls at 1, 8, 25 and 32 rows.
+  MLP-shaped MatMuls at 1, 8, 25 and 32 rows (`--rows`). On an AMX machine the dynamic kernel's
+  time steps up past each multiple of 16 rows (`--rows 1 16 17 32 33 --dynamic-only`): it computes
+  in tiles of 16 rows, and their arithmetic adds to the weight read instead of overlapping it.
 - skipnorm: a decode step of the bundle's INT8 graph against a copy whose residual Add +
   LayerNorm pairs are fused into ORT's SkipLayerNormalization (tried, not kept).
 Run it alone on the machine (two busy processes on two cores slow each other).
@@ -669,7 +671,7 @@ def attention_seconds(cache: str, session: Callable[[Any], Any], rng: np.random.
     return best_seconds(lambda: attention.run_with_iobinding(binding), 20)
 
 
-def weight_kernels() -> None:
+def weight_kernels(rows: list[int], dynamic_only: bool) -> None:
     """ORT's two INT8 weight kernels as export/variants.py makes them, on 48 MatMuls shaped like
     GPT-2 small's MLP (768 x 3,072 and back; 113 MB of int8 weights, more than the caches hold):
     `dynamic` (DynamicQuantizeMatMul, the INT8 variant's) against `blockwise` (MatMulNBits, 8-bit
@@ -695,13 +697,13 @@ def weight_kernels() -> None:
         fp32 = Path(tmp) / "chain.onnx"
         save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(fp32))
         sessions = {}
-        for scheme in (DYNAMIC, BLOCKWISE):
+        for scheme in (DYNAMIC,) if dynamic_only else (DYNAMIC, BLOCKWISE):
             options = ort.SessionOptions()
             options.add_session_config_entry("session.intra_op.allow_spinning", "1")
             options.add_session_config_entry("session.force_spinning_stop", "1")
             path = to_int8(fp32, Path(tmp) / f"{scheme}.onnx", scheme)
             sessions[scheme] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        for m in (1, 8, 25, 32):
+        for m in rows:
             a = rng.normal(size=(m, 768)).astype(np.float32)
             runs = {name: lambda s=s, a=a: s.run(None, {"x": a}) for name, s in sessions.items()}
             ms = interleaved_best(runs, 15)
@@ -821,7 +823,9 @@ def main() -> None:
     sa.add_argument("bundle", type=Path)
     sa.add_argument("--steps", type=int, default=200)
     sa.add_argument("--evict-mb", type=int, default=0, help="read this many MB before each call (a cold cache)")
-    sub.add_parser("weights")
+    w = sub.add_parser("weights")
+    w.add_argument("--rows", type=int, nargs="+", default=[1, 8, 25, 32])
+    w.add_argument("--dynamic-only", action="store_true", help="time DynamicQuantizeMatMul alone")
     sk = sub.add_parser("skipnorm")
     sk.add_argument("bundle", type=Path)
     m = sub.add_parser("mixed")
@@ -859,7 +863,7 @@ def main() -> None:
     elif args.command == "mixed":
         mixed(args.bundle, args.prompts, args.prompt_len)
     elif args.command == "weights":
-        weight_kernels()
+        weight_kernels(args.rows, args.dynamic_only)
     elif args.command == "skipnorm":
         skipnorm(args.bundle)
     elif args.command == "sideload":
