@@ -9,6 +9,7 @@
     python bench/scheduler.py sampling BUNDLE [--steps 200]
     python bench/scheduler.py sideload BUNDLE [--ms 1.2] [--rate 210] [--seconds 8]
     python bench/scheduler.py mixed BUNDLE [--prompts 4] [--prompt-len 25]
+    python bench/scheduler.py profile BUNDLE [--batch 32] [--prompt-len 13] [--steps 30]
     python bench/scheduler.py openloop BUNDLE [--rates 4 8 16] [--seconds 20] [--warmup-s 2]
     python bench/scheduler.py freeslots BUNDLE
     python bench/scheduler.py weights [--rows 1 8 25 32] [--dynamic-only]
@@ -45,6 +46,8 @@
   prefill apart, against one forward of the mixed graph), best of 15 each; and the decode step
   through the mixed graph beside a one-token prompt: what every step would cost if the mixed
   graph served all steps (docs/architecture.md says why it does not).
+- profile: ONNX Runtime's per-node profile of a decode step of `--batch` rows beside the same step
+  with a `--prompt-len` prompt mixed in: where a join step's extra time goes.
 - openloop: the engine's own latency under load, with no HTTP and no client on the cores:
   requests (48 new tokens) arrive as a Poisson process at each `--rate` for `--seconds` into the
   scheduler, which steps whenever it has work. Per rate: p50 / p90 / p99 latency from arrival to
@@ -521,12 +524,7 @@ def mixed(bundle: Path, prompts: int, prompt_len: int) -> None:
     joining = pad(rng.integers(0, runner.vocab_size, (prompts, prompt_len)).tolist(), runner.eos_token_id, right=True)
     token = np.ones((1, 1), np.int64)
     for batch in (1, 8, 32):
-        rows = [rng.integers(0, runner.vocab_size, int(n)).tolist() for n in rng.integers(20, 60, batch)]
-        input_ids, mask, positions = pad(rows, runner.eos_token_id, right=True)
-        _, past = runner.forward(input_ids, mask, positions, runner.empty_past(batch))
-        cache = BatchCache(past, mask, True)
-        # Each rewrites the same new column of each row, so repeating a step leaves the cache as it was.
-        step = (np.full((batch, 1), 5), cache.step_mask(np.ones(batch, bool)), cache.positions(), cache.past)
+        step = ragged_step(runner, rng, batch)
         forwards = {
             "decode": lambda s=step: runner.forward(*s),
             "prefill": lambda: runner.forward(*joining, runner.empty_past(prompts)),
@@ -539,6 +537,53 @@ def mixed(bundle: Path, prompts: int, prompt_len: int) -> None:
             f"{ms['prefill']:.2f} ms = {ms['decode'] + ms['prefill']:.2f} ms apart, {ms['mixed']:.2f} ms mixed; "
             f"the decode step through the mixed graph beside a one-token prompt {ms['beside']:.2f} ms"
         )
+
+
+def ragged_step(runner: OnnxRunner, rng: np.random.Generator, batch: int) -> tuple[Any, ...]:
+    """The inputs of a decode step for `batch` ragged rows of 20-59 prefilled tokens. Each run of
+    it rewrites the same new column of each row, so repeating it leaves the cache as it was."""
+    rows = [rng.integers(0, runner.vocab_size, int(n)).tolist() for n in rng.integers(20, 60, batch)]
+    input_ids, mask, positions = pad(rows, runner.eos_token_id, right=True)
+    _, past = runner.forward(input_ids, mask, positions, runner.empty_past(batch))
+    cache = BatchCache(past, mask, True)
+    return np.full((batch, 1), 5), cache.step_mask(np.ones(batch, bool)), cache.positions(), cache.past
+
+
+def profile(bundle: Path, batch: int, prompt_len: int, steps: int) -> None:
+    """ONNX Runtime's own profile (INT8) of a decode step of `batch` ragged rows and of the same
+    step with a `prompt_len`-token prompt prefilled in it (the mixed graph), run in turn: ms per
+    step by node, a node's copies in every layer added up (`blocks.#`). Profiling adds its own
+    overhead: compare the two columns, not these times with unprofiled ones."""
+    import re
+    import tempfile
+    from collections import defaultdict
+
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        options = {**RUNNER_OPTIONS, "profile_prefix": f"{tmp}/ort"}
+        runner = OnnxRunner(bundle, variant="int8", provider="cpu", **options)
+        if not runner.mixed_prefill:
+            raise SystemExit(f"{bundle} has no mixed graph for its int8 variant")
+        step = ragged_step(runner, rng, batch)
+        prompt = pad([rng.integers(0, runner.vocab_size, prompt_len).tolist()], runner.eos_token_id, right=True)
+        for _ in range(steps + 5):  # the first 5 of each are left out: allocations, first touches
+            runner.forward(*step)
+            runner.forward(*step, Prompts(*prompt, runner.empty_past(1)))
+        columns = {}
+        for name, session in (("decode", runner.session), ("mixed", runner.mixed_session)):
+            assert session is not None
+            events = json.loads(Path(session.end_profiling()).read_text())
+            first = [e for e in events if e.get("cat") == "Session" and e["name"] == "model_run"][5]["ts"]
+            by_node: dict[str, float] = defaultdict(float)
+            for e in events:
+                if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first:
+                    by_node[re.sub(r"\d+", "#", e["name"].removesuffix("_kernel_time"))] += e["dur"] / 1e3 / steps
+            columns[name] = by_node
+    print(f"{batch} rows, and a prompt of {prompt_len} in the mixed step: ms per step, {steps} steps each")
+    print(f"  {'all kernels':44s} {sum(columns['decode'].values()):7.2f} {sum(columns['mixed'].values()):7.2f}")
+    nodes = sorted(set(columns["decode"]) | set(columns["mixed"]), key=lambda n: -columns["mixed"].get(n, 0.0))
+    for node in nodes[:16]:
+        print(f"  {node[:44]:44s} {columns['decode'].get(node, 0.0):7.2f} {columns['mixed'].get(node, 0.0):7.2f}")
 
 
 def interleaved_best(forwards: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
@@ -828,6 +873,11 @@ def main() -> None:
     w.add_argument("--dynamic-only", action="store_true", help="time DynamicQuantizeMatMul alone")
     sk = sub.add_parser("skipnorm")
     sk.add_argument("bundle", type=Path)
+    pr = sub.add_parser("profile")
+    pr.add_argument("bundle", type=Path)
+    pr.add_argument("--batch", type=int, default=32)
+    pr.add_argument("--prompt-len", type=int, default=13)
+    pr.add_argument("--steps", type=int, default=30)
     m = sub.add_parser("mixed")
     m.add_argument("bundle", type=Path)
     m.add_argument("--prompts", type=int, default=4)
@@ -862,6 +912,8 @@ def main() -> None:
         kernels()
     elif args.command == "mixed":
         mixed(args.bundle, args.prompts, args.prompt_len)
+    elif args.command == "profile":
+        profile(args.bundle, args.batch, args.prompt_len, args.steps)
     elif args.command == "weights":
         weight_kernels(args.rows, args.dynamic_only)
     elif args.command == "skipnorm":
