@@ -277,9 +277,9 @@ def sample(
     greedy = temperature <= 0.0
     tokens = np.zeros(len(rows), np.int64)
     if greedy.any():
-        g = x[greedy]
-        best = g.argmax(axis=1)
-        tokens[greedy] = np.where(np.isfinite(g[np.arange(best.size), best]), best, NO_TOKEN)
+        greedy_x = x[greedy]
+        best = greedy_x.argmax(axis=1)
+        tokens[greedy] = np.where(np.isfinite(greedy_x[np.arange(best.size), best]), best, NO_TOKEN)
     sampled = np.flatnonzero(~greedy)
     if sampled.size == 0:
         return tokens
