@@ -9,7 +9,7 @@
     python bench/scheduler.py sampling BUNDLE [--steps 200]
     python bench/scheduler.py sideload BUNDLE [--ms 1.2] [--rate 210] [--seconds 8]
     python bench/scheduler.py mixed BUNDLE [--prompts 4] [--prompt-len 25]
-    python bench/scheduler.py profile BUNDLE [--batch 32] [--prompt-len 13] [--steps 30]
+    python bench/scheduler.py profile BUNDLE [--variant int8] [--batch 32] [--prompt-len 13] [--steps 30]
     python bench/scheduler.py openloop BUNDLE [--rates 4 8 16] [--seconds 20] [--warmup-s 2]
     python bench/scheduler.py freeslots BUNDLE
     python bench/scheduler.py weights [--rows 1 8 25 32] [--dynamic-only]
@@ -45,9 +45,11 @@
 - mixed: a join step's forwards at batch 1, 8 and 32 (the batch's decode step and the joiners'
   prefill apart, against one forward of the mixed graph), best of 15 each; and the decode step
   through the mixed graph beside a one-token prompt: what every step would cost if the mixed
-  graph served all steps (docs/architecture.md says why it does not).
+  graph served all steps (docs/architecture.md says why it does not); and a decode step right
+  after a mixed one against one after a decode step (the two sessions' own weight copies).
 - profile: ONNX Runtime's per-node profile of a decode step of `--batch` rows beside the same step
-  with a `--prompt-len` prompt mixed in: where a join step's extra time goes.
+  with a `--prompt-len` prompt mixed in: where a join step's extra time goes. `--variant fp32`:
+  the same with the cache in fp32 (the prompt's attention against the int8 cache's).
 - openloop: the engine's own latency under load, with no HTTP and no client on the cores:
   requests (48 new tokens) arrive as a Poisson process at each `--rate` for `--seconds` into the
   scheduler, which steps whenever it has work. Per rate: p50 / p90 / p99 latency from arrival to
@@ -516,7 +518,9 @@ def freeslots(bundle: Path) -> None:
 def mixed(bundle: Path, prompts: int, prompt_len: int) -> None:
     """One join step's forwards (INT8): the batch's decode step and the joiners' prefill apart
     (two forwards, what a bundle without a mixed graph does) against one mixed forward; and the
-    decode step through the mixed graph beside a one-token prompt (one graph for every step)."""
+    decode step through the mixed graph beside a one-token prompt (one graph for every step); and
+    a decode step right after a mixed one against right after another decode step (each session
+    holds its own prepacked weights, so a mixed step pushes the decode session's out of cache)."""
     runner, _ = load(bundle)
     if not runner.mixed_prefill:
         raise SystemExit(f"{bundle} has no mixed graph for its int8 variant")
@@ -532,10 +536,13 @@ def mixed(bundle: Path, prompts: int, prompt_len: int) -> None:
             "beside": lambda s=step: runner.forward(*s, Prompts(token, token, token - 1, runner.empty_past(1))),
         }
         ms = interleaved_best(forwards, 15)
+        after_decode = interleaved_best({"decode": forwards["decode"]}, 15)["decode"]
+        after_mixed = interleaved_best({"mixed": forwards["mixed"], "decode": forwards["decode"]}, 15)["decode"]
         print(
             f"batch {batch} + {prompts} prompts of {prompt_len}: decode {ms['decode']:.2f} ms + prefill "
             f"{ms['prefill']:.2f} ms = {ms['decode'] + ms['prefill']:.2f} ms apart, {ms['mixed']:.2f} ms mixed; "
-            f"the decode step through the mixed graph beside a one-token prompt {ms['beside']:.2f} ms"
+            f"the decode step through the mixed graph beside a one-token prompt {ms['beside']:.2f} ms; "
+            f"a decode step after a decode step {after_decode:.2f} ms, after a mixed one {after_mixed:.2f} ms"
         )
 
 
@@ -549,11 +556,12 @@ def ragged_step(runner: OnnxRunner, rng: np.random.Generator, batch: int) -> tup
     return np.full((batch, 1), 5), cache.step_mask(np.ones(batch, bool)), cache.positions(), cache.past
 
 
-def profile(bundle: Path, batch: int, prompt_len: int, steps: int) -> None:
-    """ONNX Runtime's own profile (INT8) of a decode step of `batch` ragged rows and of the same
-    step with a `prompt_len`-token prompt prefilled in it (the mixed graph), run in turn: ms per
-    step by node, a node's copies in every layer added up (`blocks.#`). Profiling adds its own
-    overhead: compare the two columns, not these times with unprofiled ones."""
+def profile(bundle: Path, variant: str, batch: int, prompt_len: int, steps: int) -> None:
+    """ONNX Runtime's own profile of `variant` (int8: its cache in int8; fp32: in fp32) for a
+    decode step of `batch` ragged rows and the same step with a `prompt_len`-token prompt
+    prefilled in it (the mixed graph), run in turn: ms per step by node, a node's copies in every
+    layer added up (`blocks.#`). Profiling adds its own overhead: compare the two columns, not
+    these times with unprofiled ones."""
     import re
     import tempfile
     from collections import defaultdict
@@ -561,9 +569,9 @@ def profile(bundle: Path, batch: int, prompt_len: int, steps: int) -> None:
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         options = {**RUNNER_OPTIONS, "profile_prefix": f"{tmp}/ort"}
-        runner = OnnxRunner(bundle, variant="int8", provider="cpu", **options)
+        runner = OnnxRunner(bundle, variant=variant, provider="cpu", **options)
         if not runner.mixed_prefill:
-            raise SystemExit(f"{bundle} has no mixed graph for its int8 variant")
+            raise SystemExit(f"{bundle} has no mixed graph for its {variant} variant")
         step = ragged_step(runner, rng, batch)
         prompt = pad([rng.integers(0, runner.vocab_size, prompt_len).tolist()], runner.eos_token_id, right=True)
         for _ in range(steps + 5):  # the first 5 of each are left out: allocations, first touches
@@ -579,7 +587,7 @@ def profile(bundle: Path, batch: int, prompt_len: int, steps: int) -> None:
                 if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= first:
                     by_node[re.sub(r"\d+", "#", e["name"].removesuffix("_kernel_time"))] += e["dur"] / 1e3 / steps
             columns[name] = by_node
-    print(f"{batch} rows, and a prompt of {prompt_len} in the mixed step: ms per step, {steps} steps each")
+    print(f"{variant}: {batch} rows, and a prompt of {prompt_len} in the mixed step: ms per step, {steps} steps each")
     print(f"  {'all kernels':44s} {sum(columns['decode'].values()):7.2f} {sum(columns['mixed'].values()):7.2f}")
     nodes = sorted(set(columns["decode"]) | set(columns["mixed"]), key=lambda n: -columns["mixed"].get(n, 0.0))
     for node in nodes[:16]:
@@ -875,6 +883,7 @@ def main() -> None:
     sk.add_argument("bundle", type=Path)
     pr = sub.add_parser("profile")
     pr.add_argument("bundle", type=Path)
+    pr.add_argument("--variant", choices=("int8", "fp32"), default="int8")
     pr.add_argument("--batch", type=int, default=32)
     pr.add_argument("--prompt-len", type=int, default=13)
     pr.add_argument("--steps", type=int, default=30)
@@ -913,7 +922,7 @@ def main() -> None:
     elif args.command == "mixed":
         mixed(args.bundle, args.prompts, args.prompt_len)
     elif args.command == "profile":
-        profile(args.bundle, args.batch, args.prompt_len, args.steps)
+        profile(args.bundle, args.variant, args.batch, args.prompt_len, args.steps)
     elif args.command == "weights":
         weight_kernels(args.rows, args.dynamic_only)
     elif args.command == "skipnorm":
