@@ -133,12 +133,13 @@ INTENTS = ("holiday sale in paris", "summer hiking boots", "coffee shop opening"
 
 # the runner's options: --no-mix (a `mixed` bundle's joiners prefill in a forward of their own),
 # --no-spin (ORT's workers sleep between operators), --device-sampling (the sampler graph on the CPU too),
-# --threads (ORT's intra-op threads)
+# --threads (ORT's intra-op threads), --attention-kernel (runtime/attention_kernel.py)
 RUNNER_OPTIONS: dict[str, Any] = {
     "mixed_prefill": True,
     "spinning": True,
     "device_sampling": "auto",
     "intra_op_threads": "auto",
+    "attention_kernel": "auto",
 }
 
 
@@ -149,7 +150,7 @@ def load(bundle: Path, retain: bool = True) -> tuple[OnnxRunner, Tokenizer]:
     runner = OnnxRunner(bundle, variant="int8", provider="cpu", **RUNNER_OPTIONS)
     print(
         f"{bundle}: kv_cache {runner.variant.kv_cache}, mixed prefill {runner.mixed_prefill}, "
-        f"the runner resident in {resident_mb() - before:.0f} MB"
+        f"attention kernel {runner.attention_kernel}, the runner resident in {resident_mb() - before:.0f} MB"
     )
     return runner, Tokenizer.from_file(str(bundle / runner.manifest.tokenizer_file))
 
@@ -898,6 +899,10 @@ def main() -> None:
     o.add_argument("--warmup-s", type=float, default=2, help="leave out requests due in the first S seconds")
     f = sub.add_parser("freeslots")
     f.add_argument("bundle", type=Path)
+    for command in (r, u, b, o, m, pr):
+        command.add_argument(
+            "--attention-kernel", choices=("auto", "on", "off"), default="auto", help="our int8 attention kernel"
+        )
     for command in (r, u, b, o):
         command.add_argument("--no-mix", dest="mix", action="store_false", help="joiners prefill on their own")
         command.add_argument("--no-spin", dest="spin", action="store_false", help="ORT's workers sleep between ops")
@@ -911,6 +916,7 @@ def main() -> None:
         spinning=getattr(args, "spin", True),
         device_sampling=getattr(args, "device_sampling", "auto"),
         intra_op_threads=getattr(args, "threads", "auto"),
+        attention_kernel=getattr(args, "attention_kernel", "auto"),
     )
     print(f"load average at start: {load_average()}")
     if args.command == "rebuilds":

@@ -59,6 +59,8 @@ from contract.manifest import (
     prompt_past_names,
     prompt_present_names,
 )
+from runtime.attention_kernel import kernel_session
+from runtime.attention_kernel import library as attention_kernel_library
 from runtime.cache_graph import CACHE_OUTPUT, cache_graph
 from runtime.cpus import available_cpus
 from runtime.sampler_graph import SAMPLER_OUTPUT, sampler_graph
@@ -160,6 +162,7 @@ class OnnxRunner:
         device_cache: bool | None = None,
         profile_prefix: str | None = None,
         mixed_prefill: bool = True,
+        attention_kernel: Literal["auto", "on", "off"] = "auto",
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest if manifest is not None else load_manifest(self.bundle_dir)
@@ -204,7 +207,12 @@ class OnnxRunner:
         providers: list[str | tuple[str, dict[str, str]]] = [CPU]
         if provider_name == CUDA:
             providers = [(CUDA, {"device_id": "0"}), CPU]
-        self.session = ort.InferenceSession(str(path), options, providers=providers)
+        # Our int8 attention kernel in place of GroupQueryAttention (attention_kernel.py).
+        kernel = self._kernel_library(attention_kernel, provider_name)
+        self.attention_kernel = kernel is not None
+        if kernel is not None:
+            options.register_custom_ops_library(str(kernel))
+        self.session = self._decoder_session(path, options, providers)
         self.last_run_s = 0.0  # the last decoder run's time inside ORT (the engine bench splits a step with it)
         self._check_interface(self.session, mixed=False)
         # ORT falls back to CPU silently when CUDA cannot start; report what it actually uses.
@@ -232,7 +240,7 @@ class OnnxRunner:
         self._bindings: dict[int, tuple[ort.IOBinding, list[ort.OrtValue]]] = {}
         if mixed_prefill and self.variant.mixed_file and self.ragged_rows:
             mixed_path = self.bundle_dir / self.variant.mixed_file
-            self.mixed_session = ort.InferenceSession(str(mixed_path), options, providers=providers)
+            self.mixed_session = self._decoder_session(mixed_path, options, providers)
             self._check_interface(self.mixed_session, mixed=True)
         log.info(
             "runner ready",
@@ -246,10 +254,42 @@ class OnnxRunner:
                 "kv_dtype": self.variant.kv_dtype,
                 "ragged_rows": self.ragged_rows,
                 "mixed_prefill": self.mixed_session is not None,
+                "attention_kernel": self.attention_kernel,
                 "intra_op_threads": self.intra_op_threads or "ORT's default",
                 "file": str(path),
             },
         )
+
+    def _kernel_library(self, requested: str, provider: str) -> Path | None:
+        """The int8 attention kernel's library where this runner uses it: `auto` on CPU for an
+        int8 cache when the library was built, `on` the same but an error when it cannot be."""
+        if requested == "off":
+            return None
+        if provider != CPU or self.kv_dtype != np.int8:
+            if requested == "on":
+                raise BundleError(
+                    f"attention_kernel=on: the kernel serves an int8 KV cache on CPU; variant "
+                    f"{self.variant.name} keeps {self.variant.kv_dtype} on {provider}"
+                )
+            return None
+        built = attention_kernel_library()
+        if built is None and requested == "on":
+            raise BundleError(
+                "attention_kernel=on, but the kernel is not built: install with a C compiler "
+                "(pip install -e .) or run `python -m runtime.attention_kernel --build`"
+            )
+        if built is None:
+            log.info("int8 attention kernel not built; GroupQueryAttention serves the int8 cache")
+        return built
+
+    def _decoder_session(
+        self, path: Path, options: ort.SessionOptions, providers: list[str | tuple[str, dict[str, str]]]
+    ) -> ort.InferenceSession:
+        """A session of the graph at `path`, with the attention kernel in place of
+        GroupQueryAttention where this runner uses it."""
+        if self.attention_kernel and (session := kernel_session(path, options, providers)) is not None:
+            return session
+        return ort.InferenceSession(str(path), options, providers=providers)
 
     def _check_interface(self, session: ort.InferenceSession, mixed: bool) -> None:
         expected_in = [INPUT_IDS, ATTENTION_MASK, POSITION_IDS, *self.past_names]

@@ -55,6 +55,11 @@ class Settings(BaseSettings):
         description="prefill joining requests in the running rows' decode step where the variant has a mixed graph "
         "(CPU; off: one forward of their own, and the mixed graph is not loaded)",
     )
+    attention_kernel: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="our int8 attention kernel in place of ONNX Runtime's GroupQueryAttention, for an int8 KV cache "
+        "on CPU (runtime/attention_kernel.py; auto: where the install built it, on: fail if it cannot be used)",
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="default per-request deadline (504 when passed)")
     max_request_timeout_s: float = Field(300.0, gt=0, description="the longest deadline a request may ask for")
     grace_period_s: float = Field(20.0, ge=0, description="on SIGTERM, how long in-flight requests may finish")

@@ -227,6 +227,7 @@ def build_engine(settings: Settings, manifest: Manifest, tokenizer: Tokenizer, m
         device_sampling=settings.device_sampling,
         spinning=settings.ort_spinning,
         mixed_prefill=settings.mixed_prefill,
+        attention_kernel=settings.attention_kernel,
     )
     scheduler = Scheduler(
         runner,

@@ -1,0 +1,462 @@
+/* promptgen::AttentionInt8, an ONNX Runtime custom operator for the CPU provider: attention
+ * over an int8 KV cache with per-channel scales, for the graphs the INT8 variant exports
+ * (export/kv_int8.py). runtime/attention_kernel.py swaps it in for GroupQueryAttention when
+ * a session is made; docs/architecture.md ("the int8 attention kernel") says why.
+ *
+ * Semantics: exactly those of com.microsoft::GroupQueryAttention as our graphs use it (packed
+ * QKV, no rotary, no softcap, no local window, an additive bias, kv_cache_bit_width 8 with
+ * PER_CHANNEL scales), so the cache it writes is byte for byte the one GroupQueryAttention
+ * writes, and the outputs agree to float rounding (tests/test_attention_kernel.py):
+ *   - row b holds seqlens_k[b] + 1 columns after this call. Its S new keys and values go at
+ *     columns past_b .. past_b + S - 1, where past_b = 0 for a first prompt (S equals the
+ *     total length) and seqlens_k[b] + 1 - S otherwise; each is quantised per channel,
+ *     round half to even, saturating at -128 and 127.
+ *   - query s of row b attends to columns 0 .. past_b + s (causal), scores scaled by
+ *     1/sqrt(head_size) plus bias[b, 0, s, column].
+ * Why: GroupQueryAttention's CPU kernel runs each (row, head) as two tiny GEMM calls with a
+ * scratch allocation and dequantises through a float buffer; at GPT-2 small's 12 heads that
+ * is ~1 us of overhead per (row, head, layer), the largest single cost of a batch-32 decode
+ * step (bench/engine.md, step 22). Here each (row, key/value head) is one task: the new
+ * columns are quantised, then scores, softmax and the weighted sum of values run over the
+ * int8 columns directly, in AVX-512 where the CPU has it.
+ *
+ * The ORT C API is reached through the OrtApi function table by index: the table only ever
+ * grows at its end (a stable ABI), and the indices below are those of onnxruntime_c_api.h
+ * (API version 17, the first with KernelContext_ParallelFor). No ORT header is needed to build.
+ */
+#include <math.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+typedef struct OrtStatus OrtStatus;
+typedef struct OrtKernelContext OrtKernelContext;
+typedef struct OrtKernelInfo OrtKernelInfo;
+typedef struct OrtValue OrtValue;
+typedef struct OrtTensorTypeAndShapeInfo OrtShape;
+typedef struct OrtSessionOptions OrtSessionOptions;
+typedef struct OrtCustomOpDomain OrtCustomOpDomain;
+typedef struct {
+  const void *(*GetApi)(uint32_t version);
+  const char *(*GetVersionString)(void);
+} OrtApiBase;
+
+enum {
+  API_VERSION = 17,
+  CREATE_STATUS = 0,
+  CREATE_CUSTOM_OP_DOMAIN = 26,
+  CUSTOM_OP_DOMAIN_ADD = 27,
+  ADD_CUSTOM_OP_DOMAIN = 28,
+  GET_TENSOR_MUTABLE_DATA = 51,
+  GET_DIMENSIONS_COUNT = 61,
+  GET_DIMENSIONS = 62,
+  GET_TENSOR_TYPE_AND_SHAPE = 65,
+  KERNEL_INFO_GET_ATTRIBUTE_INT64 = 86,
+  KERNEL_CONTEXT_GET_INPUT = 90,
+  KERNEL_CONTEXT_GET_OUTPUT = 91,
+  RELEASE_TENSOR_TYPE_AND_SHAPE_INFO = 99,
+  KERNEL_CONTEXT_PARALLEL_FOR = 274,
+};
+enum { TYPE_FLOAT = 1, TYPE_INT8 = 3, TYPE_INT32 = 6 }; /* ONNXTensorElementDataType */
+enum { ORT_INVALID_ARGUMENT = 2 };                     /* OrtErrorCode */
+
+static void *const *api; /* the OrtApi table */
+#define API(index, type) ((type)api[index])
+
+typedef OrtStatus *(*CreateStatusFn)(int, const char *);
+typedef OrtStatus *(*GetTypeAndShapeFn)(const OrtValue *, OrtShape **);
+typedef OrtStatus *(*GetDimensionsCountFn)(const OrtShape *, size_t *);
+typedef OrtStatus *(*GetDimensionsFn)(const OrtShape *, int64_t *, size_t);
+typedef void (*ReleaseShapeFn)(OrtShape *);
+typedef OrtStatus *(*GetMutableDataFn)(const OrtValue *, void **);
+typedef OrtStatus *(*GetInputFn)(const OrtKernelContext *, size_t, const OrtValue **);
+typedef OrtStatus *(*GetOutputFn)(OrtKernelContext *, size_t, const int64_t *, size_t, OrtValue **);
+typedef OrtStatus *(*ParallelForFn)(const OrtKernelContext *, void (*)(void *, size_t), size_t, size_t, void *);
+typedef OrtStatus *(*GetAttributeInt64Fn)(const OrtKernelInfo *, const char *, int64_t *);
+
+/* OrtCustomOp, field for field (onnxruntime_c_api.h); ORT reads the fields its `version` has. */
+typedef struct OrtCustomOp {
+  uint32_t version;
+  void *(*CreateKernel)(const struct OrtCustomOp *, const void *, const OrtKernelInfo *);
+  const char *(*GetName)(const struct OrtCustomOp *);
+  const char *(*GetExecutionProviderType)(const struct OrtCustomOp *);
+  int (*GetInputType)(const struct OrtCustomOp *, size_t);
+  size_t (*GetInputTypeCount)(const struct OrtCustomOp *);
+  int (*GetOutputType)(const struct OrtCustomOp *, size_t);
+  size_t (*GetOutputTypeCount)(const struct OrtCustomOp *);
+  void (*KernelCompute)(void *, OrtKernelContext *);
+  void (*KernelDestroy)(void *);
+  int (*GetInputCharacteristic)(const struct OrtCustomOp *, size_t);
+  int (*GetOutputCharacteristic)(const struct OrtCustomOp *, size_t);
+  int (*GetInputMemoryType)(const struct OrtCustomOp *, size_t);
+  int (*GetVariadicInputMinArity)(const struct OrtCustomOp *);
+  int (*GetVariadicInputHomogeneity)(const struct OrtCustomOp *);
+  int (*GetVariadicOutputMinArity)(const struct OrtCustomOp *);
+  int (*GetVariadicOutputHomogeneity)(const struct OrtCustomOp *);
+  OrtStatus *(*CreateKernelV2)(const struct OrtCustomOp *, const void *, const OrtKernelInfo *, void **);
+  OrtStatus *(*KernelComputeV2)(void *, OrtKernelContext *);
+  void *InferOutputShapeFn;
+  int (*GetStartVersion)(const struct OrtCustomOp *);
+  int (*GetEndVersion)(const struct OrtCustomOp *);
+} OrtCustomOp;
+
+/* Inputs, in this order (runtime/attention_kernel.py builds the node). */
+enum { QKV, PAST_KEY, PAST_VALUE, SEQLENS_K, TOTAL_LENGTH, BIAS, KEY_SCALE, VALUE_SCALE, N_INPUTS };
+enum { OUTPUT, PRESENT_KEY, PRESENT_VALUE, N_OUTPUTS };
+static const int INPUT_TYPES[N_INPUTS] = {TYPE_FLOAT, TYPE_INT8,  TYPE_INT8,  TYPE_INT32,
+                                          TYPE_INT32, TYPE_FLOAT, TYPE_FLOAT, TYPE_FLOAT};
+static const int OUTPUT_TYPES[N_OUTPUTS] = {TYPE_FLOAT, TYPE_INT8, TYPE_INT8};
+
+/* A score row lives on the stack: the longest context this kernel takes. */
+#define MAX_COLUMNS 8192
+#define MAX_HEAD_SIZE 256
+
+typedef struct {
+  int64_t num_heads, kv_num_heads;
+} Kernel;
+
+/* One call's tensors and sizes, shared by its tasks. */
+typedef struct {
+  const float *qkv, *bias, *key_scale, *value_scale;
+  const int32_t *seqlens_k;
+  const int8_t *past_key, *past_value; /* NULL where present is the past's own buffer */
+  int8_t *key, *value;
+  float *out;
+  int64_t seq, heads, kv_heads, head_size, capacity, total;
+  int first_prompt;
+} Call;
+
+static int use_avx512;
+
+static inline int8_t quantize(float x, float scale) {
+  const float q = nearbyintf(x / scale);
+  return (int8_t)(q > 127.0f ? 127.0f : (q < -128.0f ? -128.0f : q));
+}
+
+/* e^x for x <= 0 (a score minus its row's largest): x = n ln2 + r with |r| <= ln2/2, e^r by
+ * its Taylor polynomial to degree 7, 2^n through the exponent bits. Relative error ~2e-7. */
+static inline float exp_nonpositive(float x) {
+  if (x < -87.0f) return 0.0f;
+  const float n = nearbyintf(x * 1.44269504f);
+  const float r = x - n * 0.693145752f - n * 1.42860677e-6f;
+  float p = 1.98412698e-4f;
+  p = p * r + 1.38888889e-3f;
+  p = p * r + 8.33333333e-3f;
+  p = p * r + 4.16666667e-2f;
+  p = p * r + 1.66666667e-1f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const union {
+    int32_t i;
+    float f;
+  } two_n = {.i = ((int32_t)n + 127) << 23};
+  return p * two_n.f;
+}
+
+/* Softmax in place over scores[0 .. columns); returns 1 / (the sum of the exponentials). */
+static float softmax(float *scores, int64_t columns, float largest) {
+  float total = 0.0f;
+  for (int64_t c = 0; c < columns; c++) {
+    scores[c] = exp_nonpositive(scores[c] - largest);
+    total += scores[c];
+  }
+  return 1.0f / total;
+}
+
+static int64_t attended_columns(const Call *call, int64_t past, int64_t s) {
+  const int64_t columns = past + s + 1;
+  return columns < 1 ? 1 : (columns > call->capacity ? call->capacity : columns);
+}
+
+/* The portable path: any head size, any CPU. */
+static void attend_portable(const Call *call, int64_t b, int64_t h, int64_t s, const int8_t *key,
+                            const int8_t *value, int64_t past, const float *key_scale,
+                            const float *value_scale) {
+  const int64_t H = call->head_size, width = (call->heads + 2 * call->kv_heads) * H;
+  const float *q = call->qkv + (b * call->seq + s) * width + h * H;
+  const float *bias = call->bias + (b * call->seq + s) * call->total;
+  const int64_t columns = attended_columns(call, past, s);
+  const float alpha = 1.0f / sqrtf((float)H);
+  float scores[MAX_COLUMNS], query[MAX_HEAD_SIZE], acc[MAX_HEAD_SIZE];
+  for (int64_t d = 0; d < H; d++) query[d] = q[d] * key_scale[d] * alpha;
+  float largest = -INFINITY;
+  for (int64_t c = 0; c < columns; c++) {
+    float dot = c < call->total ? bias[c] : 0.0f;
+    for (int64_t d = 0; d < H; d++) dot += query[d] * (float)key[c * H + d];
+    scores[c] = dot;
+    largest = dot > largest ? dot : largest;
+  }
+  const float norm = softmax(scores, columns, largest);
+  for (int64_t d = 0; d < H; d++) acc[d] = 0.0f;
+  for (int64_t c = 0; c < columns; c++)
+    for (int64_t d = 0; d < H; d++) acc[d] += scores[c] * (float)value[c * H + d];
+  float *out = call->out + (b * call->seq + s) * call->heads * H + h * H;
+  for (int64_t d = 0; d < H; d++) out[d] = acc[d] * value_scale[d] * norm;
+}
+
+#if defined(__x86_64__)
+/* The AVX-512 path (head size a multiple of 16): a column of 16*k int8 keys or values is
+ * widened to k vectors of floats in registers, never through a buffer. While the keys are
+ * read, the same column of values is prefetched, so the second pass finds it in cache. */
+__attribute__((target("avx512f,avx512bw"))) static void attend_avx512(
+    const Call *call, int64_t b, int64_t h, int64_t s, const int8_t *key, const int8_t *value,
+    int64_t past, const float *key_scale, const float *value_scale) {
+  const int64_t H = call->head_size, chunks = H / 16, width = (call->heads + 2 * call->kv_heads) * H;
+  const float *q = call->qkv + (b * call->seq + s) * width + h * H;
+  const float *bias = call->bias + (b * call->seq + s) * call->total;
+  const int64_t columns = attended_columns(call, past, s);
+  const __m512 alpha = _mm512_set1_ps(1.0f / sqrtf((float)H));
+  float scores[MAX_COLUMNS];
+  __m512 query[MAX_HEAD_SIZE / 16], acc[MAX_HEAD_SIZE / 16];
+  for (int64_t j = 0; j < chunks; j++)
+    query[j] = _mm512_mul_ps(_mm512_mul_ps(_mm512_loadu_ps(q + 16 * j), _mm512_loadu_ps(key_scale + 16 * j)), alpha);
+  float largest = -INFINITY;
+  for (int64_t c = 0; c < columns; c++) {
+    const int8_t *column = key + c * H;
+    _mm_prefetch((const char *)(value + c * H), _MM_HINT_T0);
+    _mm_prefetch((const char *)(column + 8 * H), _MM_HINT_T0);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < chunks; j++) {
+      const __m128i bytes = _mm_loadu_si128((const __m128i *)(column + 16 * j));
+      sum = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), query[j], sum);
+    }
+    const float dot = _mm512_reduce_add_ps(sum) + (c < call->total ? bias[c] : 0.0f);
+    scores[c] = dot;
+    largest = dot > largest ? dot : largest;
+  }
+  const float norm = softmax(scores, columns, largest);
+  for (int64_t j = 0; j < chunks; j++) acc[j] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < columns; c++) {
+    const int8_t *column = value + c * H;
+    const __m512 p = _mm512_set1_ps(scores[c]);
+    for (int64_t j = 0; j < chunks; j++) {
+      const __m128i bytes = _mm_loadu_si128((const __m128i *)(column + 16 * j));
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(bytes)), p, acc[j]);
+    }
+  }
+  float *out = call->out + (b * call->seq + s) * call->heads * H + h * H;
+  const __m512 scale = _mm512_set1_ps(norm);
+  for (int64_t j = 0; j < chunks; j++)
+    _mm512_storeu_ps(out + 16 * j, _mm512_mul_ps(_mm512_mul_ps(acc[j], _mm512_loadu_ps(value_scale + 16 * j)), scale));
+}
+#endif
+
+/* One task: row b, key/value head kvh, and the query heads that share it. */
+static void attend(void *data, size_t task) {
+  const Call *call = data;
+  const int64_t H = call->head_size, S = call->seq, group = call->heads / call->kv_heads;
+  const int64_t b = (int64_t)task / call->kv_heads, kvh = (int64_t)task % call->kv_heads;
+  const int64_t width = (call->heads + 2 * call->kv_heads) * H;
+  const int64_t past = call->first_prompt ? 0 : (int64_t)call->seqlens_k[b] + 1 - S;
+  int8_t *key = call->key + (b * call->kv_heads + kvh) * call->capacity * H;
+  int8_t *value = call->value + (b * call->kv_heads + kvh) * call->capacity * H;
+  const float *key_scale = call->key_scale + kvh * H, *value_scale = call->value_scale + kvh * H;
+  if (call->past_key != NULL && past > 0) { /* a present of its own: the row's past columns first */
+    const int64_t offset = (b * call->kv_heads + kvh) * call->capacity * H;
+    const int64_t kept = (past < call->capacity ? past : call->capacity) * H;
+    memcpy(key, call->past_key + offset, (size_t)kept);
+    memcpy(value, call->past_value + offset, (size_t)kept);
+  }
+  for (int64_t s = 0; s < S; s++) {
+    const int64_t column = past + s;
+    if (column < 0 || column >= call->capacity) continue;
+    const float *row = call->qkv + (b * S + s) * width;
+    const float *k = row + (call->heads + kvh) * H, *v = row + (call->heads + call->kv_heads + kvh) * H;
+    for (int64_t d = 0; d < H; d++) {
+      key[column * H + d] = quantize(k[d], key_scale[d]);
+      value[column * H + d] = quantize(v[d], value_scale[d]);
+    }
+  }
+  for (int64_t h = kvh * group; h < (kvh + 1) * group; h++)
+    for (int64_t s = 0; s < S; s++) {
+#if defined(__x86_64__)
+      if (use_avx512 && H % 16 == 0) {
+        attend_avx512(call, b, h, s, key, value, past, key_scale, value_scale);
+        continue;
+      }
+#endif
+      attend_portable(call, b, h, s, key, value, past, key_scale, value_scale);
+    }
+}
+
+static void dimensions(const OrtValue *value, int64_t *dims, size_t most, size_t *count) {
+  OrtShape *shape;
+  API(GET_TENSOR_TYPE_AND_SHAPE, GetTypeAndShapeFn)(value, &shape);
+  API(GET_DIMENSIONS_COUNT, GetDimensionsCountFn)(shape, count);
+  if (*count <= most) API(GET_DIMENSIONS, GetDimensionsFn)(shape, dims, *count);
+  API(RELEASE_TENSOR_TYPE_AND_SHAPE_INFO, ReleaseShapeFn)(shape);
+}
+
+static void *data(const OrtValue *value) {
+  void *pointer = NULL;
+  API(GET_TENSOR_MUTABLE_DATA, GetMutableDataFn)(value, &pointer);
+  return pointer;
+}
+
+static const OrtValue *input(OrtKernelContext *context, size_t index) {
+  const OrtValue *value = NULL;
+  API(KERNEL_CONTEXT_GET_INPUT, GetInputFn)(context, index, &value);
+  return value;
+}
+
+static void *output(OrtKernelContext *context, size_t index, const int64_t *dims, size_t count) {
+  OrtValue *value = NULL;
+  API(KERNEL_CONTEXT_GET_OUTPUT, GetOutputFn)(context, index, dims, count, &value);
+  return data(value);
+}
+
+static OrtStatus *invalid(const char *message) {
+  return API(CREATE_STATUS, CreateStatusFn)(ORT_INVALID_ARGUMENT, message);
+}
+
+static OrtStatus *compute(void *kernel, OrtKernelContext *context) {
+  const Kernel *k = kernel;
+  int64_t qkv_dims[3], cache_dims[4], bias_dims[4];
+  size_t qkv_rank, cache_rank, bias_rank;
+  const OrtValue *qkv = input(context, QKV), *past_key = input(context, PAST_KEY);
+  const OrtValue *past_value = input(context, PAST_VALUE), *bias = input(context, BIAS);
+  dimensions(qkv, qkv_dims, 3, &qkv_rank);
+  dimensions(past_key, cache_dims, 4, &cache_rank);
+  dimensions(bias, bias_dims, 4, &bias_rank);
+  if (qkv_rank != 3 || cache_rank != 4 || bias_rank != 4) return invalid("AttentionInt8: wrong input ranks");
+  Call call = {
+      .seq = qkv_dims[1],
+      .heads = k->num_heads,
+      .kv_heads = k->kv_num_heads,
+      .head_size = cache_dims[3],
+      .capacity = cache_dims[2],
+      .total = *(const int32_t *)data(input(context, TOTAL_LENGTH)),
+  };
+  if (qkv_dims[2] != (call.heads + 2 * call.kv_heads) * call.head_size || cache_dims[1] != call.kv_heads)
+    return invalid("AttentionInt8: the packed QKV does not match the cache's heads");
+  if (call.head_size > MAX_HEAD_SIZE || call.capacity > MAX_COLUMNS)
+    return invalid("AttentionInt8: head size or cache length beyond this kernel's limits");
+  if (bias_dims[0] != qkv_dims[0] || bias_dims[2] != call.seq || bias_dims[3] != call.total)
+    return invalid("AttentionInt8: the bias is not [batch, 1, sequence, total length]");
+  call.first_prompt = call.seq == call.total;
+  call.qkv = data(qkv);
+  call.seqlens_k = data(input(context, SEQLENS_K));
+  call.bias = data(bias);
+  call.key_scale = data(input(context, KEY_SCALE));
+  call.value_scale = data(input(context, VALUE_SCALE));
+  const int64_t out_dims[3] = {qkv_dims[0], call.seq, call.heads * call.head_size};
+  call.out = output(context, OUTPUT, out_dims, 3);
+  call.key = output(context, PRESENT_KEY, cache_dims, 4);
+  call.value = output(context, PRESENT_VALUE, cache_dims, 4);
+  /* Bound to the past's own buffers (the runner's in-place cache) the present is written in
+   * place. Otherwise, as GroupQueryAttention, it holds each row's past columns and the new
+   * ones, zeros elsewhere. */
+  if (call.key != data(past_key) || call.value != data(past_value)) {
+    const size_t bytes = (size_t)(cache_dims[0] * cache_dims[1] * cache_dims[2] * cache_dims[3]);
+    memset(call.key, 0, bytes);
+    memset(call.value, 0, bytes);
+    call.past_key = data(past_key);
+    call.past_value = data(past_value);
+  }
+  return API(KERNEL_CONTEXT_PARALLEL_FOR, ParallelForFn)(context, attend, (size_t)(qkv_dims[0] * call.kv_heads), 0,
+                                                        &call);
+}
+
+static OrtStatus *create_kernel(const OrtCustomOp *op, const void *ort_api, const OrtKernelInfo *info, void **out) {
+  (void)op;
+  (void)ort_api;
+  Kernel *kernel = calloc(1, sizeof(Kernel));
+  if (kernel == NULL) return invalid("AttentionInt8: out of memory");
+  OrtStatus *status = API(KERNEL_INFO_GET_ATTRIBUTE_INT64, GetAttributeInt64Fn)(info, "num_heads", &kernel->num_heads);
+  if (status == NULL)
+    status = API(KERNEL_INFO_GET_ATTRIBUTE_INT64, GetAttributeInt64Fn)(info, "kv_num_heads", &kernel->kv_num_heads);
+  if (status == NULL && (kernel->kv_num_heads < 1 || kernel->num_heads % kernel->kv_num_heads != 0))
+    status = invalid("AttentionInt8: num_heads must be a multiple of kv_num_heads");
+  if (status != NULL) {
+    free(kernel);
+    return status;
+  }
+  *out = kernel;
+  return NULL;
+}
+
+static const char *name(const OrtCustomOp *op) {
+  (void)op;
+  return "AttentionInt8";
+}
+static const char *provider(const OrtCustomOp *op) {
+  (void)op;
+  return "CPUExecutionProvider";
+}
+static int input_type(const OrtCustomOp *op, size_t i) {
+  (void)op;
+  return INPUT_TYPES[i];
+}
+static size_t input_count(const OrtCustomOp *op) {
+  (void)op;
+  return N_INPUTS;
+}
+static int output_type(const OrtCustomOp *op, size_t i) {
+  (void)op;
+  return OUTPUT_TYPES[i];
+}
+static size_t output_count(const OrtCustomOp *op) {
+  (void)op;
+  return N_OUTPUTS;
+}
+static int required(const OrtCustomOp *op, size_t i) { /* INPUT_OUTPUT_REQUIRED */
+  (void)op;
+  (void)i;
+  return 0;
+}
+static int default_memory(const OrtCustomOp *op, size_t i) { /* OrtMemTypeDefault */
+  (void)op;
+  (void)i;
+  return 0;
+}
+static int one(const OrtCustomOp *op) {
+  (void)op;
+  return 1;
+}
+static int last_opset(const OrtCustomOp *op) {
+  (void)op;
+  return 2147483647;
+}
+
+static const OrtCustomOp ATTENTION_INT8 = {
+    .version = API_VERSION,
+    .GetName = name,
+    .GetExecutionProviderType = provider,
+    .GetInputType = input_type,
+    .GetInputTypeCount = input_count,
+    .GetOutputType = output_type,
+    .GetOutputTypeCount = output_count,
+    .KernelDestroy = free,
+    .GetInputCharacteristic = required,
+    .GetOutputCharacteristic = required,
+    .GetInputMemoryType = default_memory,
+    .GetVariadicInputMinArity = one,
+    .GetVariadicInputHomogeneity = one,
+    .GetVariadicOutputMinArity = one,
+    .GetVariadicOutputHomogeneity = one,
+    .CreateKernelV2 = create_kernel,
+    .KernelComputeV2 = compute,
+    .GetStartVersion = one,
+    .GetEndVersion = last_opset,
+};
+
+/* ORT calls this when a session's options load the library (register_custom_ops_library). */
+OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
+  api = base->GetApi(API_VERSION);
+  if (api == NULL) return NULL; /* an ORT older than 1.17: nothing registered, the graph fails to load */
+#if defined(__x86_64__)
+  use_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+#endif
+  OrtCustomOpDomain *domain;
+  OrtStatus *status = API(CREATE_CUSTOM_OP_DOMAIN, OrtStatus *(*)(const char *, OrtCustomOpDomain **))("promptgen", &domain);
+  if (status == NULL)
+    status = API(CUSTOM_OP_DOMAIN_ADD, OrtStatus *(*)(OrtCustomOpDomain *, const OrtCustomOp *))(domain, &ATTENTION_INT8);
+  if (status == NULL)
+    status = API(ADD_CUSTOM_OP_DOMAIN, OrtStatus *(*)(OrtSessionOptions *, OrtCustomOpDomain *))(options, domain);
+  return status;
+}
