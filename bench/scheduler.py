@@ -106,6 +106,7 @@ from contract.command import prompt_ids
 from contract.manifest import load_manifest
 from contract.positions import position_offset
 from loadtest.roofline import best_seconds
+from runtime import attention_kernel
 from runtime import sampler as sampler_module
 from runtime.allocator import retain_freed_memory
 from runtime.kv_cache import BatchCache
@@ -615,11 +616,17 @@ def kernels() -> None:
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    def session(graph: Any) -> ort.InferenceSession:
+    def session(graph: Any, ours: bool = False) -> ort.InferenceSession:
+        """`ours`: our int8 attention kernel in place of GroupQueryAttention (runtime/attention_kernel.py)."""
         opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
         options = ort.SessionOptions()
         options.intra_op_num_threads = 2
         model = helper.make_model(graph, opset_imports=opsets)
+        if ours:
+            built = attention_kernel.library()
+            if built is None or not attention_kernel.with_kernel(model):
+                raise SystemExit("the int8 attention kernel is not built: python -m runtime.attention_kernel --build")
+            options.register_custom_ops_library(str(built))
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     rng = np.random.default_rng(0)
@@ -638,6 +645,10 @@ def kernels() -> None:
     for cache in ("fp32", "fp16", "int8"):
         ms = 1000 * attention_seconds(cache, session, rng)
         print(f"GroupQueryAttention, cache {cache}: {ms:.2f} ms for 12 layers x 32 rows of 20-80 columns")
+    for _ in range(2):  # in turn: ORT's kernel against ours on the same int8 cache
+        theirs = 1000 * attention_seconds("int8", session, rng)
+        ours = 1000 * attention_seconds("int8", lambda graph: session(graph, ours=True), rng)
+        print(f"int8 cache, 12 layers x 32 rows: GroupQueryAttention {theirs:.2f} ms, our AttentionInt8 {ours:.2f} ms")
     for chunk in (8, 16):
         ms = 1000 * attention_seconds("fp32", session, rng, chunk)
         print(f"GroupQueryAttention, cache fp32, queries padded to {chunk} (query_seqlens 1): {ms:.2f} ms")
@@ -658,7 +669,8 @@ def attention_seconds(cache: str, session: Callable[[Any], Any], rng: np.random.
     buffer (32 rows of GPT-2 small do not fit the CPU's caches), 32 rows of 20-80 columns in 128
     (a ragged batch), past and present bound to one buffer (written in place). The cache in
     fp32, fp16 (the activations too: the kernel's half type is all or nothing), or int8 with
-    per-channel scales (export/kv_int8.py). `chunk` > 1: each row's query is a right-padded chunk of
+    per-channel scales and a bias of zeros (export/kv_int8.py; the kernel `session` may swap in
+    ours). `chunk` > 1: each row's query is a right-padded chunk of
     that many rows with one real token (the op's `query_seqlens` input), as a decode row would be in
     a step shared with a prompt of that length."""
     import onnxruntime as ort
@@ -672,6 +684,7 @@ def attention_seconds(cache: str, session: Callable[[Any], Any], rng: np.random.
     def inputs_of(layer: int) -> list[str]:
         names = ["qkv", "", "", f"k{layer}", f"v{layer}", "seqlens", "total"] + [""] * 10
         if quantized:
+            names[10] = "bias"  # all zeros, as a ragged decode step's: the int8 graphs always have it
             names[12:14] = ["scale", "scale"]  # k_scale, v_scale
         if chunk > 1:
             names[16] = "query_seqlens"
@@ -701,6 +714,8 @@ def attention_seconds(cache: str, session: Callable[[Any], Any], rng: np.random.
     ]
     if chunk > 1:
         inputs.append(helper.make_tensor_value_info("query_seqlens", TensorProto.INT32, [b]))
+    if quantized:
+        inputs.append(helper.make_tensor_value_info("bias", TensorProto.FLOAT, [b, 1, chunk, None]))
     outputs = [helper.make_tensor_value_info(f"out{i}", dtype, None) for i in range(layers)]
     outputs += [helper.make_tensor_value_info(f"{port}_out", cache_type, None) for port in ports]
     scale = [numpy_helper.from_array(np.full((1, heads, 1, dim), 0.02, np.float32), "scale")] if quantized else []
@@ -712,6 +727,8 @@ def attention_seconds(cache: str, session: Callable[[Any], Any], rng: np.random.
         binding.bind_cpu_input("query_seqlens", np.ones(b, np.int32))
     binding.bind_cpu_input("seqlens", (lengths - 1).astype(np.int32))
     binding.bind_cpu_input("total", np.array([lengths.max()], np.int32))
+    if quantized:
+        binding.bind_cpu_input("bias", np.zeros((b, 1, chunk, lengths.max()), np.float32))
     buffers = []
     for port in ports:
         values = (

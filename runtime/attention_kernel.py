@@ -82,7 +82,7 @@ def with_kernel(model: onnx.ModelProto) -> int:
             OP_TYPE,
             [node.input[i] for i in TAKEN],
             list(node.output),
-            name=node.name,
+            name=f"{node.name}/{OP_TYPE}",  # the export's name kept, for profiles and errors
             domain=DOMAIN,
             num_heads=attributes["num_heads"],
             kv_num_heads=attributes["kv_num_heads"],
