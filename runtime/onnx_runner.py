@@ -209,6 +209,7 @@ class OnnxRunner:
             providers = [(CUDA, {"device_id": "0"}), CPU]
         # Our int8 attention kernel in place of GroupQueryAttention (attention_kernel.py).
         kernel = self._kernel_library(attention_kernel, provider_name)
+        self._kernel_required = attention_kernel == "on"
         self.attention_kernel = kernel is not None
         if kernel is not None:
             options.register_custom_ops_library(str(kernel))
@@ -287,8 +288,12 @@ class OnnxRunner:
     ) -> ort.InferenceSession:
         """A session of the graph at `path`, with the attention kernel in place of
         GroupQueryAttention where this runner uses it."""
-        if self.attention_kernel and (session := kernel_session(path, options, providers)) is not None:
-            return session
+        if self.attention_kernel:
+            if (session := kernel_session(path, options, providers)) is not None:
+                return session
+            if self._kernel_required:
+                raise BundleError(f"attention_kernel=on, but no attention node of {path.name} is one it computes")
+            self.attention_kernel = False  # e.g. attention with a custom scale or softcap: ORT's kernel serves it
         return ort.InferenceSession(str(path), options, providers=providers)
 
     def _check_interface(self, session: ort.InferenceSession, mixed: bool) -> None:

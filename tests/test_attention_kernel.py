@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
@@ -19,6 +20,7 @@ from runtime import attention_kernel
 from runtime.attention_kernel import library, replaceable, with_kernel
 from runtime.decode import generate
 from runtime.onnx_runner import OnnxRunner
+from tests.poisoned_bundle import edited_bundle
 
 GQA_INT8 = {"kv_cache_bit_width": 8, "k_quant_type": "PER_CHANNEL", "v_quant_type": "PER_CHANNEL"}
 
@@ -187,6 +189,22 @@ def test_the_kernel_is_used_only_where_it_serves(
     assert not OnnxRunner(tiny_bundle, "int8", "cpu").attention_kernel
     with pytest.raises(BundleError, match="not built"):
         OnnxRunner(tiny_bundle, "int8", "cpu", attention_kernel="on")
+
+
+def test_a_graph_whose_attention_the_kernel_does_not_compute_keeps_ort_s(
+    built: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    def explicit_scale(model: onnx.ModelProto) -> None:  # the default's value, but an attribute the kernel refuses
+        for node in model.graph.node:
+            if node.op_type == "GroupQueryAttention":
+                node.attribute.append(helper.make_attribute("scale", 0.125))
+
+    bundle = edited_bundle(tiny_bundle, tmp_path / "bundle", "int8", explicit_scale)
+    runner = OnnxRunner(bundle, "int8", "cpu")
+    assert not runner.attention_kernel
+    assert all(n.op_type != "AttentionInt8" for n in onnx.load(str(bundle / runner.variant.file)).graph.node)
+    with pytest.raises(BundleError, match="no attention node"):
+        OnnxRunner(bundle, "int8", "cpu", attention_kernel="on")
 
 
 def test_the_build_command_builds_a_library_onnx_runtime_loads(tmp_path: Path) -> None:
