@@ -145,10 +145,10 @@ RUNNER_OPTIONS: dict[str, Any] = {
 
 
 def load(bundle: Path, retain: bool = True) -> tuple[OnnxRunner, Tokenizer]:
-    if retain:  # as the server does (runtime/allocator.py); --no-retain measures without it
-        retain_freed_memory()
     before = resident_mb()
     runner = OnnxRunner(bundle, variant="int8", provider="cpu", **RUNNER_OPTIONS)
+    if retain:  # as the server does, after the runner (runtime/allocator.py); --no-retain measures without it
+        retain_freed_memory()
     print(
         f"{bundle}: kv_cache {runner.variant.kv_cache}, mixed prefill {runner.mixed_prefill}, "
         f"attention kernel {runner.attention_kernel}, the runner resident in {resident_mb() - before:.0f} MB"
@@ -410,9 +410,11 @@ def unloaded(bundle: Path, requests: int, new_tokens: int) -> None:
         ort_spinning=RUNNER_OPTIONS["spinning"],
         device_sampling=RUNNER_OPTIONS["device_sampling"],
         intra_op_threads=RUNNER_OPTIONS["intra_op_threads"],
+        attention_kernel=RUNNER_OPTIONS["attention_kernel"],
     )
     scheduler = build_engine(settings, manifest, tokenizer, Metrics("unloaded")).scheduler
     runner = scheduler.runner
+    print(f"{bundle}: attention kernel {runner.attention_kernel}")
     steps_ms: list[float] = []
     forward_ms: list[float] = []
     for i in range(requests + 1):  # the first warms up
