@@ -28,7 +28,8 @@ NEVER_TRIM = 2**31 - 1
 
 
 def retain_freed_memory() -> bool:
-    """Tell glibc to keep freed blocks up to 32 MB for reuse. True where it took effect."""
+    """Tell glibc to keep freed blocks up to 32 MB for reuse from now on, after handing back
+    what is free now. True where it took effect."""
     if os.environ.get("MALLOC_MMAP_THRESHOLD_") or os.environ.get("MALLOC_TRIM_THRESHOLD_"):
         return False
     name = ctypes.util.find_library("c")
@@ -38,5 +39,8 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False  # not glibc (musl, macOS): nothing to tune
     done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
+    # What was freed before (start-up: loading and rewriting graphs, runtime/attention_kernel.py)
+    # goes back to the system once; from here on freed blocks are kept.
+    libc.malloc_trim(0)
     log.debug("allocator keeps freed memory", extra={"retained": done})
     return done

@@ -209,11 +209,12 @@ class OnnxRunner:
             providers = [(CUDA, {"device_id": "0"}), CPU]
         # Our int8 attention kernel in place of GroupQueryAttention (attention_kernel.py).
         kernel = self._kernel_library(attention_kernel, provider_name)
-        self._kernel_required = attention_kernel == "on"
         self.attention_kernel = kernel is not None
         if kernel is not None:
             options.register_custom_ops_library(str(kernel))
         self.session = self._decoder_session(path, options, providers)
+        if attention_kernel == "on" and not self.attention_kernel:
+            raise BundleError(f"attention_kernel=on, but no attention node of {path.name} is one it computes")
         self.last_run_s = 0.0  # the last decoder run's time inside ORT (the engine bench splits a step with it)
         self._check_interface(self.session, mixed=False)
         # ORT falls back to CPU silently when CUDA cannot start; report what it actually uses.
@@ -291,8 +292,6 @@ class OnnxRunner:
         if self.attention_kernel:
             if (session := kernel_session(path, options, providers)) is not None:
                 return session
-            if self._kernel_required:
-                raise BundleError(f"attention_kernel=on, but no attention node of {path.name} is one it computes")
             self.attention_kernel = False  # e.g. attention with a custom scale or softcap: ORT's kernel serves it
         return ort.InferenceSession(str(path), options, providers=providers)
 

@@ -216,7 +216,6 @@ class Engine(EngineBase):
 
 def build_engine(settings: Settings, manifest: Manifest, tokenizer: Tokenizer, metrics: Metrics) -> Engine:
     """The runner, scheduler and engine thread `settings` ask for (not started)."""
-    retain_freed_memory()  # before the first cache buffers: rebuilds then reuse memory (runtime/allocator.py)
     runner = OnnxRunner(
         settings.bundle,
         variant=settings.variant,
@@ -229,6 +228,10 @@ def build_engine(settings: Settings, manifest: Manifest, tokenizer: Tokenizer, m
         mixed_prefill=settings.mixed_prefill,
         attention_kernel=settings.attention_kernel,
     )
+    # After the runner, before the first cache buffers: rebuilds then reuse memory
+    # (runtime/allocator.py), and what loading the graphs freed (the attention kernel's rewrite
+    # parses a whole graph: runtime/attention_kernel.py) goes back to the system instead.
+    retain_freed_memory()
     scheduler = Scheduler(
         runner,
         tokenizer,
