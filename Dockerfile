@@ -46,15 +46,15 @@ COPY pyproject.toml README.md ./
 COPY contract contract
 COPY runtime runtime
 COPY server server
-# Versions are bounded in pyproject.toml's `serve` extra. Our int8 attention kernel
-# (runtime/attention_int8.c, runtime/attention_kernel.py) is compiled beside the code the server
-# runs (/app/runtime): gcc is installed for it and removed in the same layer, so the image
-# carries the library, not the compiler. The last command fails the build if it is missing.
+# Versions are bounded in pyproject.toml's `serve` extra. Our CPU kernels (runtime/custom_ops.py:
+# int8 attention, the INT8 weight MatMul) are compiled beside the code the server runs
+# (/app/runtime): gcc is installed for them and removed in the same layer, so the image carries
+# the library, not the compiler. The last command fails the build if it is missing.
 # hadolint ignore=DL3008,DL3013
 RUN apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev \
-    && pip install --no-cache-dir ".[serve]" && python -m runtime.attention_kernel --build \
+    && pip install --no-cache-dir ".[serve]" && python -m runtime.custom_ops --build \
     && apt-get purge -y gcc libc6-dev && apt-get autoremove -y && rm -rf /var/lib/apt/lists/* \
-    && python -m runtime.attention_kernel
+    && python -m runtime.custom_ops
 COPY ${BUNDLE} /bundle
 RUN useradd --system --uid 10001 --no-create-home app
 USER 10001

@@ -106,7 +106,7 @@ from contract.command import prompt_ids
 from contract.manifest import load_manifest
 from contract.positions import position_offset
 from loadtest.roofline import best_seconds
-from runtime import attention_kernel
+from runtime import attention_kernel, custom_ops
 from runtime import sampler as sampler_module
 from runtime.allocator import retain_freed_memory
 from runtime.kv_cache import BatchCache
@@ -134,13 +134,15 @@ INTENTS = ("holiday sale in paris", "summer hiking boots", "coffee shop opening"
 
 # the runner's options: --no-mix (a `mixed` bundle's joiners prefill in a forward of their own),
 # --no-spin (ORT's workers sleep between operators), --device-sampling (the sampler graph on the CPU too),
-# --threads (ORT's intra-op threads), --attention-kernel (runtime/attention_kernel.py)
+# --threads (ORT's intra-op threads), --attention-kernel (runtime/attention_kernel.py),
+# --matmul-kernel (runtime/matmul_kernel.py)
 RUNNER_OPTIONS: dict[str, Any] = {
     "mixed_prefill": True,
     "spinning": True,
     "device_sampling": "auto",
     "intra_op_threads": "auto",
     "attention_kernel": "auto",
+    "matmul_kernel": "auto",
 }
 
 
@@ -151,7 +153,8 @@ def load(bundle: Path, retain: bool = True) -> tuple[OnnxRunner, Tokenizer]:
         retain_freed_memory()
     print(
         f"{bundle}: kv_cache {runner.variant.kv_cache}, mixed prefill {runner.mixed_prefill}, "
-        f"attention kernel {runner.attention_kernel}, the runner resident in {resident_mb() - before:.0f} MB"
+        f"attention kernel {runner.attention_kernel}, matmul kernel {runner.matmul_kernel}, "
+        f"the runner resident in {resident_mb() - before:.0f} MB"
     )
     return runner, Tokenizer.from_file(str(bundle / runner.manifest.tokenizer_file))
 
@@ -411,10 +414,11 @@ def unloaded(bundle: Path, requests: int, new_tokens: int) -> None:
         device_sampling=RUNNER_OPTIONS["device_sampling"],
         intra_op_threads=RUNNER_OPTIONS["intra_op_threads"],
         attention_kernel=RUNNER_OPTIONS["attention_kernel"],
+        matmul_kernel=RUNNER_OPTIONS["matmul_kernel"],
     )
     scheduler = build_engine(settings, manifest, tokenizer, Metrics("unloaded")).scheduler
     runner = scheduler.runner
-    print(f"{bundle}: attention kernel {runner.attention_kernel}")
+    print(f"{bundle}: attention kernel {runner.attention_kernel}, matmul kernel {runner.matmul_kernel}")
     steps_ms: list[float] = []
     forward_ms: list[float] = []
     for i in range(requests + 1):  # the first warms up
@@ -625,9 +629,9 @@ def kernels() -> None:
         options.intra_op_num_threads = 2
         model = helper.make_model(graph, opset_imports=opsets)
         if ours:
-            built = attention_kernel.library()
+            built = custom_ops.library()
             if built is None or not attention_kernel.with_kernel(model):
-                raise SystemExit("the int8 attention kernel is not built: python -m runtime.attention_kernel --build")
+                raise SystemExit("our kernels are not built: python -m runtime.custom_ops --build")
             options.register_custom_ops_library(str(built))
         return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
@@ -922,6 +926,9 @@ def main() -> None:
         command.add_argument(
             "--attention-kernel", choices=("auto", "on", "off"), default="auto", help="our int8 attention kernel"
         )
+        command.add_argument(
+            "--matmul-kernel", choices=("auto", "on", "off"), default="auto", help="our INT8 weight MatMul"
+        )
     for command in (r, u, b, o):
         command.add_argument("--no-mix", dest="mix", action="store_false", help="joiners prefill on their own")
         command.add_argument("--no-spin", dest="spin", action="store_false", help="ORT's workers sleep between ops")
@@ -936,6 +943,7 @@ def main() -> None:
         device_sampling=getattr(args, "device_sampling", "auto"),
         intra_op_threads=getattr(args, "threads", "auto"),
         attention_kernel=getattr(args, "attention_kernel", "auto"),
+        matmul_kernel=getattr(args, "matmul_kernel", "auto"),
     )
     print(f"load average at start: {load_average()}")
     if args.command == "rebuilds":

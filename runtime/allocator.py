@@ -39,7 +39,7 @@ def retain_freed_memory() -> bool:
     except (OSError, AttributeError):
         return False  # not glibc (musl, macOS): nothing to tune
     done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_MAX)) and bool(mallopt(M_TRIM_THRESHOLD, NEVER_TRIM))
-    # What was freed before (start-up: loading and rewriting graphs, runtime/attention_kernel.py)
+    # What was freed before (start-up: loading and rewriting graphs, runtime/custom_ops.py)
     # goes back to the system once; from here on freed blocks are kept.
     libc.malloc_trim(0)
     log.debug("allocator keeps freed memory", extra={"retained": done})

@@ -20,9 +20,7 @@
  * columns are quantised, then scores, softmax and the weighted sum of values run over the
  * int8 columns directly, in AVX-512 where the CPU has it.
  *
- * The ORT C API is reached through the OrtApi function table by index: the table only ever
- * grows at its end (a stable ABI), and the indices below are those of onnxruntime_c_api.h
- * (API version 17, the first with KernelContext_ParallelFor). No ORT header is needed to build.
+ * The ORT C API and the operator record: ort_custom_op.h; registration: custom_ops.c.
  */
 #include <math.h>
 #include <stddef.h>
@@ -33,76 +31,7 @@
 #include <immintrin.h>
 #endif
 
-typedef struct OrtStatus OrtStatus;
-typedef struct OrtKernelContext OrtKernelContext;
-typedef struct OrtKernelInfo OrtKernelInfo;
-typedef struct OrtValue OrtValue;
-typedef struct OrtTensorTypeAndShapeInfo OrtShape;
-typedef struct OrtSessionOptions OrtSessionOptions;
-typedef struct OrtCustomOpDomain OrtCustomOpDomain;
-typedef struct {
-  const void *(*GetApi)(uint32_t version);
-  const char *(*GetVersionString)(void);
-} OrtApiBase;
-
-enum {
-  API_VERSION = 17,
-  CREATE_STATUS = 0,
-  CREATE_CUSTOM_OP_DOMAIN = 26,
-  CUSTOM_OP_DOMAIN_ADD = 27,
-  ADD_CUSTOM_OP_DOMAIN = 28,
-  GET_TENSOR_MUTABLE_DATA = 51,
-  GET_DIMENSIONS_COUNT = 61,
-  GET_DIMENSIONS = 62,
-  GET_TENSOR_TYPE_AND_SHAPE = 65,
-  KERNEL_INFO_GET_ATTRIBUTE_INT64 = 86,
-  KERNEL_CONTEXT_GET_INPUT = 90,
-  KERNEL_CONTEXT_GET_OUTPUT = 91,
-  RELEASE_TENSOR_TYPE_AND_SHAPE_INFO = 99,
-  KERNEL_CONTEXT_PARALLEL_FOR = 274,
-};
-enum { TYPE_FLOAT = 1, TYPE_INT8 = 3, TYPE_INT32 = 6 }; /* ONNXTensorElementDataType */
-enum { ORT_INVALID_ARGUMENT = 2 };                     /* OrtErrorCode */
-
-static void *const *api; /* the OrtApi table */
-#define API(index, type) ((type)api[index])
-
-typedef OrtStatus *(*CreateStatusFn)(int, const char *);
-typedef OrtStatus *(*GetTypeAndShapeFn)(const OrtValue *, OrtShape **);
-typedef OrtStatus *(*GetDimensionsCountFn)(const OrtShape *, size_t *);
-typedef OrtStatus *(*GetDimensionsFn)(const OrtShape *, int64_t *, size_t);
-typedef void (*ReleaseShapeFn)(OrtShape *);
-typedef OrtStatus *(*GetMutableDataFn)(const OrtValue *, void **);
-typedef OrtStatus *(*GetInputFn)(const OrtKernelContext *, size_t, const OrtValue **);
-typedef OrtStatus *(*GetOutputFn)(OrtKernelContext *, size_t, const int64_t *, size_t, OrtValue **);
-typedef OrtStatus *(*ParallelForFn)(const OrtKernelContext *, void (*)(void *, size_t), size_t, size_t, void *);
-typedef OrtStatus *(*GetAttributeInt64Fn)(const OrtKernelInfo *, const char *, int64_t *);
-
-/* OrtCustomOp, field for field (onnxruntime_c_api.h); ORT reads the fields its `version` has. */
-typedef struct OrtCustomOp {
-  uint32_t version;
-  void *(*CreateKernel)(const struct OrtCustomOp *, const void *, const OrtKernelInfo *);
-  const char *(*GetName)(const struct OrtCustomOp *);
-  const char *(*GetExecutionProviderType)(const struct OrtCustomOp *);
-  int (*GetInputType)(const struct OrtCustomOp *, size_t);
-  size_t (*GetInputTypeCount)(const struct OrtCustomOp *);
-  int (*GetOutputType)(const struct OrtCustomOp *, size_t);
-  size_t (*GetOutputTypeCount)(const struct OrtCustomOp *);
-  void (*KernelCompute)(void *, OrtKernelContext *);
-  void (*KernelDestroy)(void *);
-  int (*GetInputCharacteristic)(const struct OrtCustomOp *, size_t);
-  int (*GetOutputCharacteristic)(const struct OrtCustomOp *, size_t);
-  int (*GetInputMemoryType)(const struct OrtCustomOp *, size_t);
-  int (*GetVariadicInputMinArity)(const struct OrtCustomOp *);
-  int (*GetVariadicInputHomogeneity)(const struct OrtCustomOp *);
-  int (*GetVariadicOutputMinArity)(const struct OrtCustomOp *);
-  int (*GetVariadicOutputHomogeneity)(const struct OrtCustomOp *);
-  OrtStatus *(*CreateKernelV2)(const struct OrtCustomOp *, const void *, const OrtKernelInfo *, void **);
-  OrtStatus *(*KernelComputeV2)(void *, OrtKernelContext *);
-  void *InferOutputShapeFn;
-  int (*GetStartVersion)(const struct OrtCustomOp *);
-  int (*GetEndVersion)(const struct OrtCustomOp *);
-} OrtCustomOp;
+#include "ort_custom_op.h"
 
 /* Inputs, in this order (runtime/attention_kernel.py builds the node). */
 enum { QKV, PAST_KEY, PAST_VALUE, SEQLENS_K, TOTAL_LENGTH, BIAS, KEY_SCALE, VALUE_SCALE, N_INPUTS };
@@ -130,7 +59,7 @@ typedef struct {
   int first_prompt;
 } Call;
 
-static int use_avx512;
+static int use_avx512; /* set by attention_int8_setup */
 
 static inline int8_t quantize(float x, float scale) {
   const float q = nearbyintf(x / scale);
@@ -309,94 +238,63 @@ static void attend(void *data, size_t task) {
     }
 }
 
-static void dimensions(const OrtValue *value, int64_t *dims, size_t most, size_t *count) {
-  OrtShape *shape;
-  API(GET_TENSOR_TYPE_AND_SHAPE, GetTypeAndShapeFn)(value, &shape);
-  API(GET_DIMENSIONS_COUNT, GetDimensionsCountFn)(shape, count);
-  if (*count <= most) API(GET_DIMENSIONS, GetDimensionsFn)(shape, dims, *count);
-  API(RELEASE_TENSOR_TYPE_AND_SHAPE_INFO, ReleaseShapeFn)(shape);
-}
-
-static void *data(const OrtValue *value) {
-  void *pointer = NULL;
-  API(GET_TENSOR_MUTABLE_DATA, GetMutableDataFn)(value, &pointer);
-  return pointer;
-}
-
-static const OrtValue *input(OrtKernelContext *context, size_t index) {
-  const OrtValue *value = NULL;
-  API(KERNEL_CONTEXT_GET_INPUT, GetInputFn)(context, index, &value);
-  return value;
-}
-
-static void *output(OrtKernelContext *context, size_t index, const int64_t *dims, size_t count) {
-  OrtValue *value = NULL;
-  API(KERNEL_CONTEXT_GET_OUTPUT, GetOutputFn)(context, index, dims, count, &value);
-  return data(value);
-}
-
-static OrtStatus *invalid(const char *message) {
-  return API(CREATE_STATUS, CreateStatusFn)(ORT_INVALID_ARGUMENT, message);
-}
-
 static OrtStatus *compute(void *kernel, OrtKernelContext *context) {
   const Kernel *k = kernel;
   int64_t qkv_dims[3], cache_dims[4], bias_dims[4];
   size_t qkv_rank, cache_rank, bias_rank;
-  const OrtValue *qkv = input(context, QKV), *past_key = input(context, PAST_KEY);
-  const OrtValue *past_value = input(context, PAST_VALUE), *bias = input(context, BIAS);
-  dimensions(qkv, qkv_dims, 3, &qkv_rank);
-  dimensions(past_key, cache_dims, 4, &cache_rank);
-  dimensions(bias, bias_dims, 4, &bias_rank);
-  if (qkv_rank != 3 || cache_rank != 4 || bias_rank != 4) return invalid("AttentionInt8: wrong input ranks");
+  const OrtValue *qkv = kernel_input(context, QKV), *past_key = kernel_input(context, PAST_KEY);
+  const OrtValue *past_value = kernel_input(context, PAST_VALUE), *bias = kernel_input(context, BIAS);
+  tensor_dimensions(qkv, qkv_dims, 3, &qkv_rank);
+  tensor_dimensions(past_key, cache_dims, 4, &cache_rank);
+  tensor_dimensions(bias, bias_dims, 4, &bias_rank);
+  if (qkv_rank != 3 || cache_rank != 4 || bias_rank != 4) return invalid_argument("AttentionInt8: wrong input ranks");
   Call call = {
       .seq = qkv_dims[1],
       .heads = k->num_heads,
       .kv_heads = k->kv_num_heads,
       .head_size = cache_dims[3],
       .capacity = cache_dims[2],
-      .total = *(const int32_t *)data(input(context, TOTAL_LENGTH)),
+      .total = *(const int32_t *)tensor_data(kernel_input(context, TOTAL_LENGTH)),
   };
   if (qkv_dims[2] != (call.heads + 2 * call.kv_heads) * call.head_size || cache_dims[1] != call.kv_heads)
-    return invalid("AttentionInt8: the packed QKV does not match the cache's heads");
+    return invalid_argument("AttentionInt8: the packed QKV does not match the cache's heads");
   if (call.head_size > MAX_HEAD_SIZE || call.capacity > MAX_COLUMNS)
-    return invalid("AttentionInt8: head size or cache length beyond this kernel's limits");
+    return invalid_argument("AttentionInt8: head size or cache length beyond this kernel's limits");
   if (bias_dims[0] != qkv_dims[0] || bias_dims[2] != call.seq || bias_dims[3] != call.total)
-    return invalid("AttentionInt8: the bias is not [batch, 1, sequence, total length]");
+    return invalid_argument("AttentionInt8: the bias is not [batch, 1, sequence, total length]");
   call.first_prompt = call.seq == call.total;
-  call.qkv = data(qkv);
-  call.seqlens_k = data(input(context, SEQLENS_K));
-  call.bias = data(bias);
-  call.key_scale = data(input(context, KEY_SCALE));
-  call.value_scale = data(input(context, VALUE_SCALE));
+  call.qkv = tensor_data(qkv);
+  call.seqlens_k = tensor_data(kernel_input(context, SEQLENS_K));
+  call.bias = tensor_data(bias);
+  call.key_scale = tensor_data(kernel_input(context, KEY_SCALE));
+  call.value_scale = tensor_data(kernel_input(context, VALUE_SCALE));
   const int64_t out_dims[3] = {qkv_dims[0], call.seq, call.heads * call.head_size};
-  call.out = output(context, OUTPUT, out_dims, 3);
-  call.key = output(context, PRESENT_KEY, cache_dims, 4);
-  call.value = output(context, PRESENT_VALUE, cache_dims, 4);
+  call.out = kernel_output(context, OUTPUT, out_dims, 3);
+  call.key = kernel_output(context, PRESENT_KEY, cache_dims, 4);
+  call.value = kernel_output(context, PRESENT_VALUE, cache_dims, 4);
   /* Bound to the past's own buffers (the runner's in-place cache) the present is written in
    * place. Otherwise, as GroupQueryAttention, it holds each row's past columns and the new
    * ones, zeros elsewhere. */
-  if (call.key != data(past_key) || call.value != data(past_value)) {
+  if (call.key != tensor_data(past_key) || call.value != tensor_data(past_value)) {
     const size_t bytes = (size_t)(cache_dims[0] * cache_dims[1] * cache_dims[2] * cache_dims[3]);
     memset(call.key, 0, bytes);
     memset(call.value, 0, bytes);
-    call.past_key = data(past_key);
-    call.past_value = data(past_value);
+    call.past_key = tensor_data(past_key);
+    call.past_value = tensor_data(past_value);
   }
   return API(KERNEL_CONTEXT_PARALLEL_FOR, ParallelForFn)(context, attend, (size_t)(qkv_dims[0] * call.kv_heads), 0,
                                                         &call);
 }
 
-static OrtStatus *create_kernel(const OrtCustomOp *op, const void *ort_api, const OrtKernelInfo *info, void **out) {
+static OrtStatus *create_kernel(const OrtCustomOp *op, const void *api_table, const OrtKernelInfo *info, void **out) {
   (void)op;
-  (void)ort_api;
+  (void)api_table;
   Kernel *kernel = calloc(1, sizeof(Kernel));
-  if (kernel == NULL) return invalid("AttentionInt8: out of memory");
-  OrtStatus *status = API(KERNEL_INFO_GET_ATTRIBUTE_INT64, GetAttributeInt64Fn)(info, "num_heads", &kernel->num_heads);
-  if (status == NULL)
-    status = API(KERNEL_INFO_GET_ATTRIBUTE_INT64, GetAttributeInt64Fn)(info, "kv_num_heads", &kernel->kv_num_heads);
+  if (kernel == NULL) return invalid_argument("AttentionInt8: out of memory");
+  OrtStatus *status = kernel_attribute(info, "num_heads", &kernel->num_heads);
+  if (status == NULL) status = kernel_attribute(info, "kv_num_heads", &kernel->kv_num_heads);
   if (status == NULL && (kernel->kv_num_heads < 1 || kernel->num_heads % kernel->kv_num_heads != 0))
-    status = invalid("AttentionInt8: num_heads must be a multiple of kv_num_heads");
+    status = invalid_argument("AttentionInt8: num_heads must be a multiple of kv_num_heads");
   if (status != NULL) {
     free(kernel);
     return status;
@@ -405,83 +303,10 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const void *ort_api, cons
   return NULL;
 }
 
-static const char *name(const OrtCustomOp *op) {
-  (void)op;
-  return "AttentionInt8";
-}
-static const char *provider(const OrtCustomOp *op) {
-  (void)op;
-  return "CPUExecutionProvider";
-}
-static int input_type(const OrtCustomOp *op, size_t i) {
-  (void)op;
-  return INPUT_TYPES[i];
-}
-static size_t input_count(const OrtCustomOp *op) {
-  (void)op;
-  return N_INPUTS;
-}
-static int output_type(const OrtCustomOp *op, size_t i) {
-  (void)op;
-  return OUTPUT_TYPES[i];
-}
-static size_t output_count(const OrtCustomOp *op) {
-  (void)op;
-  return N_OUTPUTS;
-}
-static int required(const OrtCustomOp *op, size_t i) { /* INPUT_OUTPUT_REQUIRED */
-  (void)op;
-  (void)i;
-  return 0;
-}
-static int default_memory(const OrtCustomOp *op, size_t i) { /* OrtMemTypeDefault */
-  (void)op;
-  (void)i;
-  return 0;
-}
-static int one(const OrtCustomOp *op) {
-  (void)op;
-  return 1;
-}
-static int last_opset(const OrtCustomOp *op) {
-  (void)op;
-  return 2147483647;
-}
+const CustomOp ATTENTION_INT8 = CUSTOM_OP("AttentionInt8", INPUT_TYPES, OUTPUT_TYPES, create_kernel, compute);
 
-static const OrtCustomOp ATTENTION_INT8 = {
-    .version = API_VERSION,
-    .GetName = name,
-    .GetExecutionProviderType = provider,
-    .GetInputType = input_type,
-    .GetInputTypeCount = input_count,
-    .GetOutputType = output_type,
-    .GetOutputTypeCount = output_count,
-    .KernelDestroy = free,
-    .GetInputCharacteristic = required,
-    .GetOutputCharacteristic = required,
-    .GetInputMemoryType = default_memory,
-    .GetVariadicInputMinArity = one,
-    .GetVariadicInputHomogeneity = one,
-    .GetVariadicOutputMinArity = one,
-    .GetVariadicOutputHomogeneity = one,
-    .CreateKernelV2 = create_kernel,
-    .KernelComputeV2 = compute,
-    .GetStartVersion = one,
-    .GetEndVersion = last_opset,
-};
-
-/* ORT calls this when a session's options load the library (register_custom_ops_library). */
-OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base) {
-  api = base->GetApi(API_VERSION);
-  if (api == NULL) return NULL; /* an ORT older than 1.17: nothing registered, the graph fails to load */
+void attention_int8_setup(void) {
 #if defined(__x86_64__)
   use_avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
 #endif
-  OrtCustomOpDomain *domain;
-  OrtStatus *status = API(CREATE_CUSTOM_OP_DOMAIN, OrtStatus *(*)(const char *, OrtCustomOpDomain **))("promptgen", &domain);
-  if (status == NULL)
-    status = API(CUSTOM_OP_DOMAIN_ADD, OrtStatus *(*)(OrtCustomOpDomain *, const OrtCustomOp *))(domain, &ATTENTION_INT8);
-  if (status == NULL)
-    status = API(ADD_CUSTOM_OP_DOMAIN, OrtStatus *(*)(OrtSessionOptions *, OrtCustomOpDomain *))(options, domain);
-  return status;
 }

@@ -35,6 +35,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -59,10 +60,12 @@ from contract.manifest import (
     prompt_past_names,
     prompt_present_names,
 )
-from runtime.attention_kernel import kernel_session
-from runtime.attention_kernel import library as attention_kernel_library
+from runtime import attention_kernel as attention_rewrite
+from runtime import matmul_kernel as matmul_rewrite
 from runtime.cache_graph import CACHE_OUTPUT, cache_graph
 from runtime.cpus import available_cpus
+from runtime.custom_ops import kernel_session, matmul_on_amx
+from runtime.custom_ops import library as custom_ops_library
 from runtime.sampler_graph import SAMPLER_OUTPUT, sampler_graph
 
 log = logging.getLogger(__name__)
@@ -163,6 +166,7 @@ class OnnxRunner:
         profile_prefix: str | None = None,
         mixed_prefill: bool = True,
         attention_kernel: Literal["auto", "on", "off"] = "auto",
+        matmul_kernel: Literal["auto", "on", "off"] = "auto",
     ) -> None:
         self.bundle_dir = Path(bundle_dir)
         self.manifest = manifest if manifest is not None else load_manifest(self.bundle_dir)
@@ -207,14 +211,17 @@ class OnnxRunner:
         providers: list[str | tuple[str, dict[str, str]]] = [CPU]
         if provider_name == CUDA:
             providers = [(CUDA, {"device_id": "0"}), CPU]
-        # Our int8 attention kernel in place of GroupQueryAttention (attention_kernel.py).
-        kernel = self._kernel_library(attention_kernel, provider_name)
-        self.attention_kernel = kernel is not None
-        if kernel is not None:
-            options.register_custom_ops_library(str(kernel))
+        # Our CPU kernels (custom_ops.py): int8 attention in place of GroupQueryAttention, the
+        # INT8 weight MatMul on AMX in place of ORT's dynamic-quantization kernel.
+        use = self._use_kernel
+        self.attention_kernel = use("attention_kernel", attention_kernel, provider_name, self._attention_fits)
+        self.matmul_kernel = use("matmul_kernel", matmul_kernel, provider_name, self._matmul_fits)
+        if self.attention_kernel or self.matmul_kernel:
+            options.register_custom_ops_library(str(custom_ops_library()))
         self.session = self._decoder_session(path, options, providers)
-        if attention_kernel == "on" and not self.attention_kernel:
-            raise BundleError(f"attention_kernel=on, but no attention node of {path.name} is one it computes")
+        for name, requested in (("attention_kernel", attention_kernel), ("matmul_kernel", matmul_kernel)):
+            if requested == "on" and not getattr(self, name):
+                raise BundleError(f"{name}=on, but no node of {path.name} is one it computes")
         self.last_run_s = 0.0  # the last decoder run's time inside ORT (the engine bench splits a step with it)
         self._check_interface(self.session, mixed=False)
         # ORT falls back to CPU silently when CUDA cannot start; report what it actually uses.
@@ -257,42 +264,60 @@ class OnnxRunner:
                 "ragged_rows": self.ragged_rows,
                 "mixed_prefill": self.mixed_session is not None,
                 "attention_kernel": self.attention_kernel,
+                "matmul_kernel": self.matmul_kernel,
                 "intra_op_threads": self.intra_op_threads or "ORT's default",
                 "file": str(path),
             },
         )
 
-    def _kernel_library(self, requested: str, provider: str) -> Path | None:
-        """The int8 attention kernel's library where this runner uses it: `auto` on CPU for an
-        int8 cache when the library was built, `on` the same but an error when it cannot be."""
-        if requested == "off":
-            return None
+    def _attention_fits(self, provider: str) -> str | None:
+        """Why the int8 attention kernel cannot serve this runner (None: it can)."""
         if provider != CPU or self.kv_dtype != np.int8:
+            variant = self.variant
+            return f"it serves an int8 KV cache on CPU; variant {variant.name} keeps {variant.kv_dtype} on {provider}"
+        return None
+
+    def _matmul_fits(self, provider: str) -> str | None:
+        """Why the INT8 MatMul kernel cannot serve this runner (None: it can)."""
+        return None if provider == CPU else f"it runs on CPU, not {provider}"
+
+    def _use_kernel(self, name: str, requested: str, provider: str, fits: Callable[[str], str | None]) -> bool:
+        """Whether this runner puts one of our kernels in its graphs: `auto` where it fits, the
+        library was built and (the MatMul) the CPU has AMX; `on` where it fits and is built, else
+        an error; `off` never."""
+        if requested == "off":
+            return False
+        why_not = fits(provider)
+        if why_not is not None:
+            if requested == "on":
+                raise BundleError(f"{name}=on, but {why_not}")
+            return False
+        built = custom_ops_library()
+        if built is None:
             if requested == "on":
                 raise BundleError(
-                    f"attention_kernel=on: the kernel serves an int8 KV cache on CPU; variant "
-                    f"{self.variant.name} keeps {self.variant.kv_dtype} on {provider}"
+                    f"{name}=on, but our kernels are not built: install with a C compiler "
+                    "(pip install -e .) or run `python -m runtime.custom_ops --build`"
                 )
-            return None
-        built = attention_kernel_library()
-        if built is None and requested == "on":
-            raise BundleError(
-                "attention_kernel=on, but the kernel is not built: install with a C compiler "
-                "(pip install -e .) or run `python -m runtime.attention_kernel --build`"
-            )
-        if built is None:
-            log.info("int8 attention kernel not built; GroupQueryAttention serves the int8 cache")
-        return built
+            log.info("our CPU kernels are not built; ONNX Runtime's own serve", extra={"kernel": name})
+            return False
+        # The MatMul without AMX is portable C, slower than ORT's kernel: only when asked for.
+        return name != "matmul_kernel" or requested == "on" or matmul_on_amx(built)
 
     def _decoder_session(
         self, path: Path, options: ort.SessionOptions, providers: list[str | tuple[str, dict[str, str]]]
     ) -> ort.InferenceSession:
-        """A session of the graph at `path`, with the attention kernel in place of
-        GroupQueryAttention where this runner uses it."""
-        if self.attention_kernel:
-            if (session := kernel_session(path, options, providers)) is not None:
+        """A session of the graph at `path`, with our kernels in place where this runner uses
+        them; a kernel that finds no node it computes in the graph is reported unused (e.g.
+        attention with a custom scale or softcap: ORT's kernel serves it)."""
+        rewrites = {"attention_kernel": attention_rewrite.with_kernel, "matmul_kernel": matmul_rewrite.with_kernel}
+        used = [name for name in rewrites if getattr(self, name)]
+        if used:
+            session, counts = kernel_session(path, options, providers, [rewrites[name] for name in used])
+            for name, count in zip(used, counts, strict=True):
+                setattr(self, name, bool(count))
+            if session is not None:
                 return session
-            self.attention_kernel = False  # e.g. attention with a custom scale or softcap: ORT's kernel serves it
         return ort.InferenceSession(str(path), options, providers=providers)
 
     def _check_interface(self, session: ort.InferenceSession, mixed: bool) -> None:

@@ -60,6 +60,12 @@ class Settings(BaseSettings):
         description="our int8 attention kernel in place of ONNX Runtime's GroupQueryAttention, for an int8 KV cache "
         "on CPU (runtime/attention_kernel.py; auto: where the install built it, on: fail if it cannot be used)",
     )
+    matmul_kernel: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="our INT8 weight MatMul on AMX tiles in place of ONNX Runtime's dynamic-quantization kernel, "
+        "same outputs to the bit (runtime/matmul_kernel.py; auto: where the install built it and the CPU has AMX, "
+        "on: fail if it cannot be used, portable C without AMX)",
+    )
     request_timeout_s: float = Field(30.0, gt=0, description="default per-request deadline (504 when passed)")
     max_request_timeout_s: float = Field(300.0, gt=0, description="the longest deadline a request may ask for")
     grace_period_s: float = Field(20.0, ge=0, description="on SIGTERM, how long in-flight requests may finish")

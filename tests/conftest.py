@@ -75,3 +75,15 @@ def client(server: Any) -> Iterator[Any]:
 
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
+
+
+@pytest.fixture(scope="session")
+def kernel_library() -> Path:
+    """Our CPU kernels' library (runtime/custom_ops.py), which the install builds: a test that
+    needs it fails, not skips, where it is missing."""
+    from runtime.custom_ops import library
+
+    path = library()
+    if path is None:
+        pytest.fail("our kernels are not built: `pip install -e .` with a C compiler builds them (pyproject.toml)")
+    return path

@@ -16,22 +16,14 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from contract.manifest import BundleError
-from runtime import attention_kernel
-from runtime.attention_kernel import library, replaceable, with_kernel
+from runtime import custom_ops
+from runtime.attention_kernel import replaceable, with_kernel
 from runtime.decode import generate
 from runtime.onnx_runner import OnnxRunner
 from runtime.padding import pad
 from tests.poisoned_bundle import edited_bundle
 
 GQA_INT8 = {"kv_cache_bit_width": 8, "k_quant_type": "PER_CHANNEL", "v_quant_type": "PER_CHANNEL"}
-
-
-@pytest.fixture(scope="module")
-def built() -> Path:
-    path = library()
-    if path is None:
-        pytest.fail("the kernel is not built: `pip install -e .` with a C compiler builds it (pyproject.toml)")
-    return path
 
 
 def attention_graph(heads: int, kv_heads: int, head_size: int, capacity: int, seq: int) -> Any:
@@ -115,7 +107,7 @@ CASES = {
 @pytest.mark.parametrize("in_place", [True, False], ids=["in place", "present apart"])
 @pytest.mark.parametrize("masked", [False, True], ids=["no bias", "masked columns"])
 def test_the_kernel_writes_the_cache_groupqueryattention_writes_and_attends_alike(
-    built: Path, case: str, in_place: bool, masked: bool
+    kernel_library: Path, case: str, in_place: bool, masked: bool
 ) -> None:
     heads, kv_heads, head_size, capacity, seq, lengths, first = CASES[case]
     rng = np.random.default_rng(len(case) + 7 * masked)
@@ -134,7 +126,7 @@ def test_the_kernel_writes_the_cache_groupqueryattention_writes_and_attends_alik
     }
     model = attention_graph(heads, kv_heads, head_size, capacity, seq)
     theirs = run(model, feeds, None, in_place)
-    ours = run(model, feeds, built, in_place)
+    ours = run(model, feeds, kernel_library, in_place)
     np.testing.assert_array_equal(ours[1], theirs[1], "the keys written")
     np.testing.assert_array_equal(ours[2], theirs[2], "the values written")
     out_theirs, out_ours = theirs[0], ours[0]
@@ -163,7 +155,7 @@ def test_only_attention_the_kernel_computes_is_replaced() -> None:
     assert any(o.domain == "promptgen" for o in model.opset_import)
 
 
-def test_a_runner_with_the_kernel_decodes_as_one_without(built: Path, tiny_bundle: Path) -> None:
+def test_a_runner_with_the_kernel_decodes_as_one_without(kernel_library: Path, tiny_bundle: Path) -> None:
     with_kernel_runner = OnnxRunner(tiny_bundle, "int8", "cpu", attention_kernel="on")
     plain = OnnxRunner(tiny_bundle, "int8", "cpu", attention_kernel="off")
     assert with_kernel_runner.attention_kernel and not plain.attention_kernel
@@ -180,20 +172,20 @@ def test_a_runner_with_the_kernel_decodes_as_one_without(built: Path, tiny_bundl
 
 
 def test_the_kernel_is_used_only_where_it_serves(
-    built: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
+    kernel_library: Path, tiny_bundle: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     assert OnnxRunner(tiny_bundle, "int8", "cpu").attention_kernel  # auto, built: used
     assert not OnnxRunner(tiny_bundle, "fp32", "cpu").attention_kernel  # an fp32 cache: GroupQueryAttention
     with pytest.raises(BundleError, match="int8 KV cache on CPU"):
         OnnxRunner(tiny_bundle, "fp32", "cpu", attention_kernel="on")
-    monkeypatch.setattr("runtime.onnx_runner.attention_kernel_library", lambda: None)  # an install without a compiler
+    monkeypatch.setattr("runtime.onnx_runner.custom_ops_library", lambda: None)  # an install without a compiler
     assert not OnnxRunner(tiny_bundle, "int8", "cpu").attention_kernel
     with pytest.raises(BundleError, match="not built"):
         OnnxRunner(tiny_bundle, "int8", "cpu", attention_kernel="on")
 
 
 def test_a_graph_whose_attention_the_kernel_does_not_compute_keeps_ort_s(
-    built: Path, tiny_bundle: Path, tmp_path: Path
+    kernel_library: Path, tiny_bundle: Path, tmp_path: Path
 ) -> None:
     def explicit_scale(model: onnx.ModelProto) -> None:  # an attribute the kernel does not implement
         for node in model.graph.node:
@@ -204,19 +196,19 @@ def test_a_graph_whose_attention_the_kernel_does_not_compute_keeps_ort_s(
     runner = OnnxRunner(bundle, "int8", "cpu")
     assert not runner.attention_kernel  # auto: ORT's op serves it, and the runner says so
     assert runner.forward(*pad([[1, 2, 3]], runner.eos_token_id), runner.empty_past(1))[0].shape[0] == 1
-    with pytest.raises(BundleError, match="no attention node"):
+    with pytest.raises(BundleError, match="attention_kernel=on, but no node"):
         OnnxRunner(bundle, "int8", "cpu", attention_kernel="on")
 
 
 def test_the_build_command_builds_a_library_onnx_runtime_loads(tmp_path: Path) -> None:
-    out = attention_kernel.build(out_dir=tmp_path)
+    out = custom_ops.build(out_dir=tmp_path)
     options = ort.SessionOptions()
     options.register_custom_ops_library(str(out))
     model = attention_graph(2, 2, 16, 8, 1)
     with_kernel(model)
     ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     missing = subprocess.run(
-        [sys.executable, "-m", "runtime.attention_kernel", "--build", "--cc", "no-such-cc", "--out", str(tmp_path)],
+        [sys.executable, "-m", "runtime.custom_ops", "--build", "--cc", "no-such-cc", "--out", str(tmp_path)],
         capture_output=True,
         text=True,
     )

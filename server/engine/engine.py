@@ -227,10 +227,11 @@ def build_engine(settings: Settings, manifest: Manifest, tokenizer: Tokenizer, m
         spinning=settings.ort_spinning,
         mixed_prefill=settings.mixed_prefill,
         attention_kernel=settings.attention_kernel,
+        matmul_kernel=settings.matmul_kernel,
     )
     # After the runner, before the first cache buffers: rebuilds then reuse memory
-    # (runtime/allocator.py), and what loading the graphs freed (the attention kernel's rewrite
-    # parses a whole graph: runtime/attention_kernel.py) goes back to the system instead.
+    # (runtime/allocator.py), and what loading the graphs freed (our kernels' rewrite parses a
+    # whole graph: runtime/custom_ops.py) goes back to the system instead.
     retain_freed_memory()
     scheduler = Scheduler(
         runner,
