@@ -57,7 +57,8 @@ typedef struct {
   const float *x, *weight_scale, *bias;
   const int8_t *weight;
   const int32_t *column_sums;
-  uint8_t *xq; /* [rows rounded up to 16, kp] */
+  uint8_t *xq;   /* [rows rounded up to 16, kp] */
+  float *ranges; /* each 16-row chunk's lowest and highest value */
   float *y;
   int64_t m, k, n, kp, column_blocks, column_groups;
   float scale;
@@ -97,8 +98,8 @@ __attribute__((target("avx512f"))) static void range_avx512(const float *x, int6
   }
 }
 
-/* quantize_row() 16 at a time: the same divide, clamp, round (the default MXCSR rounding is
- * half to even) and add. */
+/* quantize_rows() 16 at a time: the same divide, clamp, round half to even (the default MXCSR
+ * rounding) and add. */
 __attribute__((target("avx512f"))) static int64_t quantize_row_avx512(const Call *call, const float *row, uint8_t *q) {
   const __m512 scale = _mm512_set1_ps(call->scale);
   const __m512 low = _mm512_set1_ps(-(float)call->zero_point), high = _mm512_set1_ps(255.0f - (float)call->zero_point);
@@ -112,18 +113,35 @@ __attribute__((target("avx512f"))) static int64_t quantize_row_avx512(const Call
 }
 #endif
 
-/* x's range stretched to hold 0, as DynamicQuantizeLinear: its scale and zero point. */
-static void quantization(Call *call) {
+/* One task: the range of rows [16 task, 16 task + 16) of x, stretched to hold 0. Done in
+ * parallel, in the same chunks as quantize_rows, so that each core then quantises rows it has
+ * just read: x was written by the previous operator's tasks on both cores, and reading all of
+ * it on one was a sixth of a batch-32 call. */
+static void range_rows(void *data, size_t task) {
+  const Call *call = data;
+  const int64_t first = (int64_t)task * BLOCK, last = first + BLOCK < call->m ? first + BLOCK : call->m;
+  const float *x = call->x + first * call->k;
+  const int64_t count = (last - first) * call->k;
   float low = 0.0f, high = 0.0f;
-  const int64_t count = call->m * call->k;
 #if defined(__x86_64__)
-  if (use_avx512) range_avx512(call->x, count, &low, &high);
+  if (use_avx512) range_avx512(x, count, &low, &high);
   else
 #endif
     for (int64_t i = 0; i < count; i++) {
-      low = call->x[i] < low ? call->x[i] : low;
-      high = call->x[i] > high ? call->x[i] : high;
+      low = x[i] < low ? x[i] : low;
+      high = x[i] > high ? x[i] : high;
     }
+  call->ranges[2 * task] = low;
+  call->ranges[2 * task + 1] = high;
+}
+
+/* x's scale and zero point from the chunks' ranges, as DynamicQuantizeLinear. */
+static void quantization(Call *call, int64_t chunks) {
+  float low = 0.0f, high = 0.0f;
+  for (int64_t t = 0; t < chunks; t++) {
+    low = call->ranges[2 * t] < low ? call->ranges[2 * t] : low;
+    high = call->ranges[2 * t + 1] > high ? call->ranges[2 * t + 1] : high;
+  }
   call->scale = high == low ? 1.0f : (high - low) / 255.0f;
   const float zero_point = nearbyintf(fminf(fmaxf(0.0f - low / call->scale, 0.0f), 255.0f));
   call->zero_point = (int32_t)zero_point;
@@ -285,12 +303,15 @@ static OrtStatus *compute(void *kernel, OrtKernelContext *context) {
   call.weight_scale = tensor_data(kernel_input(context, WEIGHT_SCALE));
   call.bias = tensor_data(kernel_input(context, BIAS));
   call.column_groups = (call.column_blocks + COLUMN_BLOCKS - 1) / COLUMN_BLOCKS;
-  const int64_t padded_rows = (call.m + BLOCK - 1) / BLOCK * BLOCK; /* a tile reads 16 rows */
-  call.xq = scratch_for((size_t)(padded_rows * call.kp));
+  const int64_t chunks = (call.m + BLOCK - 1) / BLOCK; /* a tile reads 16 rows */
+  call.xq = scratch_for((size_t)(chunks * BLOCK * call.kp + chunks * 2 * (int64_t)sizeof(float)));
   if (call.xq == NULL) return invalid_argument("MatMulInt8: out of memory");
-  quantization(&call);
+  call.ranges = (float *)(call.xq + chunks * BLOCK * call.kp); /* kp is a multiple of 64: aligned */
   ParallelForFn parallel_for = API(KERNEL_CONTEXT_PARALLEL_FOR, ParallelForFn);
-  OrtStatus *status = parallel_for(context, quantize_rows, (size_t)(padded_rows / BLOCK), 0, &call);
+  OrtStatus *status = parallel_for(context, range_rows, (size_t)chunks, 0, &call);
+  if (status != NULL) return status;
+  quantization(&call, chunks);
+  status = parallel_for(context, quantize_rows, (size_t)chunks, 0, &call);
   if (status != NULL) return status;
   const size_t tasks = (size_t)((call.m + ROW_CHUNK - 1) / ROW_CHUNK * call.column_groups);
   return parallel_for(context, multiply, tasks, 0, &call);
