@@ -75,6 +75,7 @@
   MLP-shaped MatMuls at 1, 8, 25 and 32 rows (`--rows`). On an AMX machine the dynamic kernel's
   time steps up past each multiple of 16 rows (`--rows 1 16 17 32 33 --dynamic-only`): it computes
   in tiles of 16 rows, and their arithmetic adds to the weight read instead of overlapping it.
+  `ours`: the dynamic graph with our MatMulInt8 (runtime/matmul_kernel.py) in, where it is built.
 - skipnorm: a decode step of the bundle's INT8 graph against a copy whose residual Add +
   LayerNorm pairs are fused into ORT's SkipLayerNormalization (tried, not kept).
 Run it alone on the machine (two busy processes on two cores slow each other).
@@ -106,7 +107,7 @@ from contract.command import prompt_ids
 from contract.manifest import load_manifest
 from contract.positions import position_offset
 from loadtest.roofline import best_seconds
-from runtime import attention_kernel, custom_ops
+from runtime import attention_kernel, custom_ops, matmul_kernel
 from runtime import sampler as sampler_module
 from runtime.allocator import retain_freed_memory
 from runtime.kv_cache import BatchCache
@@ -752,13 +753,21 @@ def weight_kernels(rows: list[int], dynamic_only: bool) -> None:
     """ORT's two INT8 weight kernels as export/variants.py makes them, on 48 MatMuls shaped like
     GPT-2 small's MLP (768 x 3,072 and back; 113 MB of int8 weights, more than the caches hold):
     `dynamic` (DynamicQuantizeMatMul, the INT8 variant's) against `blockwise` (MatMulNBits, 8-bit
-    weights in blocks, int8 activations: the pretrained student's), by rows, best of 15 in turn."""
+    weights in blocks, int8 activations: the pretrained student's), and `ours` (the dynamic graph
+    with our MatMulInt8, runtime/matmul_kernel.py, where the library is built), by rows, best of
+    15 in turn."""
     import tempfile
 
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper, save
 
     from export.variants import BLOCKWISE, DYNAMIC, to_int8
+
+    def spinning() -> Any:
+        options = ort.SessionOptions()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1")
+        return options
 
     rng = np.random.default_rng(0)
     nodes, weights, x = [], [], "x"
@@ -775,11 +784,13 @@ def weight_kernels(rows: list[int], dynamic_only: bool) -> None:
         save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), str(fp32))
         sessions = {}
         for scheme in (DYNAMIC,) if dynamic_only else (DYNAMIC, BLOCKWISE):
-            options = ort.SessionOptions()
-            options.add_session_config_entry("session.intra_op.allow_spinning", "1")
-            options.add_session_config_entry("session.force_spinning_stop", "1")
             path = to_int8(fp32, Path(tmp) / f"{scheme}.onnx", scheme)
-            sessions[scheme] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            sessions[scheme] = ort.InferenceSession(str(path), spinning(), providers=["CPUExecutionProvider"])
+            if scheme == DYNAMIC and (built := custom_ops.library()) is not None:
+                options = spinning()
+                options.register_custom_ops_library(str(built))
+                rewrites = [matmul_kernel.with_kernel]
+                sessions["ours"], _ = custom_ops.kernel_session(path, options, ["CPUExecutionProvider"], rewrites)
         for m in rows:
             a = rng.normal(size=(m, 768)).astype(np.float32)
             runs = {name: lambda s=s, a=a: s.run(None, {"x": a}) for name, s in sessions.items()}
