@@ -148,14 +148,15 @@ RUNNER_OPTIONS: dict[str, Any] = {
 
 
 def load(bundle: Path, retain: bool = True) -> tuple[OnnxRunner, Tokenizer]:
-    before = resident_mb()
+    before, start = resident_mb(), time.perf_counter()
     runner = OnnxRunner(bundle, variant="int8", provider="cpu", **RUNNER_OPTIONS)
+    made_s = time.perf_counter() - start
     if retain:  # as the server does, after the runner (runtime/allocator.py); --no-retain measures without it
         retain_freed_memory()
     print(
         f"{bundle}: kv_cache {runner.variant.kv_cache}, mixed prefill {runner.mixed_prefill}, "
         f"attention kernel {runner.attention_kernel}, matmul kernel {runner.matmul_kernel}, "
-        f"the runner resident in {resident_mb() - before:.0f} MB"
+        f"the runner made in {made_s:.2f} s and resident in {resident_mb() - before:.0f} MB"
     )
     return runner, Tokenizer.from_file(str(bundle / runner.manifest.tokenizer_file))
 
@@ -578,7 +579,10 @@ def profile(bundle: Path, variant: str, batch: int, prompt_len: int, steps: int)
     rng = np.random.default_rng(0)
     with tempfile.TemporaryDirectory() as tmp:
         options = {**RUNNER_OPTIONS, "profile_prefix": f"{tmp}/ort"}
+        start = time.perf_counter()
         runner = OnnxRunner(bundle, variant=variant, provider="cpu", **options)
+        made_s = time.perf_counter() - start
+        print(f"{bundle} {variant}: matmul kernel {runner.matmul_kernel}, the runner made in {made_s:.2f} s")
         if not runner.mixed_prefill:
             raise SystemExit(f"{bundle} has no mixed graph for its {variant} variant")
         step = ragged_step(runner, rng, batch)

@@ -278,8 +278,12 @@ class OnnxRunner:
         return None
 
     def _matmul_fits(self, provider: str) -> str | None:
-        """Why the INT8 MatMul kernel cannot serve this runner (None: it can)."""
-        return None if provider == CPU else f"it runs on CPU, not {provider}"
+        """Why the INT8 MatMul kernel cannot serve this runner (None: it can). Float weights are
+        ruled out here, from the manifest: looking for quantized MatMuls would parse the graphs."""
+        if provider != CPU or self.variant.dtype != "int8":
+            variant = self.variant
+            return f"it serves INT8 weights on CPU; variant {variant.name} keeps {variant.dtype} on {provider}"
+        return None
 
     def _use_kernel(self, name: str, requested: str, provider: str, fits: Callable[[str], str | None]) -> bool:
         """Whether this runner puts one of our kernels in its graphs: `auto` where it fits, the

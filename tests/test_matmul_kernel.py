@@ -20,6 +20,7 @@ from runtime.custom_ops import matmul_on_amx
 from runtime.decode import generate
 from runtime.matmul_kernel import matches, pack, with_kernel
 from runtime.onnx_runner import OnnxRunner
+from tests.poisoned_bundle import edited_bundle
 
 CPU = ["CPUExecutionProvider"]
 
@@ -163,9 +164,24 @@ def test_the_kernel_is_used_only_where_it_serves(
     # auto: ours where the CPU has AMX, ORT's elsewhere (the portable C is slower than ORT's)
     assert OnnxRunner(tiny_bundle, "int8", "cpu").matmul_kernel == matmul_on_amx(kernel_library)
     assert not OnnxRunner(tiny_bundle, "fp32", "cpu").matmul_kernel  # float weights: nothing to replace
-    with pytest.raises(BundleError, match="matmul_kernel=on, but no node"):
+    with pytest.raises(BundleError, match="matmul_kernel=on, but it serves INT8 weights on CPU"):
         OnnxRunner(tiny_bundle, "fp32", "cpu", matmul_kernel="on")
     monkeypatch.setattr("runtime.onnx_runner.custom_ops_library", lambda: None)  # an install without a compiler
     assert not OnnxRunner(tiny_bundle, "int8", "cpu").matmul_kernel
     with pytest.raises(BundleError, match="matmul_kernel=on, but our kernels are not built"):
         OnnxRunner(tiny_bundle, "int8", "cpu", matmul_kernel="on")
+
+
+def test_int8_weights_the_kernel_does_not_compute_keep_ort_s(
+    kernel_library: Path, tiny_bundle: Path, tmp_path: Path
+) -> None:
+    def nonzero_weight_zero_points(model: onnx.ModelProto) -> None:  # what the operator does not take
+        for tensor in model.graph.initializer:
+            if tensor.name.endswith("zero_point") and tensor.data_type == TensorProto.INT8:
+                ones = np.ones(numpy_helper.to_array(tensor).shape, np.int8)
+                tensor.CopyFrom(numpy_helper.from_array(ones, tensor.name))
+
+    bundle = edited_bundle(tiny_bundle, tmp_path / "bundle", "int8", nonzero_weight_zero_points)
+    assert not OnnxRunner(bundle, "int8", "cpu").matmul_kernel  # auto: ORT's kernel, and the runner says so
+    with pytest.raises(BundleError, match="matmul_kernel=on, but no node"):
+        OnnxRunner(bundle, "int8", "cpu", matmul_kernel="on")
