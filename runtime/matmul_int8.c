@@ -115,8 +115,8 @@ __attribute__((target("avx512f"))) static int64_t quantize_row_avx512(const Call
 
 /* One task: the range of rows [16 task, 16 task + 16) of x, stretched to hold 0. Done in
  * parallel, in the same chunks as quantize_rows, so that each core then quantises rows it has
- * just read: x was written by the previous operator's tasks on both cores, and reading all of
- * it on one was a sixth of a batch-32 call. */
+ * just read: x was written by the previous operator's tasks on both cores, and one core reading
+ * all of it pulls the other's half across (bench/engine.md, step 23). */
 static void range_rows(void *data, size_t task) {
   const Call *call = data;
   const int64_t first = (int64_t)task * BLOCK, last = first + BLOCK < call->m ? first + BLOCK : call->m;
@@ -214,8 +214,9 @@ __attribute__((target("avx512f,avx512bw"))) static void finish_tile(const Call *
  * steps of 64: tiles 4 and 5 accumulate the two products; the step's operands are in tiles 2 (x),
  * 0 and 1 (weight) while the next step's load into 3, 6 and 7, and the other way round. A tile
  * load waits for the products still reading its tile, so loading into the same tiles every step
- * left each step's loads and products in turn: this takes 116 -> 65 us for 32 rows of a 768 x
- * 3,072 weight (bench/engine.md, step 23). Every tile is 16 rows of 64 bytes, the configuration
+ * would leave each step's loads and products in turn. (Where the weights stream from memory, as
+ * GPT-2 small's do, that was not what limited it: bench/engine.md, step 23.) Every tile is 16
+ * rows of 64 bytes, the configuration
  * ORT's own AMX kernel (MLAS) loads, so the two take turns on a thread without upsetting each
  * other. */
 __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw"))) static void multiply_amx(const Call *call, int64_t r0,
