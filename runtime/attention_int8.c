@@ -56,6 +56,7 @@ typedef struct {
   int8_t *key, *value;
   float *out;
   int64_t seq, heads, kv_heads, head_size, capacity, total;
+  int64_t items, items_per_task; /* an item is a (row, key/value head); a task a run of them */
   int first_prompt;
 } Call;
 
@@ -154,6 +155,21 @@ __attribute__((target("avx512f"))) static float softmax_avx512(float *scores, in
   return 1.0f / _mm512_reduce_add_ps(total);
 }
 
+/* quantize() 16 channels at a time, to the same bytes: the same division, round half to even,
+ * saturation. The scalar one calls libm's nearbyintf per value (the baseline x86-64 target has no
+ * rounding instruction), which made the new columns of a decode step's 12 layers x 32 rows cost
+ * more than their attention over a short past (bench/engine.md, step 24). */
+__attribute__((target("avx512f"))) static void quantize_avx512(const float *x, const float *scale, int8_t *out,
+                                                               int64_t H) {
+  const __m512 low = _mm512_set1_ps(-128.0f), high = _mm512_set1_ps(127.0f);
+  for (int64_t d = 0; d < H; d += 16) {
+    const __m512 q = _mm512_roundscale_ps(_mm512_div_ps(_mm512_loadu_ps(x + d), _mm512_loadu_ps(scale + d)),
+                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m512i clamped = _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(q, low), high));
+    _mm_storeu_si128((__m128i *)(out + d), _mm512_cvtepi32_epi8(clamped));
+  }
+}
+
 /* The AVX-512 path (head size a multiple of 16): a column of 16*k int8 keys or values is
  * widened to k vectors of floats in registers, never through a buffer. While the keys are
  * read, the same column of values is prefetched, so the second pass finds it in cache. */
@@ -200,13 +216,34 @@ __attribute__((target("avx512f,avx512bw"))) static void attend_avx512(
 }
 #endif
 
-/* One task: row b, key/value head kvh, and the query heads that share it. */
-static void attend(void *data, size_t task) {
-  const Call *call = data;
+static int64_t past_columns(const Call *call, int64_t b) {
+  return call->first_prompt ? 0 : (int64_t)call->seqlens_k[b] + 1 - call->seq;
+}
+
+/* Asks for item's past columns of keys and values ahead of their use. A row's columns are a
+ * few KB apart from the next row's, too short a stream for the hardware prefetcher to reach
+ * memory's bandwidth on its own: fetched while the item before is computed, they come at
+ * about twice the rate in a decode step (bench/engine.md, step 24). */
+static void prefetch_item(const Call *call, int64_t item) {
+  const int64_t H = call->head_size, b = item / call->kv_heads, kvh = item % call->kv_heads;
+  int64_t columns = past_columns(call, b);
+  columns = columns < 0 ? 0 : (columns > call->capacity ? call->capacity : columns);
+  const int64_t offset = (b * call->kv_heads + kvh) * call->capacity * H;
+  /* where present is a buffer of its own, the past columns are read from the past first */
+  const int8_t *key = (call->past_key != NULL ? call->past_key : call->key) + offset;
+  const int8_t *value = (call->past_value != NULL ? call->past_value : call->value) + offset;
+  for (int64_t byte = 0; byte < columns * H; byte += 64) {
+    __builtin_prefetch(key + byte, 0, 3);
+    __builtin_prefetch(value + byte, 0, 3);
+  }
+}
+
+/* One item: row b, key/value head kvh, and the query heads that share it. */
+static void attend_item(const Call *call, int64_t item) {
   const int64_t H = call->head_size, S = call->seq, group = call->heads / call->kv_heads;
-  const int64_t b = (int64_t)task / call->kv_heads, kvh = (int64_t)task % call->kv_heads;
+  const int64_t b = item / call->kv_heads, kvh = item % call->kv_heads;
   const int64_t width = (call->heads + 2 * call->kv_heads) * H;
-  const int64_t past = call->first_prompt ? 0 : (int64_t)call->seqlens_k[b] + 1 - S;
+  const int64_t past = past_columns(call, b);
   int8_t *key = call->key + (b * call->kv_heads + kvh) * call->capacity * H;
   int8_t *value = call->value + (b * call->kv_heads + kvh) * call->capacity * H;
   const float *key_scale = call->key_scale + kvh * H, *value_scale = call->value_scale + kvh * H;
@@ -221,6 +258,13 @@ static void attend(void *data, size_t task) {
     if (column < 0 || column >= call->capacity) continue;
     const float *row = call->qkv + (b * S + s) * width;
     const float *k = row + (call->heads + kvh) * H, *v = row + (call->heads + call->kv_heads + kvh) * H;
+#if defined(__x86_64__)
+    if (use_avx512 && H % 16 == 0) {
+      quantize_avx512(k, key_scale, key + column * H, H);
+      quantize_avx512(v, value_scale, value + column * H, H);
+      continue;
+    }
+#endif
     for (int64_t d = 0; d < H; d++) {
       key[column * H + d] = quantize(k[d], key_scale[d]);
       value[column * H + d] = quantize(v[d], value_scale[d]);
@@ -236,6 +280,19 @@ static void attend(void *data, size_t task) {
 #endif
       attend_portable(call, b, h, s, key, value, past, key_scale, value_scale);
     }
+}
+
+/* One task: a run of consecutive items, each one's columns prefetched while the one before
+ * it is computed. */
+static void attend(void *data, size_t task) {
+  const Call *call = data;
+  const int64_t first = (int64_t)task * call->items_per_task;
+  const int64_t end = first + call->items_per_task < call->items ? first + call->items_per_task : call->items;
+  prefetch_item(call, first);
+  for (int64_t item = first; item < end; item++) {
+    if (item + 1 < end) prefetch_item(call, item + 1);
+    attend_item(call, item);
+  }
 }
 
 static OrtStatus *compute(void *kernel, OrtKernelContext *context) {
@@ -282,8 +339,11 @@ static OrtStatus *compute(void *kernel, OrtKernelContext *context) {
     call.past_key = tensor_data(past_key);
     call.past_value = tensor_data(past_value);
   }
-  return API(KERNEL_CONTEXT_PARALLEL_FOR, ParallelForFn)(context, attend, (size_t)(qkv_dims[0] * call.kv_heads), 0,
-                                                        &call);
+  /* Runs of up to 8 items, at least 4 tasks per call so that both cores have work. */
+  call.items = qkv_dims[0] * call.kv_heads;
+  call.items_per_task = call.items / 4 < 1 ? 1 : (call.items / 4 > 8 ? 8 : call.items / 4);
+  const size_t tasks = (size_t)((call.items + call.items_per_task - 1) / call.items_per_task);
+  return API(KERNEL_CONTEXT_PARALLEL_FOR, ParallelForFn)(context, attend, tasks, 0, &call);
 }
 
 static OrtStatus *create_kernel(const OrtCustomOp *op, const void *api_table, const OrtKernelInfo *info, void **out) {
