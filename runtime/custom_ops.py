@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import onnxruntime as ort
 
 if TYPE_CHECKING:
@@ -52,22 +53,49 @@ def matmul_on_amx(path: Path) -> bool:
     return bool(ctypes.CDLL(str(path)).matmul_int8_uses_amx())
 
 
+class SharedWeights:
+    """The packed weights of a runner's sessions, one buffer each for all of them.
+
+    The decode graph and the mixed graph (a second session, run at the steps that admit
+    requests) hold the same weights. Each session used to keep its own copy, so a mixed step
+    pushed the decode session's weights out of the CPU's caches and the next decode step read
+    them from memory again (bench/engine.md, step 24). `arrays` is filled by the MatMul rewrite
+    (matmul_kernel.with_kernel names each packed weight by its content); `add_to` hands each to
+    ORT with SessionOptions.add_initializer, which makes a session read the caller's buffer in
+    place of the graph's copy. The buffers must outlive the sessions: the runner keeps this."""
+
+    def __init__(self) -> None:
+        self.arrays: dict[str, np.ndarray] = {}
+        self._values: dict[str, ort.OrtValue] = {}
+
+    def add_to(self, options: ort.SessionOptions) -> None:
+        """Every array not yet handed to ORT, on `options` (the runner's sessions share theirs)."""
+        for name, array in self.arrays.items():
+            if name not in self._values:
+                self._values[name] = ort.OrtValue.ortvalue_from_numpy(array)
+                options.add_initializer(name, self._values[name])
+
+
 def kernel_session(
     path: Path,
     options: ort.SessionOptions,
     providers: list[Any],
     rewrites: Sequence[Callable[[onnx.ModelProto], int]],
+    shared: SharedWeights | None = None,
 ) -> tuple[ort.InferenceSession | None, list[int]]:
     """A session of the decoder graph at `path` after `rewrites` (each puts one operator in and
     says how many nodes it replaced; `options` must have loaded the library), and those counts.
     No session where nothing was replaced. The rewritten graph goes through a temporary file, not
-    bytes: a session made from bytes held ~120 MB more of GPT-2 small's INT8 graph."""
+    bytes: a session made from bytes held ~120 MB more of GPT-2 small's INT8 graph. `shared`:
+    the weights the rewrites packed, read from there instead of the graph's copies."""
     import onnx
 
     model = onnx.load(str(path))
     counts = [rewrite(model) for rewrite in rewrites]
     if not any(counts):
         return None, counts
+    if shared is not None:
+        shared.add_to(options)
     with tempfile.TemporaryDirectory(prefix="promptgen-kernel-") as tmp:
         rewritten = Path(tmp) / path.name
         onnx.save(model, str(rewritten))

@@ -11,6 +11,7 @@ bundle on disk keeps the plain graph.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,7 @@ DOMAIN = "promptgen"
 OP_TYPE = "MatMulInt8"
 BLOCK = 16  # columns per packed block (matmul_int8.c)
 DEPTH = 64  # rows of K per tile product
+ALIGN = 64  # a packed weight starts on a cache line: each tile row is one line, never two
 
 
 def pack(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -34,7 +36,28 @@ def pack(weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     padded = np.zeros((kp, np_), np.int8)
     padded[:k, :n] = weight
     blocks = padded.reshape(kp // 4, 4, np_ // BLOCK, BLOCK).transpose(2, 0, 3, 1)
-    return np.ascontiguousarray(blocks.reshape(np_ // BLOCK, kp // 4, 4 * BLOCK)), padded.sum(axis=0, dtype=np.int32)
+    packed = aligned_empty((np_ // BLOCK, kp // 4, 4 * BLOCK))
+    packed[...] = blocks.reshape(packed.shape)
+    return packed, padded.sum(axis=0, dtype=np.int32)
+
+
+def aligned_empty(shape: tuple[int, ...]) -> np.ndarray:
+    """An int8 array of `shape` whose data starts on an ALIGN-byte boundary (numpy's own start
+    16 bytes past one). ORT copies an initializer of the graph into its own aligned buffer; a
+    shared one (SharedWeights) it reads where it is."""
+    size = int(np.prod(shape))
+    raw = np.empty(size + ALIGN, np.int8)
+    start = -raw.ctypes.data % ALIGN
+    return raw[start : start + size].reshape(shape)
+
+
+def packed_name(weight: np.ndarray) -> str:
+    """A packed weight's initializer name, from its content: the decode graph and the mixed graph
+    hold the same weights, so their packed copies get the same names and one buffer serves both
+    sessions (SharedWeights)."""
+    digest = hashlib.blake2b(weight.tobytes(), digest_size=12)
+    digest.update(str(weight.shape).encode())
+    return f"{DOMAIN}/packed_weight/{digest.hexdigest()}"
 
 
 @dataclass
@@ -120,10 +143,11 @@ def matches(model: onnx.ModelProto) -> list[Match]:
     return found
 
 
-def with_kernel(model: onnx.ModelProto) -> int:
+def with_kernel(model: onnx.ModelProto, shared: dict[str, np.ndarray] | None = None) -> int:
     """Rewrite `model` in place: each matched subgraph becomes one MatMulInt8 node (at the place
     of its last node), with the weight packed; what no node reads any more (the quantize and scale
-    nodes, the int8 weight) goes. Returns how many were replaced."""
+    nodes, the int8 weight) goes. Returns how many were replaced. `shared` collects the packed
+    weights by name (packed_name), one array per distinct weight, for SharedWeights."""
     from onnx import helper, numpy_helper
 
     found = matches(model)
@@ -132,13 +156,23 @@ def with_kernel(model: onnx.ModelProto) -> int:
     graph = model.graph
     gone: set[int] = set()
     new_at: dict[int, onnx.NodeProto] = {}
+    present = {t.name for t in graph.initializer}
     for match in found:
         k, n = match.weight.shape
-        packed, sums = pack(match.weight)
-        names = [f"{match.name}/{part}" for part in ("packed_weight", "column_sums", "weight_scale", "bias")]
+        weight_name = packed_name(match.weight)
+        known = shared.get(weight_name) if shared is not None else None
+        if known is None:
+            packed, sums = pack(match.weight)
+        else:  # packed for the other graph already: only the column sums are made again
+            packed, sums = known, np.pad(match.weight.sum(axis=0, dtype=np.int32), (0, known.shape[0] * BLOCK - n))
+        if shared is not None:
+            shared[weight_name] = packed
+        names = [weight_name, *(f"{match.name}/{part}" for part in ("column_sums", "weight_scale", "bias"))]
         bias = match.bias if match.bias is not None else np.zeros(n, np.float32)
         for name, value in zip(names, (packed, sums, match.weight_scale, bias), strict=True):
-            graph.initializer.append(numpy_helper.from_array(value, name))
+            if name not in present:  # a weight used twice is packed and stored once
+                graph.initializer.append(numpy_helper.from_array(value, name))
+                present.add(name)
         node = helper.make_node(
             OP_TYPE, [match.x, *names], [match.output], name=f"{match.name}/{OP_TYPE}", domain=DOMAIN, n=n, k=k
         )

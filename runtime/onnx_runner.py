@@ -32,13 +32,14 @@ a session keeps one IO binding from step to step (`_binding`), which two threads
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import onnxruntime as ort
@@ -64,9 +65,12 @@ from runtime import attention_kernel as attention_rewrite
 from runtime import matmul_kernel as matmul_rewrite
 from runtime.cache_graph import CACHE_OUTPUT, cache_graph
 from runtime.cpus import available_cpus
-from runtime.custom_ops import kernel_session, matmul_on_amx
+from runtime.custom_ops import SharedWeights, kernel_session, matmul_on_amx
 from runtime.custom_ops import library as custom_ops_library
 from runtime.sampler_graph import SAMPLER_OUTPUT, sampler_graph
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -218,6 +222,7 @@ class OnnxRunner:
         self.matmul_kernel = use("matmul_kernel", matmul_kernel, provider_name, self._matmul_fits)
         if self.attention_kernel or self.matmul_kernel:
             options.register_custom_ops_library(str(custom_ops_library()))
+        self.shared_weights = SharedWeights()  # the decode and mixed sessions' packed weights
         self.session = self._decoder_session(path, options, providers)
         for name, requested in (("attention_kernel", attention_kernel), ("matmul_kernel", matmul_kernel)):
             if requested == "on" and not getattr(self, name):
@@ -314,10 +319,14 @@ class OnnxRunner:
         """A session of the graph at `path`, with our kernels in place where this runner uses
         them; a kernel that finds no node it computes in the graph is reported unused (e.g.
         attention with a custom scale or softcap: ORT's kernel serves it)."""
-        rewrites = {"attention_kernel": attention_rewrite.with_kernel, "matmul_kernel": matmul_rewrite.with_kernel}
+        packed: Callable[[onnx.ModelProto], int] = functools.partial(
+            matmul_rewrite.with_kernel, shared=self.shared_weights.arrays
+        )
+        rewrites = {"attention_kernel": attention_rewrite.with_kernel, "matmul_kernel": packed}
         used = [name for name in rewrites if getattr(self, name)]
         if used:
-            session, counts = kernel_session(path, options, providers, [rewrites[name] for name in used])
+            rewritten = [rewrites[name] for name in used]
+            session, counts = kernel_session(path, options, providers, rewritten, self.shared_weights)
             for name, count in zip(used, counts, strict=True):
                 setattr(self, name, bool(count))
             if session is not None:

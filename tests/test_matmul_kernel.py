@@ -18,8 +18,10 @@ from contract.manifest import BundleError
 from export.variants import DYNAMIC, to_int8
 from runtime.custom_ops import matmul_on_amx
 from runtime.decode import generate
-from runtime.matmul_kernel import matches, pack, with_kernel
-from runtime.onnx_runner import OnnxRunner
+from runtime.kv_cache import BatchCache
+from runtime.matmul_kernel import ALIGN, matches, pack, with_kernel
+from runtime.onnx_runner import OnnxRunner, Prompts
+from runtime.padding import pad
 from tests.poisoned_bundle import edited_bundle
 
 CPU = ["CPUExecutionProvider"]
@@ -156,6 +158,36 @@ def test_a_runner_with_the_kernel_decodes_as_one_without(kernel_library: Path, t
     assert ours.generations == theirs.generations
     assert ours.logits is not None and theirs.logits is not None
     np.testing.assert_array_equal(ours.logits, theirs.logits)  # the same arithmetic: bit for bit
+
+
+def test_the_decode_and_mixed_sessions_read_one_copy_of_the_packed_weights(
+    kernel_library: Path, tiny_bundle: Path
+) -> None:
+    """The mixed graph holds the decode graph's weights: the runner packs each once, on a cache
+    line, and both sessions read that buffer (zeroing it changes what each computes)."""
+    runner = OnnxRunner(tiny_bundle, "int8", "cpu", matmul_kernel="on")
+    assert runner.mixed_prefill and runner.matmul_kernel
+    decode_graph = onnx.load(str(tiny_bundle / runner.variant.file), load_external_data=False)
+    assert len(runner.shared_weights.arrays) == len(matches(decode_graph))  # none added by the mixed graph
+    assert all(a.ctypes.data % ALIGN == 0 for a in runner.shared_weights.arrays.values())
+
+    ids, mask, positions = pad([[4, 5, 6, 7], [8, 9]], runner.eos_token_id, right=True)
+    _, past = runner.forward(ids, mask, positions, runner.empty_past(2))
+    cache = BatchCache(past, mask, True)
+    step = (np.full((2, 1), 5), cache.step_mask(np.ones(2, bool)), cache.positions(), cache.past)
+
+    def logits() -> tuple[np.ndarray, np.ndarray]:
+        decode, _ = runner.forward(*step)  # each run rewrites the same new column: repeatable
+        joiner = Prompts(*pad([[4, 5, 6]], runner.eos_token_id, right=True), runner.empty_past(1))
+        mixed, _ = runner.forward(*step, joiner)
+        return np.array(decode), np.array(mixed)
+
+    decode, mixed = logits()
+    np.testing.assert_array_equal(logits()[0], decode)
+    for packed in runner.shared_weights.arrays.values():
+        packed[...] = 0
+    zeroed_decode, zeroed_mixed = logits()
+    assert not np.array_equal(zeroed_decode, decode) and not np.array_equal(zeroed_mixed, mixed)
 
 
 def test_the_kernel_is_used_only_where_it_serves(
