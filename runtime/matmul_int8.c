@@ -37,9 +37,12 @@
 
 #include "ort_custom_op.h"
 
-/* Inputs and outputs, in this order (runtime/matmul_kernel.py builds the node). */
-enum { X, WEIGHT, COLUMN_SUMS, WEIGHT_SCALE, BIAS, N_INPUTS };
-static const int INPUT_TYPES[N_INPUTS] = {TYPE_FLOAT, TYPE_INT8, TYPE_INT32, TYPE_FLOAT, TYPE_FLOAT};
+/* Inputs and outputs, in this order (runtime/matmul_kernel.py builds the node). MatMulInt8Add
+ * takes one more, RESIDUAL, the same shape as the output, added last: the residual Add of a
+ * transformer block that follows its output projections, as the graph did it. */
+enum { X, WEIGHT, COLUMN_SUMS, WEIGHT_SCALE, BIAS, RESIDUAL };
+static const int INPUT_TYPES[] = {TYPE_FLOAT, TYPE_INT8, TYPE_INT32, TYPE_FLOAT, TYPE_FLOAT};
+static const int INPUT_TYPES_ADD[] = {TYPE_FLOAT, TYPE_INT8, TYPE_INT32, TYPE_FLOAT, TYPE_FLOAT, TYPE_FLOAT};
 static const int OUTPUT_TYPES[] = {TYPE_FLOAT};
 
 #define MAX_RANK 8
@@ -47,14 +50,16 @@ static const int OUTPUT_TYPES[] = {TYPE_FLOAT};
 #define DEPTH 64          /* K per AMX tile product */
 #define ROW_CHUNK 128     /* rows of x per task: their quantised bytes stay in the core's L2 */
 #define COLUMN_BLOCKS 8   /* 16-column blocks per task */
+#define PASS_ROWS 4       /* rows of x per task of the range and quantisation passes */
 
 typedef struct {
   int64_t n, k;
+  int residual; /* MatMulInt8Add */
 } Kernel;
 
 /* One call's tensors and sizes, shared by its tasks. */
 typedef struct {
-  const float *x, *weight_scale, *bias;
+  const float *x, *weight_scale, *bias, *residual; /* residual: NULL but in MatMulInt8Add */
   const int8_t *weight;
   const int32_t *column_sums;
   uint8_t *xq;   /* [rows rounded up to 16, kp] */
@@ -113,13 +118,15 @@ __attribute__((target("avx512f"))) static int64_t quantize_row_avx512(const Call
 }
 #endif
 
-/* One task: the range of rows [16 task, 16 task + 16) of x, stretched to hold 0. Done in
+/* One task: the range of rows [4 task, 4 task + 4) of x, stretched to hold 0. Done in
  * parallel, in the same chunks as quantize_rows, so that each core then quantises rows it has
  * just read: x was written by the previous operator's tasks on both cores, and one core reading
- * all of it pulls the other's half across (bench/engine.md, step 23). */
+ * all of it pulls the other's half across (bench/engine.md, step 23). Chunks of 4 rows, not of a
+ * tile's 16, so that a step of a few rows and a short prompt (at most 16 rows) is divided
+ * between the cores too: the divisions of quantize_rows are what the pass costs (step 24). */
 static void range_rows(void *data, size_t task) {
   const Call *call = data;
-  const int64_t first = (int64_t)task * BLOCK, last = first + BLOCK < call->m ? first + BLOCK : call->m;
+  const int64_t first = (int64_t)task * PASS_ROWS, last = first + PASS_ROWS < call->m ? first + PASS_ROWS : call->m;
   const float *x = call->x + first * call->k;
   const int64_t count = (last - first) * call->k;
   float low = 0.0f, high = 0.0f;
@@ -147,12 +154,12 @@ static void quantization(Call *call, int64_t chunks) {
   call->zero_point = (int32_t)zero_point;
 }
 
-/* One task: rows [16 task, 16 task + 16) of x quantised into the scratch, padding columns 0.
+/* One task: rows [4 task, 4 task + 4) of x quantised into the scratch, padding columns 0.
  * As MLAS: x / scale, clamped to the zero point's range, rounded half to even, plus it. */
 static void quantize_rows(void *data, size_t task) {
   const Call *call = data;
   const float low = -(float)call->zero_point, high = 255.0f - (float)call->zero_point;
-  const int64_t first = (int64_t)task * BLOCK, last = first + BLOCK < call->m ? first + BLOCK : call->m;
+  const int64_t first = (int64_t)task * PASS_ROWS, last = first + PASS_ROWS < call->m ? first + PASS_ROWS : call->m;
   for (int64_t r = first; r < last; r++) {
     const float *row = call->x + r * call->k;
     uint8_t *q = call->xq + r * call->kp;
@@ -171,6 +178,11 @@ static inline float finished(const Call *call, int32_t sum, int64_t n) {
   return (float)(sum - call->zero_point * call->column_sums[n]) * scale + call->bias[n];
 }
 
+static inline float finished_row(const Call *call, int32_t sum, int64_t r, int64_t n) {
+  const float value = finished(call, sum, n);
+  return call->residual != NULL ? value + call->residual[r * call->n + n] : value;
+}
+
 /* The portable path: any CPU. */
 static void multiply_portable(const Call *call, int64_t r0, int64_t r1, int64_t b0, int64_t b1) {
   for (int64_t r = r0; r < r1; r++)
@@ -180,7 +192,7 @@ static void multiply_portable(const Call *call, int64_t r0, int64_t r1, int64_t 
         const uint8_t *q = call->xq + r * call->kp;
         int32_t sum = 0;
         for (int64_t i = 0; i < call->kp; i++) sum += (int32_t)q[i] * (int32_t)w[(i / 4) * 64 + i % 4];
-        call->y[r * call->n + b * BLOCK + j] = finished(call, sum, b * BLOCK + j);
+        call->y[r * call->n + b * BLOCK + j] = finished_row(call, sum, r, b * BLOCK + j);
       }
 }
 
@@ -205,7 +217,9 @@ __attribute__((target("avx512f,avx512bw"))) static void finish_tile(const Call *
   const __m512 bias = _mm512_maskz_loadu_ps(lanes, call->bias + n0);
   for (int64_t i = 0; i < BLOCK && r0 + i < call->m; i++) {
     const __m512i sum = _mm512_sub_epi32(_mm512_load_si512(sums + i * BLOCK), offset);
-    const __m512 value = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(sum), scale), bias);
+    __m512 value = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(sum), scale), bias);
+    if (call->residual != NULL)
+      value = _mm512_add_ps(value, _mm512_maskz_loadu_ps(lanes, call->residual + (r0 + i) * call->n + n0));
     _mm512_mask_storeu_ps(call->y + (r0 + i) * call->n + n0, lanes, value);
   }
 }
@@ -311,26 +325,37 @@ static OrtStatus *compute(void *kernel, OrtKernelContext *context) {
   call.column_sums = tensor_data(kernel_input(context, COLUMN_SUMS));
   call.weight_scale = tensor_data(kernel_input(context, WEIGHT_SCALE));
   call.bias = tensor_data(kernel_input(context, BIAS));
+  if (kern->residual) {
+    const OrtValue *residual = kernel_input(context, RESIDUAL);
+    int64_t r_dims[MAX_RANK], count = 1;
+    size_t r_rank;
+    tensor_dimensions(residual, r_dims, MAX_RANK, &r_rank);
+    for (size_t i = 0; i < r_rank && r_rank <= MAX_RANK; i++) count *= r_dims[i];
+    if (r_rank > MAX_RANK || r_rank == 0 || r_dims[r_rank - 1] != call.n || count != call.m * call.n)
+      return invalid_argument("MatMulInt8Add: the residual is not the output's shape");
+    call.residual = tensor_data(residual);
+  }
   call.column_groups = (call.column_blocks + COLUMN_BLOCKS - 1) / COLUMN_BLOCKS;
   const int64_t chunks = (call.m + BLOCK - 1) / BLOCK; /* a tile reads 16 rows */
-  call.xq = scratch_for((size_t)(chunks * BLOCK * call.kp + chunks * 2 * (int64_t)sizeof(float)));
+  const int64_t passes = (call.m + PASS_ROWS - 1) / PASS_ROWS;
+  call.xq = scratch_for((size_t)(chunks * BLOCK * call.kp + passes * 2 * (int64_t)sizeof(float)));
   if (call.xq == NULL) return invalid_argument("MatMulInt8: out of memory");
   call.ranges = (float *)(call.xq + chunks * BLOCK * call.kp); /* kp is a multiple of 64: aligned */
   ParallelForFn parallel_for = API(KERNEL_CONTEXT_PARALLEL_FOR, ParallelForFn);
-  OrtStatus *status = parallel_for(context, range_rows, (size_t)chunks, 0, &call);
+  OrtStatus *status = parallel_for(context, range_rows, (size_t)passes, 0, &call);
   if (status != NULL) return status;
-  quantization(&call, chunks);
-  status = parallel_for(context, quantize_rows, (size_t)chunks, 0, &call);
+  quantization(&call, passes);
+  status = parallel_for(context, quantize_rows, (size_t)passes, 0, &call);
   if (status != NULL) return status;
   const size_t tasks = (size_t)((call.m + ROW_CHUNK - 1) / ROW_CHUNK * call.column_groups);
   return parallel_for(context, multiply, tasks, 0, &call);
 }
 
 static OrtStatus *create_kernel(const OrtCustomOp *op, const void *api_table, const OrtKernelInfo *info, void **out) {
-  (void)op;
   (void)api_table;
   Kernel *kernel = calloc(1, sizeof(Kernel));
   if (kernel == NULL) return invalid_argument("MatMulInt8: out of memory");
+  kernel->residual = ((const CustomOp *)op)->input_count > RESIDUAL;
   OrtStatus *status = kernel_attribute(info, "n", &kernel->n);
   if (status == NULL) status = kernel_attribute(info, "k", &kernel->k);
   if (status == NULL && (kernel->n < 1 || kernel->k < 1)) status = invalid_argument("MatMulInt8: n and k must be positive");
@@ -343,6 +368,7 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const void *api_table, co
 }
 
 const CustomOp MATMUL_INT8 = CUSTOM_OP("MatMulInt8", INPUT_TYPES, OUTPUT_TYPES, create_kernel, compute);
+const CustomOp MATMUL_INT8_ADD = CUSTOM_OP("MatMulInt8Add", INPUT_TYPES_ADD, OUTPUT_TYPES, create_kernel, compute);
 
 /* Whether MatMulInt8 multiplies on AMX tiles here (runtime/matmul_kernel.py asks, through ctypes,
  * before it puts the operator in a graph: elsewhere ORT's kernel is the faster). The environment

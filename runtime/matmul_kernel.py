@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 
 DOMAIN = "promptgen"
 OP_TYPE = "MatMulInt8"
+OP_TYPE_ADD = "MatMulInt8Add"  # the same, then a residual input added (a block's skip connection)
 BLOCK = 16  # columns per packed block (matmul_int8.c)
 DEPTH = 64  # rows of K per tile product
 ALIGN = 64  # a packed weight starts on a cache line: each tile row is one line, never two
@@ -69,8 +70,9 @@ class Match:
     weight: np.ndarray  # int8 [K, N]
     weight_scale: np.ndarray  # float32 [N]
     bias: np.ndarray | None  # float32 [N]
-    replaced: list[onnx.NodeProto]  # MatMulInteger, Cast, the output Mul, the Add where fused
+    replaced: list[onnx.NodeProto]  # MatMulInteger, Cast, the output Mul, the Adds where fused
     name: str
+    residual: str | None = None  # the tensor a following Add adds to the result, where fused
 
 
 def matches(model: onnx.ModelProto) -> list[Match]:
@@ -87,6 +89,23 @@ def matches(model: onnx.ModelProto) -> list[Match]:
         for name in node.input:
             consumers.setdefault(name, []).append(node)
     graph_outputs = {o.name for o in graph.output}
+    typed = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
+
+    def dims(name: str) -> list[int | str] | None:
+        """A tensor's shape as the graph declares it (a static size or a symbol per axis)."""
+        info = typed.get(name)
+        if info is None or not info.type.tensor_type.HasField("shape"):
+            return None
+        return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in info.type.tensor_type.shape.dim]
+
+    def same_rows(residual: str, x: str, n: int) -> bool:
+        """Whether the graph says `residual` has the MatMul's result shape (x's leading axes, n):
+        the operator adds it element by element, where an Add would also broadcast."""
+        r, lead = dims(residual), dims(x)
+        if r is None or lead is None or len(r) != len(lead) or r[-1] != n:
+            return False
+        pairs = zip(r[:-1], lead[:-1], strict=True)
+        return all(a == b or (isinstance(a, str) and a and isinstance(b, str) and b) for a, b in pairs)
 
     def only_consumer(name: str, op_type: str) -> onnx.NodeProto | None:
         found = consumers.get(name, [])
@@ -138,8 +157,17 @@ def matches(model: onnx.ModelProto) -> list[Match]:
             other = constant(add.input[1] if add.input[0] == out_mul.output[0] else add.input[0])
             if other is not None and other.dtype == np.float32 and other.shape == (n,):
                 replaced, output, bias = [*replaced, add], add.output[0], other
+        # A residual Add next (an output projection's): another computed tensor added to the
+        # result, in the operator's last pass over it instead of a pass of its own. The
+        # operator checks that it has the result's shape.
+        residual = None
+        add = only_consumer(output, "Add")
+        if add is not None:
+            other_name = add.input[1] if add.input[0] == output else add.input[0]
+            if other_name != output and constant(other_name) is None and same_rows(other_name, quantize.input[0], n):
+                replaced, output, residual = [*replaced, add], add.output[0], other_name
         scales = np.broadcast_to(weight_scale.reshape(-1), (n,)).astype(np.float32)
-        found.append(Match(quantize.input[0], output, weight, scales, bias, replaced, mm.name))
+        found.append(Match(quantize.input[0], output, weight, scales, bias, replaced, mm.name, residual))
     return found
 
 
@@ -173,8 +201,11 @@ def with_kernel(model: onnx.ModelProto, shared: dict[str, np.ndarray] | None = N
             if name not in present:  # a weight used twice is packed and stored once
                 graph.initializer.append(numpy_helper.from_array(value, name))
                 present.add(name)
+        op_type, inputs = (
+            (OP_TYPE, [match.x, *names]) if match.residual is None else (OP_TYPE_ADD, [match.x, *names, match.residual])
+        )
         node = helper.make_node(
-            OP_TYPE, [match.x, *names], [match.output], name=f"{match.name}/{OP_TYPE}", domain=DOMAIN, n=n, k=k
+            op_type, inputs, [match.output], name=f"{match.name}/{op_type}", domain=DOMAIN, n=n, k=k
         )
         gone.update(id(r) for r in match.replaced)
         new_at[id(match.replaced[-1])] = node

@@ -38,21 +38,32 @@ def path_kind(request: pytest.FixtureRequest, kernel_library: Path, monkeypatch:
     yield request.param
 
 
-def quantized_matmul(tmp_path: Path, k: int, n: int, rank: int, bias: bool, seed: int = 0) -> Path:
+def quantized_matmul(
+    tmp_path: Path, k: int, n: int, rank: int, bias: bool, seed: int = 0, residual: bool = False
+) -> Path:
     """One MatMul (and its bias Add) quantized by export/variants.py's dynamic scheme, as the INT8
-    variant's projections are."""
+    variant's projections are; `residual`: then an input r added to it, as a block's skip
+    connection adds its output projection's result."""
     rng = np.random.default_rng(seed)
     weight = numpy_helper.from_array((0.05 * rng.standard_normal((k, n))).astype(np.float32), "w")
-    nodes = [helper.make_node("MatMul", ["x", "w"], ["y" if not bias else "mm"], name="proj")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["mm"], name="proj")]
     initializers = [weight]
     if bias:
         initializers.append(numpy_helper.from_array(rng.standard_normal(n).astype(np.float32), "b"))
-        nodes.append(helper.make_node("Add", ["mm", "b"], ["y"], name="bias"))
+        nodes.append(helper.make_node("Add", ["mm", "b"], ["biased"], name="bias"))
+    last = "biased" if bias else "mm"
+    if residual:
+        nodes.append(helper.make_node("Add", ["r", last], ["skip"], name="residual"))  # the residual first, as GPT-2's
+        last = "skip"
+    nodes[-1].output[0] = "y"
     leading = ["batch", "seq"][: rank - 1]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, [*leading, k])]
+    if residual:
+        inputs.append(helper.make_tensor_value_info("r", TensorProto.FLOAT, [*leading, n]))
     graph = helper.make_graph(
         nodes,
         "projection",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [*leading, k])],
+        inputs,
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [*leading, n])],
         initializer=initializers,
     )
@@ -61,11 +72,13 @@ def quantized_matmul(tmp_path: Path, k: int, n: int, rank: int, bias: bool, seed
     return to_int8(fp32, tmp_path / "int8.onnx", DYNAMIC)
 
 
-def sessions(path: Path, kernel_library: Path) -> tuple[ort.InferenceSession, ort.InferenceSession]:
+def sessions(
+    path: Path, kernel_library: Path, op_type: str = "MatMulInt8"
+) -> tuple[ort.InferenceSession, ort.InferenceSession]:
     """ORT's session of the graph, and one with the operator in."""
     model = onnx.load(str(path))
     assert with_kernel(model) == 1
-    assert [node.op_type for node in model.graph.node] == ["MatMulInt8"]  # the bias Add fused, DQL gone
+    assert [node.op_type for node in model.graph.node] == [op_type]  # the Adds fused, DQL gone
     options = ort.SessionOptions()
     options.register_custom_ops_library(str(kernel_library))
     ours = ort.InferenceSession(model.SerializeToString(), options, providers=CPU)
@@ -73,21 +86,32 @@ def sessions(path: Path, kernel_library: Path) -> tuple[ort.InferenceSession, or
 
 
 @pytest.mark.parametrize(
-    ("k", "n", "shape", "bias"),
+    ("k", "n", "shape", "bias", "residual"),
     [
-        (768, 3072, (1, 768), True),  # GPT-2 small's MLP, one decode row
-        (768, 2304, (32, 768), True),  # its QKV at batch 32
-        (3072, 768, (33, 3072), True),  # a third row tile, past two
-        (64, 48, (2, 130, 64), False),  # a prompt chunk over ROW_CHUNK rows, rank 3, no bias
-        (100, 37, (3, 100), True),  # K and N off the tile sizes: padded columns and rows
-        (256, 5000, (5, 256), False),  # a vocabulary-wide head: many column groups
+        (768, 3072, (1, 768), True, False),  # GPT-2 small's MLP, one decode row
+        (768, 2304, (32, 768), True, False),  # its QKV at batch 32
+        (3072, 768, (33, 3072), True, True),  # its MLP's output and skip connection, a third row tile
+        (768, 768, (1, 768), True, True),  # its attention's output projection, one row
+        (64, 48, (2, 130, 64), False, False),  # a prompt chunk over ROW_CHUNK rows, rank 3, no bias
+        (100, 37, (3, 100), True, False),  # K and N off the tile sizes: padded columns and rows
+        (100, 37, (2, 3, 100), False, True),  # the same with a residual and no bias
+        (256, 5000, (5, 256), False, False),  # a vocabulary-wide head: many column groups
     ],
 )
 def test_outputs_are_ort_s_to_the_bit(
-    tmp_path: Path, kernel_library: Path, path_kind: str, k: int, n: int, shape: tuple[int, ...], bias: bool
+    tmp_path: Path,
+    kernel_library: Path,
+    path_kind: str,
+    k: int,
+    n: int,
+    shape: tuple[int, ...],
+    bias: bool,
+    residual: bool,
 ) -> None:
-    theirs, ours = sessions(quantized_matmul(tmp_path, k, n, len(shape), bias), kernel_library)
+    graph = quantized_matmul(tmp_path, k, n, len(shape), bias, residual=residual)
+    theirs, ours = sessions(graph, kernel_library, "MatMulInt8Add" if residual else "MatMulInt8")
     rng = np.random.default_rng(1)
+    skip = {"r": rng.standard_normal((*shape[:-1], n)).astype(np.float32)} if residual else {}
     for x in (
         rng.standard_normal(shape).astype(np.float32),
         np.abs(rng.standard_normal(shape)).astype(np.float32) + 0.5,  # all positive: zero point 0
@@ -95,7 +119,7 @@ def test_outputs_are_ort_s_to_the_bit(
         np.zeros(shape, np.float32),  # no range: scale 1
         (rng.standard_normal(shape) * 1e4).astype(np.float32),
     ):
-        expected, got = theirs.run(None, {"x": x})[0], ours.run(None, {"x": x})[0]
+        expected, got = theirs.run(None, {"x": x, **skip})[0], ours.run(None, {"x": x, **skip})[0]
         assert got.shape == expected.shape == (*shape[:-1], n)
         np.testing.assert_array_equal(got, expected)
 
@@ -139,6 +163,16 @@ def test_the_rewrite_takes_only_what_the_operator_computes(tmp_path: Path) -> No
     varying_scale.graph.initializer.remove(scale)
     varying_scale.graph.input.append(helper.make_tensor_value_info(scale.name, TensorProto.FLOAT, [32]))
     assert matches(varying_scale) == []
+    # A residual Add is taken only where the graph says the residual has the result's shape:
+    # an Add also broadcasts (a [32] row added to every row), which the operator does not.
+    (tmp_path / "skip").mkdir()
+    skip_path = quantized_matmul(tmp_path / "skip", 64, 32, 2, True, residual=True)
+    assert [m.residual for m in matches(onnx.load(str(skip_path)))] == ["r"]
+    for shape in ([32], [1, 32], None):
+        broadcast = onnx.load(str(skip_path))
+        r = next(i for i in broadcast.graph.input if i.name == "r")
+        r.CopyFrom(helper.make_tensor_value_info("r", TensorProto.FLOAT, shape))
+        assert [(m.residual, m.output) for m in matches(broadcast)] == [(None, "biased")], shape
     model = fresh()
     assert with_kernel(model) == 1
     left = {t.name for t in model.graph.initializer}
