@@ -295,55 +295,131 @@ static void attend(void *data, size_t task) {
   }
 }
 
-static OrtStatus *compute(void *kernel, OrtKernelContext *context) {
-  const Kernel *k = kernel;
-  int64_t qkv_dims[3], cache_dims[4], bias_dims[4];
-  size_t qkv_rank, cache_rank, bias_rank;
-  const OrtValue *qkv = kernel_input(context, QKV), *past_key = kernel_input(context, PAST_KEY);
-  const OrtValue *past_value = kernel_input(context, PAST_VALUE), *bias = kernel_input(context, BIAS);
-  tensor_dimensions(qkv, qkv_dims, 3, &qkv_rank);
+/* One part's Call: `group` is the index of its PAST_KEY input (its past value, seqlens_k, total
+ * length, bias and the two scales follow), `present` that of its PRESENT_KEY output. Its rows
+ * are bias's [batch, 1, sequence, total]; qkv and out point at its first row. */
+static OrtStatus *prepare(OrtKernelContext *context, const Kernel *k, size_t group, size_t present, const float *qkv,
+                          float *out, Call *call) {
+  int64_t cache_dims[4], bias_dims[4];
+  size_t cache_rank, bias_rank;
+  const OrtValue *past_key = kernel_input(context, group), *past_value = kernel_input(context, group + 1);
+  const OrtValue *bias = kernel_input(context, group + BIAS - PAST_KEY);
   tensor_dimensions(past_key, cache_dims, 4, &cache_rank);
   tensor_dimensions(bias, bias_dims, 4, &bias_rank);
-  if (qkv_rank != 3 || cache_rank != 4 || bias_rank != 4) return invalid_argument("AttentionInt8: wrong input ranks");
-  Call call = {
-      .seq = qkv_dims[1],
+  if (cache_rank != 4 || bias_rank != 4) return invalid_argument("AttentionInt8: wrong input ranks");
+  *call = (Call){
+      .seq = bias_dims[2],
       .heads = k->num_heads,
       .kv_heads = k->kv_num_heads,
       .head_size = cache_dims[3],
       .capacity = cache_dims[2],
-      .total = *(const int32_t *)tensor_data(kernel_input(context, TOTAL_LENGTH)),
+      .total = *(const int32_t *)tensor_data(kernel_input(context, group + TOTAL_LENGTH - PAST_KEY)),
   };
-  if (qkv_dims[2] != (call.heads + 2 * call.kv_heads) * call.head_size || cache_dims[1] != call.kv_heads)
-    return invalid_argument("AttentionInt8: the packed QKV does not match the cache's heads");
-  if (call.head_size > MAX_HEAD_SIZE || call.capacity > MAX_COLUMNS)
+  if (cache_dims[1] != call->kv_heads || cache_dims[0] != bias_dims[0])
+    return invalid_argument("AttentionInt8: the cache does not match the heads or the batch");
+  if (call->head_size > MAX_HEAD_SIZE || call->capacity > MAX_COLUMNS)
     return invalid_argument("AttentionInt8: head size or cache length beyond this kernel's limits");
-  if (bias_dims[0] != qkv_dims[0] || bias_dims[2] != call.seq || bias_dims[3] != call.total)
-    return invalid_argument("AttentionInt8: the bias is not [batch, 1, sequence, total length]");
-  call.first_prompt = call.seq == call.total;
-  call.qkv = tensor_data(qkv);
-  call.seqlens_k = tensor_data(kernel_input(context, SEQLENS_K));
-  call.bias = tensor_data(bias);
-  call.key_scale = tensor_data(kernel_input(context, KEY_SCALE));
-  call.value_scale = tensor_data(kernel_input(context, VALUE_SCALE));
-  const int64_t out_dims[3] = {qkv_dims[0], call.seq, call.heads * call.head_size};
-  call.out = kernel_output(context, OUTPUT, out_dims, 3);
-  call.key = kernel_output(context, PRESENT_KEY, cache_dims, 4);
-  call.value = kernel_output(context, PRESENT_VALUE, cache_dims, 4);
+  if (bias_dims[3] != call->total) return invalid_argument("AttentionInt8: the bias is not [batch, 1, sequence, total length]");
+  call->first_prompt = call->seq == call->total;
+  call->qkv = qkv;
+  call->out = out;
+  call->seqlens_k = tensor_data(kernel_input(context, group + SEQLENS_K - PAST_KEY));
+  call->bias = tensor_data(bias);
+  call->key_scale = tensor_data(kernel_input(context, group + KEY_SCALE - PAST_KEY));
+  call->value_scale = tensor_data(kernel_input(context, group + VALUE_SCALE - PAST_KEY));
+  call->key = kernel_output(context, present, cache_dims, 4);
+  call->value = kernel_output(context, present + 1, cache_dims, 4);
   /* Bound to the past's own buffers (the runner's in-place cache) the present is written in
    * place. Otherwise, as GroupQueryAttention, it holds each row's past columns and the new
    * ones, zeros elsewhere. */
-  if (call.key != tensor_data(past_key) || call.value != tensor_data(past_value)) {
+  if (call->key != tensor_data(past_key) || call->value != tensor_data(past_value)) {
     const size_t bytes = (size_t)(cache_dims[0] * cache_dims[1] * cache_dims[2] * cache_dims[3]);
-    memset(call.key, 0, bytes);
-    memset(call.value, 0, bytes);
-    call.past_key = tensor_data(past_key);
-    call.past_value = tensor_data(past_value);
+    memset(call->key, 0, bytes);
+    memset(call->value, 0, bytes);
+    call->past_key = tensor_data(past_key);
+    call->past_value = tensor_data(past_value);
   }
   /* Runs of up to 8 items, at least 4 tasks per call so that both cores have work. */
-  call.items = qkv_dims[0] * call.kv_heads;
-  call.items_per_task = call.items / 4 < 1 ? 1 : (call.items / 4 > 8 ? 8 : call.items / 4);
-  const size_t tasks = (size_t)((call.items + call.items_per_task - 1) / call.items_per_task);
-  return API(KERNEL_CONTEXT_PARALLEL_FOR, ParallelForFn)(context, attend, tasks, 0, &call);
+  call->items = bias_dims[0] * call->kv_heads;
+  call->items_per_task = call->items / 4 < 1 ? 1 : (call->items / 4 > 8 ? 8 : call->items / 4);
+  return NULL;
+}
+
+static size_t task_count(const Call *call) {
+  return (size_t)((call->items + call->items_per_task - 1) / call->items_per_task);
+}
+
+/* A mixed step's two parts (the batch's rows, then the joining prompts) in one ParallelFor: a
+ * task is one part's run of items. */
+typedef struct {
+  Call parts[2];
+  size_t first_tasks;
+} Parts;
+
+static void attend_parts(void *data, size_t task) {
+  Parts *parts = data;
+  if (task < parts->first_tasks) attend(&parts->parts[0], task);
+  else attend(&parts->parts[1], task - parts->first_tasks);
+}
+
+static OrtStatus *compute(void *kernel, OrtKernelContext *context) {
+  int64_t qkv_dims[3];
+  size_t qkv_rank;
+  const OrtValue *qkv = kernel_input(context, QKV);
+  tensor_dimensions(qkv, qkv_dims, 3, &qkv_rank);
+  if (qkv_rank != 3) return invalid_argument("AttentionInt8: wrong input ranks");
+  const Kernel *k = kernel;
+  const int64_t groups = k->num_heads + 2 * k->kv_num_heads, head_size = qkv_dims[2] / groups;
+  const int64_t out_dims[3] = {qkv_dims[0], qkv_dims[1], k->num_heads * head_size};
+  float *out = kernel_output(context, OUTPUT, out_dims, 3);
+  Call call;
+  OrtStatus *status = prepare(context, k, PAST_KEY, PRESENT_KEY, tensor_data(qkv), out, &call);
+  if (status != NULL) return status;
+  if (qkv_dims[2] != groups * call.head_size)
+    return invalid_argument("AttentionInt8: the packed QKV does not match the cache's heads");
+  if (call.items / call.kv_heads != qkv_dims[0] || call.seq != qkv_dims[1])
+    return invalid_argument("AttentionInt8: the bias is not [batch, 1, sequence, total length]");
+  return API(KERNEL_CONTEXT_PARALLEL_FOR, ParallelForFn)(context, attend, task_count(&call), 0, &call);
+}
+
+/* AttentionInt8Mixed: a mixed step's attention (export/onnx_graph.py: StepParts) in one node.
+ * The graph's QKV is one flat sequence [1, B*S + J*S', width], the batch's B rows of S tokens
+ * and then J joining prompts of S'; each part has its own cache and lengths (the inputs after
+ * QKV: the rows' seven as AttentionInt8 takes them, then the prompts'), and the output is flat
+ * like the QKV. In place of the two AttentionInt8 nodes and the slices, reshapes and concat
+ * around them, about fifteen nodes a layer (bench/engine.md, step 24). */
+enum { PROMPT_PAST_KEY = VALUE_SCALE + 1, N_INPUTS_MIXED = PROMPT_PAST_KEY + VALUE_SCALE - PAST_KEY + 1 };
+enum { PROMPT_PRESENT_KEY = N_OUTPUTS, N_OUTPUTS_MIXED = N_OUTPUTS + 2 };
+
+static OrtStatus *compute_mixed(void *kernel, OrtKernelContext *context) {
+  int64_t qkv_dims[3];
+  size_t qkv_rank;
+  const OrtValue *qkv = kernel_input(context, QKV);
+  tensor_dimensions(qkv, qkv_dims, 3, &qkv_rank);
+  const Kernel *k = kernel;
+  const int64_t groups = k->num_heads + 2 * k->kv_num_heads;
+  if (qkv_rank != 3 || qkv_dims[0] != 1 || qkv_dims[2] % groups != 0)
+    return invalid_argument("AttentionInt8Mixed: the QKV is not one flat sequence [1, tokens, width]");
+  const int64_t head_size = qkv_dims[2] / groups, out_width = k->num_heads * head_size;
+  const int64_t out_dims[3] = {1, qkv_dims[1], out_width};
+  const float *flat = tensor_data(qkv);
+  float *out = kernel_output(context, OUTPUT, out_dims, 3);
+  Parts parts;
+  OrtStatus *status = prepare(context, k, PAST_KEY, PRESENT_KEY, flat, out, &parts.parts[0]);
+  if (status != NULL) return status;
+  const Call *rows = &parts.parts[0];
+  const int64_t row_tokens = rows->items / rows->kv_heads * rows->seq;
+  if (row_tokens > qkv_dims[1]) return invalid_argument("AttentionInt8Mixed: fewer tokens than the rows hold");
+  status = prepare(context, k, PROMPT_PAST_KEY, PROMPT_PRESENT_KEY, flat + row_tokens * qkv_dims[2],
+                   out + row_tokens * out_width, &parts.parts[1]);
+  if (status != NULL) return status;
+  const Call *prompts = &parts.parts[1];
+  if (rows->head_size != head_size || prompts->head_size != head_size ||
+      row_tokens + prompts->items / prompts->kv_heads * prompts->seq != qkv_dims[1])
+    return invalid_argument("AttentionInt8Mixed: the rows and prompts do not add up to the QKV");
+  parts.first_tasks = task_count(rows);
+  return API(KERNEL_CONTEXT_PARALLEL_FOR, ParallelForFn)(context, attend_parts, parts.first_tasks + task_count(prompts),
+                                                        0, &parts);
 }
 
 static OrtStatus *create_kernel(const OrtCustomOp *op, const void *api_table, const OrtKernelInfo *info, void **out) {
@@ -364,6 +440,12 @@ static OrtStatus *create_kernel(const OrtCustomOp *op, const void *api_table, co
 }
 
 const CustomOp ATTENTION_INT8 = CUSTOM_OP("AttentionInt8", INPUT_TYPES, OUTPUT_TYPES, create_kernel, compute);
+static const int INPUT_TYPES_MIXED[N_INPUTS_MIXED] = {TYPE_FLOAT, TYPE_INT8,  TYPE_INT8,  TYPE_INT32, TYPE_INT32,
+                                                      TYPE_FLOAT, TYPE_FLOAT, TYPE_FLOAT, TYPE_INT8,  TYPE_INT8,
+                                                      TYPE_INT32, TYPE_INT32, TYPE_FLOAT, TYPE_FLOAT, TYPE_FLOAT};
+static const int OUTPUT_TYPES_MIXED[N_OUTPUTS_MIXED] = {TYPE_FLOAT, TYPE_INT8, TYPE_INT8, TYPE_INT8, TYPE_INT8};
+const CustomOp ATTENTION_INT8_MIXED =
+    CUSTOM_OP("AttentionInt8Mixed", INPUT_TYPES_MIXED, OUTPUT_TYPES_MIXED, create_kernel, compute_mixed);
 
 void attention_int8_setup(void) {
 #if defined(__x86_64__)

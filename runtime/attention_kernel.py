@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 
 DOMAIN = "promptgen"
 OP_TYPE = "AttentionInt8"
+MIXED_OP_TYPE = "AttentionInt8Mixed"  # a mixed step's two attention calls in one (join_parts)
+# Nodes that only compute shapes and views: dropped where nothing reads them after join_parts.
+VIEW_OPS = ("Shape", "Gather", "Unsqueeze", "Concat", "Slice", "Reshape", "Constant")
 
 # GroupQueryAttention's inputs the kernel takes (its 14 inputs as export/onnx_graph.py and
 # export/kv_int8.py fill them: query (packed QKV), -, -, past_key, past_value, seqlens_k,
@@ -65,4 +68,90 @@ def with_kernel(model: onnx.ModelProto) -> int:
         replaced += 1
     if replaced and not any(o.domain == DOMAIN for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    join_parts(model)
     return replaced
+
+
+def join_parts(model: onnx.ModelProto) -> int:
+    """Rewrite a mixed graph's attention (export/onnx_graph.py: StepParts) in place: where the flat
+    QKV is sliced into the batch's rows and the joining prompts, each reshaped, attended on its
+    own cache by AttentionInt8 and flattened and concatenated again, one AttentionInt8Mixed node
+    reads the flat QKV and writes the flat output. Each of those ~15 nodes a layer cost a
+    dispatch at every join (bench/engine.md, step 24). Returns how many pairs were joined."""
+    from onnx import helper, numpy_helper
+
+    graph = model.graph
+    producer = {o: n for n in graph.node for o in n.output}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+    for node in graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+
+    def made_by(name: str, op_type: str, domain: str = "") -> onnx.NodeProto | None:
+        """The node of `op_type` that makes `name`, where one node reads it (and Shape nodes,
+        which compute the shapes of the views this rewrite removes)."""
+        node = producer.get(name)
+        readers = [n for n in consumers.get(name, []) if n.op_type != "Shape"]
+        if node is None or node.op_type != op_type or node.domain != domain or len(readers) != 1:
+            return None
+        return node
+
+    def sliced_on_axis_1(node: onnx.NodeProto, start: int | None) -> bool:
+        values = [constants.get(name) for name in node.input[1:4]]
+        axes, starts = values[2], values[0]
+        if axes is None or axes.tolist() != [1]:
+            return False
+        return start is None or (starts is not None and starts.tolist() == [start])
+
+    joined: dict[int, onnx.NodeProto] = {}  # id(concat) -> its replacement
+    gone: set[int] = set()
+    for concat in graph.node:
+        axis = next((a.i for a in concat.attribute if a.name == "axis"), None)
+        if concat.op_type != "Concat" or len(concat.input) != 2 or axis != 1:
+            continue
+        found = []
+        for part in concat.input:
+            flat = made_by(part, "Reshape")
+            attention = made_by(flat.input[0], OP_TYPE, DOMAIN) if flat is not None else None
+            view = made_by(attention.input[0], "Reshape") if attention is not None else None
+            piece = made_by(view.input[0], "Slice") if view is not None else None
+            found.append((flat, attention, view, piece))
+        (rows, prompts) = found
+        if any(node is None for part in found for node in part):
+            continue
+        row_slice, prompt_slice = rows[3], prompts[3]
+        assert row_slice is not None and prompt_slice is not None and rows[1] is not None and prompts[1] is not None
+        same_source = row_slice.input[0] == prompt_slice.input[0]
+        if not (same_source and sliced_on_axis_1(row_slice, 0) and sliced_on_axis_1(prompt_slice, None)):
+            continue
+        if rows[1].attribute != prompts[1].attribute:
+            continue
+        joined[id(concat)] = helper.make_node(
+            MIXED_OP_TYPE,
+            [row_slice.input[0], *rows[1].input[1:], *prompts[1].input[1:]],
+            [concat.output[0], *rows[1].output[1:], *prompts[1].output[1:]],
+            name=f"{rows[1].name}/{MIXED_OP_TYPE}",
+            domain=DOMAIN,
+        )
+        joined[id(concat)].attribute.extend(rows[1].attribute)
+        gone.update(id(node) for part in found for node in part if node is not None)
+    if not joined:
+        return 0
+    kept = [joined.get(id(node), node) for node in graph.node if id(node) not in gone]
+    outputs = {o.name for o in graph.output}
+    while True:  # the shapes the removed reshapes were given: computed for nobody now
+        read = {name for node in kept for name in node.input} | outputs
+        unread = {id(n) for n in kept if n.op_type in VIEW_OPS and not n.domain and not read & set(n.output)}
+        if not unread:
+            break
+        kept = [node for node in kept if id(node) not in unread]
+    made = {o for node in kept for o in node.output} | {i.name for i in graph.input} | set(constants)
+    if any(name and name not in made for node in kept for name in node.input):
+        return 0  # something else read what went (a Shape kept for another use): the graph as it was
+    del graph.node[:]
+    graph.node.extend(kept)
+    return len(joined)

@@ -1,6 +1,6 @@
-/* Registers our ONNX Runtime custom operators in the "promptgen" domain: AttentionInt8
- * (attention_int8.c), MatMulInt8 and MatMulInt8Add (matmul_int8.c), and holds the callbacks they share
- * (ort_custom_op.h). runtime/custom_ops.py loads this library into a session's options. */
+/* Registers our ONNX Runtime custom operators in the "promptgen" domain: AttentionInt8 and
+ * AttentionInt8Mixed (attention_int8.c), MatMulInt8 and MatMulInt8Add (matmul_int8.c), and holds
+ * the callbacks they share (ort_custom_op.h). runtime/custom_ops.py loads this library into a session's options. */
 #include <stdlib.h>
 
 #include "ort_custom_op.h"
@@ -38,7 +38,7 @@ OrtStatus *RegisterCustomOps(OrtSessionOptions *options, const OrtApiBase *base)
   if (ort_api == NULL) return NULL; /* an ORT older than 1.17: nothing registered, the graph fails to load */
   attention_int8_setup();
   matmul_int8_setup();
-  const CustomOp *ops[] = {&ATTENTION_INT8, &MATMUL_INT8, &MATMUL_INT8_ADD};
+  const CustomOp *ops[] = {&ATTENTION_INT8, &ATTENTION_INT8_MIXED, &MATMUL_INT8, &MATMUL_INT8_ADD};
   OrtCustomOpDomain *domain;
   OrtStatus *status = API(CREATE_CUSTOM_OP_DOMAIN, OrtStatus *(*)(const char *, OrtCustomOpDomain **))("promptgen", &domain);
   for (size_t i = 0; status == NULL && i < sizeof(ops) / sizeof(ops[0]); i++)

@@ -131,7 +131,7 @@ int custom_op_last_opset(const OrtCustomOp *op);
     .input_count = sizeof(INPUT_TYPES) / sizeof(int), .output_count = sizeof(OUTPUT_TYPES) / sizeof(int), \
   }
 
-extern const CustomOp ATTENTION_INT8, MATMUL_INT8, MATMUL_INT8_ADD;
+extern const CustomOp ATTENTION_INT8, ATTENTION_INT8_MIXED, MATMUL_INT8, MATMUL_INT8_ADD;
 
 /* Called once per registration: each operator picks its code path for this CPU. */
 void attention_int8_setup(void);

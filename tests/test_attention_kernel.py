@@ -17,9 +17,10 @@ from onnx import TensorProto, helper, numpy_helper
 
 from contract.manifest import BundleError
 from runtime import custom_ops
-from runtime.attention_kernel import replaceable, with_kernel
+from runtime.attention_kernel import MIXED_OP_TYPE, OP_TYPE, replaceable, with_kernel
 from runtime.decode import generate
-from runtime.onnx_runner import OnnxRunner
+from runtime.kv_cache import BatchCache
+from runtime.onnx_runner import OnnxRunner, Prompts
 from runtime.padding import pad
 from tests.poisoned_bundle import edited_bundle
 
@@ -169,6 +170,40 @@ def test_a_runner_with_the_kernel_decodes_as_one_without(kernel_library: Path, t
     # move a logit by a quantisation step; the tokens and the logits' shape stay.
     assert ours.generations == theirs.generations
     np.testing.assert_allclose(ours.logits, theirs.logits, atol=0.05)
+
+
+def test_a_mixed_step_attends_in_one_node_a_layer_and_writes_the_caches_the_plain_graph_writes(
+    kernel_library: Path, tiny_bundle: Path
+) -> None:
+    """A mixed graph's two attention calls a layer (the batch's rows, the joining prompts) and the
+    slices, reshapes and concat around them become one AttentionInt8Mixed; a step with two
+    ragged rows and two joining prompts of their own lengths then writes both caches byte for
+    byte as GroupQueryAttention does, and its logits agree."""
+    ours = OnnxRunner(tiny_bundle, "int8", "cpu", attention_kernel="on")
+    plain = OnnxRunner(tiny_bundle, "int8", "cpu", attention_kernel="off")
+    assert ours.mixed_prefill and plain.mixed_prefill
+    mixed = onnx.load(str(tiny_bundle / ours.variant.mixed_file))
+    layers = sum(node.op_type == "GroupQueryAttention" for node in mixed.graph.node) // 2
+    with_kernel(mixed)
+    op_types = [node.op_type for node in mixed.graph.node]
+    assert op_types.count(MIXED_OP_TYPE) == layers and OP_TYPE not in op_types
+    assert "Slice" not in op_types[op_types.index(MIXED_OP_TYPE) - 3 : op_types.index(MIXED_OP_TYPE)]
+
+    def step(runner: OnnxRunner) -> tuple[np.ndarray, list[np.ndarray]]:
+        ids, mask, positions = pad([[4, 5, 6, 7, 8], [9, 10]], runner.eos_token_id, right=True)
+        _, past = runner.forward(ids, mask, positions, runner.empty_past(2))
+        cache = BatchCache(past, mask, True)
+        joining = pad([[11, 12, 13], [14, 15, 16, 17, 18, 19]], runner.eos_token_id, right=True)
+        prompts = Prompts(*joining, runner.empty_past(2))
+        logits, present = runner.forward(np.full((2, 1), 5), cache.step_mask(np.ones(2, bool)), cache.positions(),
+                                         cache.past, prompts)  # fmt: skip
+        return np.array(logits), [np.array(runner.host_view(t)) for t in [*present, *prompts.past]]
+
+    (ours_logits, ours_present), (plain_logits, plain_present) = step(ours), step(plain)
+    assert len(ours_present) == len(plain_present) == 4 * layers  # the rows' caches, then the prompts'
+    for got, expected in zip(ours_present, plain_present, strict=True):
+        np.testing.assert_array_equal(got, expected)
+    np.testing.assert_allclose(ours_logits, plain_logits, atol=0.05)
 
 
 def test_the_kernel_is_used_only_where_it_serves(
