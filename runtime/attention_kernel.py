@@ -81,7 +81,7 @@ def join_parts(model: onnx.ModelProto) -> int:
     from onnx import helper, numpy_helper
 
     graph = model.graph
-    producer = {o: n for n in graph.node for o in n.output}
+    producer: dict[str, onnx.NodeProto] = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
