@@ -283,12 +283,11 @@ static void attend_item(const Call *call, int64_t item) {
 }
 
 /* One task: a run of consecutive items, each one's columns prefetched while the one before
- * it is computed. */
+ * it is computed (the first's would arrive no sooner than its own loads). */
 static void attend(void *data, size_t task) {
   const Call *call = data;
   const int64_t first = (int64_t)task * call->items_per_task;
   const int64_t end = first + call->items_per_task < call->items ? first + call->items_per_task : call->items;
-  prefetch_item(call, first);
   for (int64_t item = first; item < end; item++) {
     if (item + 1 < end) prefetch_item(call, item + 1);
     attend_item(call, item);

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from runtime.graph_edit import consumers, without_unread
+
 if TYPE_CHECKING:
     import onnx
 
@@ -82,10 +84,7 @@ def join_parts(model: onnx.ModelProto) -> int:
 
     graph = model.graph
     producer: dict[str, onnx.NodeProto] = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    readers = consumers(graph)
     constants = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
     for node in graph.node:
         if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
@@ -95,10 +94,22 @@ def join_parts(model: onnx.ModelProto) -> int:
         """The node of `op_type` that makes `name`, where one node reads it (and Shape nodes,
         which compute the shapes of the views this rewrite removes)."""
         node = producer.get(name)
-        readers = [n for n in consumers.get(name, []) if n.op_type != "Shape"]
-        if node is None or node.op_type != op_type or node.domain != domain or len(readers) != 1:
+        others = [n for n in readers.get(name, []) if n.op_type != "Shape"]
+        if node is None or node.op_type != op_type or node.domain != domain or len(others) != 1:
             return None
         return node
+
+    def part(name: str) -> tuple[onnx.NodeProto, ...] | None:
+        """The chain that makes one part's flat output `name`, last node first: Reshape (flat)
+        <- AttentionInt8 <- Reshape (the part's view) <- Slice (of the flat QKV)."""
+        chain = []
+        for op_type, domain in (("Reshape", ""), (OP_TYPE, DOMAIN), ("Reshape", ""), ("Slice", "")):
+            node = made_by(name, op_type, domain)
+            if node is None:
+                return None
+            chain.append(node)
+            name = node.input[0]
+        return tuple(chain)
 
     def sliced_on_axis_1(node: onnx.NodeProto, start: int | None) -> bool:
         values = [constants.get(name) for name in node.input[1:4]]
@@ -113,42 +124,28 @@ def join_parts(model: onnx.ModelProto) -> int:
         axis = next((a.i for a in concat.attribute if a.name == "axis"), None)
         if concat.op_type != "Concat" or len(concat.input) != 2 or axis != 1:
             continue
-        found = []
-        for part in concat.input:
-            flat = made_by(part, "Reshape")
-            attention = made_by(flat.input[0], OP_TYPE, DOMAIN) if flat is not None else None
-            view = made_by(attention.input[0], "Reshape") if attention is not None else None
-            piece = made_by(view.input[0], "Slice") if view is not None else None
-            found.append((flat, attention, view, piece))
-        (rows, prompts) = found
-        if any(node is None for part in found for node in part):
+        rows, prompts = part(concat.input[0]), part(concat.input[1])
+        if rows is None or prompts is None:
             continue
-        row_slice, prompt_slice = rows[3], prompts[3]
-        assert row_slice is not None and prompt_slice is not None and rows[1] is not None and prompts[1] is not None
+        (_, row_attention, _, row_slice), (_, prompt_attention, _, prompt_slice) = rows, prompts
         same_source = row_slice.input[0] == prompt_slice.input[0]
         if not (same_source and sliced_on_axis_1(row_slice, 0) and sliced_on_axis_1(prompt_slice, None)):
             continue
-        if rows[1].attribute != prompts[1].attribute:
+        if row_attention.attribute != prompt_attention.attribute:
             continue
         joined[id(concat)] = helper.make_node(
             MIXED_OP_TYPE,
-            [row_slice.input[0], *rows[1].input[1:], *prompts[1].input[1:]],
-            [concat.output[0], *rows[1].output[1:], *prompts[1].output[1:]],
-            name=f"{rows[1].name}/{MIXED_OP_TYPE}",
+            [row_slice.input[0], *row_attention.input[1:], *prompt_attention.input[1:]],
+            [concat.output[0], *row_attention.output[1:], *prompt_attention.output[1:]],
+            name=f"{row_attention.name}/{MIXED_OP_TYPE}",
             domain=DOMAIN,
         )
-        joined[id(concat)].attribute.extend(rows[1].attribute)
-        gone.update(id(node) for part in found for node in part if node is not None)
+        joined[id(concat)].attribute.extend(row_attention.attribute)
+        gone.update(id(node) for node in (*rows, *prompts))
     if not joined:
         return 0
     kept = [joined.get(id(node), node) for node in graph.node if id(node) not in gone]
-    outputs = {o.name for o in graph.output}
-    while True:  # the shapes the removed reshapes were given: computed for nobody now
-        read = {name for node in kept for name in node.input} | outputs
-        unread = {id(n) for n in kept if n.op_type in VIEW_OPS and not n.domain and not read & set(n.output)}
-        if not unread:
-            break
-        kept = [node for node in kept if id(node) not in unread]
+    kept = without_unread(kept, graph, VIEW_OPS)  # the shapes the removed reshapes were given
     made = {o for node in kept for o in node.output} | {i.name for i in graph.input} | set(constants)
     if any(name and name not in made for node in kept for name in node.input):
         return 0  # something else read what went (a Shape kept for another use): the graph as it was

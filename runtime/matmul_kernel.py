@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from runtime.graph_edit import consumers, without_unread
+
 if TYPE_CHECKING:
     import onnx
 
@@ -84,10 +86,7 @@ def matches(model: onnx.ModelProto) -> list[Match]:
     graph = model.graph
     constants = {t.name: t for t in graph.initializer}
     producer = {o: n for n in graph.node for o in n.output}
-    consumers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    readers = consumers(graph)
     graph_outputs = {o.name for o in graph.output}
     typed = {v.name: v for v in (*graph.input, *graph.value_info, *graph.output)}
 
@@ -108,7 +107,7 @@ def matches(model: onnx.ModelProto) -> list[Match]:
         return all(a == b or (isinstance(a, str) and a and isinstance(b, str) and b) for a, b in pairs)
 
     def only_consumer(name: str, op_type: str) -> onnx.NodeProto | None:
-        found = consumers.get(name, [])
+        found = readers.get(name, [])
         if len(found) != 1 or found[0].op_type != op_type or found[0].domain or name in graph_outputs:
             return None
         return found[0]
@@ -125,15 +124,9 @@ def matches(model: onnx.ModelProto) -> list[Match]:
             continue
         quantize = producer.get(mm.input[0])
         weight, weight_zero = constant(mm.input[1]), constant(mm.input[3])
-        if (
-            quantize is None
-            or quantize.op_type != "DynamicQuantizeLinear"
-            or list(quantize.output[::2])
-            != [
-                mm.input[0],
-                mm.input[2],
-            ]
-        ):
+        if quantize is None or quantize.op_type != "DynamicQuantizeLinear":
+            continue
+        if list(quantize.output[::2]) != [mm.input[0], mm.input[2]]:  # its codes and its scale, read here
             continue
         if weight is None or weight.dtype != np.int8 or weight.ndim != 2 or weight_zero is None or weight_zero.any():
             continue
@@ -211,16 +204,7 @@ def with_kernel(model: onnx.ModelProto, shared: dict[str, np.ndarray] | None = N
         new_at[id(match.replaced[-1])] = node
     kept = [new_at.get(id(node), node) for node in graph.node if id(node) not in gone or id(node) in new_at]
     # Quantize, scale and Identity nodes nobody reads any more, then initializers nobody reads.
-    while True:
-        read = {name for node in kept for name in node.input} | {o.name for o in graph.output}
-        unread = {
-            id(n)
-            for n in kept
-            if n.op_type in ("DynamicQuantizeLinear", "Mul", "Identity") and not read & set(n.output)
-        }
-        if not unread:
-            break
-        kept = [node for node in kept if id(node) not in unread]
+    kept = without_unread(kept, graph, ("DynamicQuantizeLinear", "Mul", "Identity"))
     del graph.node[:]
     graph.node.extend(kept)
     read = {name for node in kept for name in node.input}
