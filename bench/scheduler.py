@@ -10,6 +10,8 @@
     python bench/scheduler.py sideload BUNDLE [--ms 1.2] [--rate 210] [--seconds 8]
     python bench/scheduler.py mixed BUNDLE [--prompts 4] [--prompt-len 25]
     python bench/scheduler.py profile BUNDLE [--variant int8] [--batch 32] [--prompt-len 13] [--steps 30]
+                                             [--columns 20 60]
+    python bench/scheduler.py forward BUNDLE [--batches 1 32] [--columns 20 60] [--repeats 600]
     python bench/scheduler.py openloop BUNDLE [--rates 4 8 16] [--seconds 20] [--warmup-s 2]
     python bench/scheduler.py freeslots BUNDLE
     python bench/scheduler.py weights [--rows 1 8 25 32] [--dynamic-only]
@@ -49,7 +51,13 @@
   after a mixed one against one after a decode step (the two sessions' own weight copies).
 - profile: ONNX Runtime's per-node profile of a decode step of `--batch` rows beside the same step
   with a `--prompt-len` prompt mixed in: where a join step's extra time goes. `--variant fp32`:
-  the same with the cache in fp32 (the prompt's attention against the int8 cache's).
+  the same with the cache in fp32 (the prompt's attention against the int8 cache's). `--columns LO
+  HI`: the rows' prefilled lengths are drawn from [LO, HI) (what a node costs that does not
+  depend on the columns it reads: `--columns 2 6`).
+- forward: the mean time of one decode forward of each `--batches` size (ragged rows of
+  `--columns` prefilled tokens, the same step `--repeats` times after 5 to warm up), nothing
+  else: a kernel's change in the step, run in turn with the commit before (`GLIBC_TUNABLES`
+  and other process settings too).
 - openloop: the engine's own latency under load, with no HTTP and no client on the cores:
   requests (48 new tokens) arrive as a Poisson process at each `--rate` for `--seconds` into the
   scheduler, which steps whenever it has work. Per rate: p50 / p90 / p99 latency from arrival to
@@ -556,17 +564,36 @@ def mixed(bundle: Path, prompts: int, prompt_len: int) -> None:
         )
 
 
-def ragged_step(runner: OnnxRunner, rng: np.random.Generator, batch: int) -> tuple[Any, ...]:
-    """The inputs of a decode step for `batch` ragged rows of 20-59 prefilled tokens. Each run of
-    it rewrites the same new column of each row, so repeating it leaves the cache as it was."""
-    rows = [rng.integers(0, runner.vocab_size, int(n)).tolist() for n in rng.integers(20, 60, batch)]
+def ragged_step(
+    runner: OnnxRunner, rng: np.random.Generator, batch: int, columns: tuple[int, int] = (20, 60)
+) -> tuple[Any, ...]:
+    """The inputs of a decode step for `batch` ragged rows of `columns` (low, high: 20-59 by
+    default) prefilled tokens. Each run of it rewrites the same new column of each row, so
+    repeating it leaves the cache as it was."""
+    rows = [rng.integers(0, runner.vocab_size, int(n)).tolist() for n in rng.integers(*columns, batch)]
     input_ids, mask, positions = pad(rows, runner.eos_token_id, right=True)
     _, past = runner.forward(input_ids, mask, positions, runner.empty_past(batch))
     cache = BatchCache(past, mask, True)
     return np.full((batch, 1), 5), cache.step_mask(np.ones(batch, bool)), cache.positions(), cache.past
 
 
-def profile(bundle: Path, variant: str, batch: int, prompt_len: int, steps: int) -> None:
+def forward(bundle: Path, batches: list[int], columns: tuple[int, int], repeats: int) -> None:
+    """The mean time of a decode forward of `batch` ragged rows, for each batch: see the module
+    docstring."""
+    runner, _ = load(bundle)
+    rng = np.random.default_rng(0)
+    for batch in batches:
+        step = ragged_step(runner, rng, batch, columns)
+        for _ in range(5):
+            runner.forward(*step)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            runner.forward(*step)
+        ms = 1000 * (time.perf_counter() - start) / repeats
+        print(f"batch {batch}, rows of {columns[0]}-{columns[1] - 1} columns: {ms:.2f} ms a forward")
+
+
+def profile(bundle: Path, variant: str, batch: int, prompt_len: int, steps: int, columns: tuple[int, int]) -> None:
     """ONNX Runtime's own profile of `variant` (int8: its cache in int8; fp32: in fp32) for a
     decode step of `batch` ragged rows and the same step with a `prompt_len`-token prompt
     prefilled in it (the mixed graph), run in turn: ms per step by node, a node's copies in every
@@ -585,7 +612,7 @@ def profile(bundle: Path, variant: str, batch: int, prompt_len: int, steps: int)
         print(f"{bundle} {variant}: matmul kernel {runner.matmul_kernel}, the runner made in {made_s:.2f} s")
         if not runner.mixed_prefill:
             raise SystemExit(f"{bundle} has no mixed graph for its {variant} variant")
-        step = ragged_step(runner, rng, batch)
+        step = ragged_step(runner, rng, batch, columns)
         prompt = pad([rng.integers(0, runner.vocab_size, prompt_len).tolist()], runner.eos_token_id, right=True)
         for _ in range(steps + 5):  # the first 5 of each are left out: allocations, first touches
             runner.forward(*step)
@@ -926,6 +953,14 @@ def main() -> None:
     pr.add_argument("--batch", type=int, default=32)
     pr.add_argument("--prompt-len", type=int, default=13)
     pr.add_argument("--steps", type=int, default=30)
+    fw = sub.add_parser("forward")
+    fw.add_argument("bundle", type=Path)
+    fw.add_argument("--batches", type=int, nargs="+", default=[1, 32])
+    fw.add_argument("--repeats", type=int, default=600)
+    for command in (pr, fw):
+        command.add_argument(
+            "--columns", type=int, nargs=2, default=(20, 60), metavar=("LO", "HI"), help="rows' lengths in [LO, HI)"
+        )
     m = sub.add_parser("mixed")
     m.add_argument("bundle", type=Path)
     m.add_argument("--prompts", type=int, default=4)
@@ -937,7 +972,7 @@ def main() -> None:
     o.add_argument("--warmup-s", type=float, default=2, help="leave out requests due in the first S seconds")
     f = sub.add_parser("freeslots")
     f.add_argument("bundle", type=Path)
-    for command in (r, u, b, o, m, pr):
+    for command in (r, u, b, o, m, pr, fw):
         command.add_argument(
             "--attention-kernel", choices=("auto", "on", "off"), default="auto", help="our int8 attention kernel"
         )
@@ -970,7 +1005,9 @@ def main() -> None:
     elif args.command == "mixed":
         mixed(args.bundle, args.prompts, args.prompt_len)
     elif args.command == "profile":
-        profile(args.bundle, args.variant, args.batch, args.prompt_len, args.steps)
+        profile(args.bundle, args.variant, args.batch, args.prompt_len, args.steps, tuple(args.columns))
+    elif args.command == "forward":
+        forward(args.bundle, args.batches, tuple(args.columns), args.repeats)
     elif args.command == "weights":
         weight_kernels(args.rows, args.dynamic_only)
     elif args.command == "skipnorm":
