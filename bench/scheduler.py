@@ -629,7 +629,9 @@ def profile(bundle: Path, variant: str, batch: int, prompt_len: int, steps: int,
             columns[name] = by_node
     print(f"{variant}: {batch} rows, and a prompt of {prompt_len} in the mixed step: ms per step, {steps} steps each")
     print(f"  {'all kernels':44s} {sum(columns['decode'].values()):7.2f} {sum(columns['mixed'].values()):7.2f}")
-    nodes = sorted(set(columns["decode"]) | set(columns["mixed"]), key=lambda n: -columns["mixed"].get(n, 0.0))
+    nodes = sorted(  # the costliest in either step first: a node of one step only shows too
+        set(columns["decode"]) | set(columns["mixed"]), key=lambda n: -max(c.get(n, 0.0) for c in columns.values())
+    )
     for node in nodes[:16]:
         print(f"  {node[:44]:44s} {columns['decode'].get(node, 0.0):7.2f} {columns['mixed'].get(node, 0.0):7.2f}")
 
