@@ -222,7 +222,12 @@ def _draw_by_buckets(probs: np.ndarray, mass: np.ndarray, u: np.ndarray) -> np.n
     rows = probs.shape[0]
     r = np.arange(rows)
     buckets = Buckets(probs)
-    last_bucket = np.maximum((buckets.upto >= mass[:, None]).sum(axis=1) - 1, 0)
+    reaching = (buckets.upto >= mass[:, None]).sum(axis=1)
+    # No bucket reaches a mass within float32 rounding of the row's total (top_p within ~1e-6 of
+    # 1: row_mass sums in float32): the nucleus is the whole row, so it ends in the row's least
+    # likely bucket that holds any mass (bucket 0 may hold none of this row's tokens).
+    lowest = np.argmax(buckets.upto > buckets.above, axis=1)
+    last_bucket = np.where(reaching > 0, reaching - 1, lowest)
     row_of, _, kept, _ = _bucket_in_order(probs, buckets.key, last_bucket, buckets.above[r, last_bucket], mass)
     target = u * (buckets.above[r, last_bucket] + np.bincount(row_of, weights=kept, minlength=rows))
     drawn = np.maximum((buckets.upto > target[:, None]).sum(axis=1) - 1, last_bucket)

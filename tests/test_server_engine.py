@@ -234,6 +234,19 @@ def test_batched_top_p_samples_only_inside_the_nucleus(concentration: float) -> 
     assert len(seen) > 8  # not stuck on the argmax
 
 
+def test_top_p_within_float32_rounding_of_one_keeps_the_whole_row() -> None:
+    """A top_p so near 1 that top_p times the row's float32 total can exceed its float64 total
+    (no bucket of probability reaches it): the nucleus is the whole row. The numpy draw used to
+    index past the end of a row's empty bucket there (an IndexError that failed the step)."""
+    rng = np.random.default_rng(15)
+    for trial in range(12):
+        logits = (rng.normal(size=(32, 7106)) * 0.3).astype(np.float32)
+        rows = [row(seed=trial * 32 + i, temperature=1.0, top_p=1 - 1e-9) for i in range(32)]
+        rows[0].banned = [0, 1, 2]  # zeros in a row's least likely bucket
+        tokens = sample(logits, rows)
+        assert (tokens >= 0).all() and tokens[0] > 2
+
+
 def test_top_p_draws_the_same_token_by_buckets_or_sorted_candidates() -> None:
     """The bucketed draw (flat rows) and the flat candidate sort (peaked rows) are one sampler:
     the same token for the same uniform, ties between equal probabilities and zeros included."""
