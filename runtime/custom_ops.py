@@ -1,6 +1,7 @@
 """Our ONNX Runtime custom operators for the CPU provider, one C library: the int8 attention
 kernel (attention_int8.c, attention_kernel.py) and the INT8 weight MatMul (matmul_int8.c,
-matmul_kernel.py). This module finds or builds the library and makes a session of a decoder graph
+matmul_kernel.py); the host sampler's top-p draw lives in it too (top_p.c, top_p_kernel.py, called
+through ctypes). This module finds or builds the library and makes a session of a decoder graph
 with the operators put in.
 
 Bundles stay plain ONNX: the rewrite happens when a runner makes its sessions (`kernel_session`),
@@ -30,7 +31,7 @@ if TYPE_CHECKING:
     import onnx
 
 HERE = Path(__file__).parent
-SOURCES = [HERE / name for name in ("custom_ops.c", "attention_int8.c", "matmul_int8.c")]
+SOURCES = [HERE / name for name in ("custom_ops.c", "attention_int8.c", "matmul_int8.c", "top_p.c")]
 LIBRARY_STEM = "_custom_ops"  # the extension module name pyproject.toml builds
 # -ffp-contract=off: a multiply then an add stay two roundings, as in ORT's own kernels (the
 # MatMul's outputs are ORT's to the bit).

@@ -87,3 +87,16 @@ def kernel_library() -> Path:
     if path is None:
         pytest.fail("our kernels are not built: `pip install -e .` with a C compiler builds them (pyproject.toml)")
     return path
+
+
+@pytest.fixture(params=["c", "numpy"])
+def top_p_path(request: pytest.FixtureRequest, kernel_library: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The host sampler's top-p draw both ways: in C (runtime/top_p.c, as an install with our
+    library runs it) and in numpy (an install without it)."""
+    from runtime import top_p_kernel
+
+    if request.param == "numpy":
+        monkeypatch.setattr(top_p_kernel, "function", lambda: None)
+    else:
+        assert top_p_kernel.function() is not None
+    return str(request.param)

@@ -75,7 +75,7 @@ def test_greedy_is_argmax_and_respects_banned_tokens() -> None:
     assert sample(logits, rows)[0] != top
 
 
-def test_seeded_row_samples_the_same_whatever_its_batch_mates() -> None:
+def test_seeded_row_samples_the_same_whatever_its_batch_mates(top_p_path: str) -> None:
     rng = np.random.default_rng(1)
     logits = rng.normal(size=(20, 100)).astype(np.float32)  # 20 steps of one row's logits
 
@@ -92,7 +92,7 @@ def test_seeded_row_samples_the_same_whatever_its_batch_mates() -> None:
     assert len(set(run(0))) > 1  # it does sample, not always the argmax
 
 
-def test_each_row_of_a_mixed_batch_draws_what_it_draws_alone_and_the_logits_stay_as_they_were() -> None:
+def test_each_row_of_a_mixed_batch_draws_what_it_draws_alone_and_the_logits_stay_as_they_were(top_p_path: str) -> None:
     """Greedy, top-p, plain and top-k rows, banned tokens, peaked and flat logits in one call: the
     sampler scales its own copy in place and takes whole-batch shortcuts (every row sampled,
     every row top-p), which must not change any row's token or the caller's logits."""
@@ -125,7 +125,7 @@ def test_each_row_of_a_mixed_batch_draws_what_it_draws_alone_and_the_logits_stay
     assert sample(logits, rows())[1] != logits[1].argmax()  # its ban holds in the batch
 
 
-def test_a_lone_row_draws_what_the_batched_sampler_draws_for_it() -> None:
+def test_a_lone_row_draws_what_the_batched_sampler_draws_for_it(top_p_path: str) -> None:
     """`sample` takes a shortcut for a batch of one (_sample_row); the first row of a batch of
     two goes the batched way with the same arithmetic, so both must give the same token for the
     same generator, over peaked, flat and tied logits and every parameter."""
@@ -160,7 +160,9 @@ def test_a_lone_row_draws_what_the_batched_sampler_draws_for_it() -> None:
 
 
 @pytest.mark.parametrize("broken", ["nan", "+inf", "nothing finite"])
-def test_a_row_whose_logits_are_not_finite_gets_no_token_and_its_batch_mates_draw_as_before(broken: str) -> None:
+def test_a_row_whose_logits_are_not_finite_gets_no_token_and_its_batch_mates_draw_as_before(
+    broken: str, top_p_path: str
+) -> None:
     """A NaN or +inf anywhere in a row (an fp16 overflow), or no finite logit at all: the host
     sampler answers NO_TOKEN for that row, alone or in a batch, whatever its parameters, and each
     other row draws the token it draws without it in the batch."""
@@ -203,7 +205,7 @@ def test_never_tokens_are_never_sampled() -> None:
     assert not set(tokens.tolist()) & set(never.tolist())
 
 
-def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
+def test_top_k_one_and_tiny_top_p_are_greedy(top_p_path: str) -> None:
     logits = np.random.default_rng(2).normal(size=(4, 300)).astype(np.float32)
     greedy = logits.argmax(axis=1).tolist()
     assert sample(logits, [row(seed=i, temperature=1.0, top_k=1) for i in range(4)]).tolist() == greedy
@@ -221,7 +223,7 @@ def test_nucleus_mask_is_the_smallest_set_reaching_top_p(vocab: int) -> None:
 
 
 @pytest.mark.parametrize("concentration", [0.05, 5.0])  # peaked: the fast path; flat: the full-sort fallback
-def test_batched_top_p_samples_only_inside_the_nucleus(concentration: float) -> None:
+def test_batched_top_p_samples_only_inside_the_nucleus(concentration: float, top_p_path: str) -> None:
     rng = np.random.default_rng(3)
     probs = rng.dirichlet(np.full(2000, concentration), size=8)
     logits = np.log(probs).astype(np.float32)
@@ -234,7 +236,7 @@ def test_batched_top_p_samples_only_inside_the_nucleus(concentration: float) -> 
     assert len(seen) > 8  # not stuck on the argmax
 
 
-def test_top_p_within_float32_rounding_of_one_keeps_the_whole_row() -> None:
+def test_top_p_within_float32_rounding_of_one_keeps_the_whole_row(top_p_path: str) -> None:
     """A top_p so near 1 that top_p times the row's float32 total can exceed its float64 total
     (no bucket of probability reaches it): the nucleus is the whole row. The numpy draw used to
     index past the end of a row's empty bucket there (an IndexError that failed the step)."""
