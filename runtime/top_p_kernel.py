@@ -27,6 +27,13 @@ def function() -> Any | None:
     return draw
 
 
+def vectorized() -> bool:
+    """Whether the draw's passes over a row run on AVX-512 here (where the CPU has it; the
+    environment variable PROMPTGEN_TOP_P_PORTABLE=1 asks for the scalar C)."""
+    path = library()
+    return path is not None and bool(ctypes.CDLL(str(path)).top_p_vectorized())
+
+
 def draw(probs: np.ndarray, top_p: np.ndarray, total: np.ndarray, uniform: np.ndarray) -> np.ndarray:
     """One token per row of `probs` [R, V] (float32, >= 0, each row's largest 1: exp(z - max z)):
     the row's top-p draw with its `top_p`, `total` (sampler.row_mass) and `uniform` in [0, 1)."""

@@ -13,6 +13,17 @@ from runtime import top_p_kernel
 from runtime.sampler import Row, SamplingParams, _draw_by_buckets, make_generator, row_mass, sample
 
 
+@pytest.fixture(params=["avx512", "portable"])
+def path_kind(request: pytest.FixtureRequest, kernel_library: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each parity test on both code paths of the C draw: AVX-512 where this CPU has it, and the
+    scalar C (PROMPTGEN_TOP_P_PORTABLE, read at each call)."""
+    if request.param == "portable":
+        monkeypatch.setenv("PROMPTGEN_TOP_P_PORTABLE", "1")
+    if (request.param == "avx512") != top_p_kernel.vectorized():
+        pytest.skip("this CPU has no AVX-512: the portable run covers the draw")
+    return str(request.param)
+
+
 def nucleus(probs: np.ndarray, top_p: float) -> set[int]:
     """The tokens top-p keeps in one row, by a full stable sort: most likely first, each kept
     while the mass before it is below top_p of the row's."""
@@ -28,7 +39,7 @@ def softmax_rows(rng: np.random.Generator, rows: int, vocab: int, scale: float) 
     return np.exp(logits - logits.max(axis=1, keepdims=True))
 
 
-def test_c_draws_the_numpy_draws_token(kernel_library: Path) -> None:
+def test_c_draws_the_numpy_draws_token(path_kind: str) -> None:
     """Dirichlet rows (peaked to flat, with ties and zeros) and softmax rows of a 7,106-token
     vocabulary at several logit scales: peaked rows leave most tokens in the tail the C draw
     skips, flat ones put thousands in the nucleus. Every top_p, 1 included."""
@@ -56,7 +67,7 @@ def test_c_draws_the_numpy_draws_token(kernel_library: Path) -> None:
     assert draws > 7_000
 
 
-def test_a_uniform_walks_the_sorted_nucleus_token_by_token(kernel_library: Path) -> None:
+def test_a_uniform_walks_the_sorted_nucleus_token_by_token(path_kind: str) -> None:
     """On small rows, every uniform on a fine grid gives the token the plain definition gives: the
     nucleus in sampling order (ties: lower id first), the first token whose running kept mass
     exceeds uniform * the kept mass."""
