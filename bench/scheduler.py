@@ -20,7 +20,8 @@
 - rebuilds: a closed loop of 32 requests (20-word t2i prompts, 30-48 new tokens, temperature
   0.8, top_p 0.95) where each finished request's replacement arrives `--lag` steps later (the
   HTTP round trip): tokens/s, the mean time to first token, cache rebuilds and in-place joins,
-  and the time each took, and how many columns the cache spans for how many real tokens per row.
+  and the time each took, how many columns the cache spans for how many real tokens per row, and
+  the mean forward of a decode step and of a join step (the mixed graph) against the rest of a step.
   `--no-hold` / `--hold`: a lone joiner is admitted at once even when the batch is nearly full, or
   waits for company (scheduler.HOLD_ABOVE) even where joiners are prefilled in the decode step
   (by default it waits only where they are not).
@@ -63,7 +64,7 @@
   scheduler, which steps whenever it has work. Per rate: p50 / p90 / p99 latency from arrival to
   the last token (requests due in the first `--warmup-s` left out), the p99 against the unloaded
   p50 (one request at a time, measured first: the issue's tail goal), the mean live rows per
-  step, and the cache rebuilds and in-place joins with their time.
+  step, the cache rebuilds and in-place joins with their time, and the forwards as `rebuilds` gives them.
 - freeslots: what a free slot (a row of length 0 left by a finished request, kept for the next
   join to be written into in place) costs a decode step: the step of B rows of which the first L
   are live (41 columns each), for B / L = 8 / 8, 16 / 8, 16 / 16, 32 / 16, 32 / 32, best of 15,
@@ -193,12 +194,36 @@ def timed(name: str, counts: Counter[str], seconds: Counter[str], function: Call
     return wrapper
 
 
+def time_forwards(runner: OnnxRunner, counts: Counter[str], seconds: Counter[str]) -> None:
+    """Times each of the runner's forwards into `counts` and `seconds`, a decode step's apart from
+    a join step's (the mixed graph: the batch's step and the joiners' prefill), for `forwards`."""
+    forward = runner.forward
+
+    def split(*args: Any, **kwargs: Any) -> Any:
+        mixed = len(args) > 4 and args[4] is not None or kwargs.get("prompts") is not None
+        return timed("join forward" if mixed else "decode forward", counts, seconds, forward)(*args, **kwargs)
+
+    runner.forward = split  # type: ignore[method-assign]
+
+
+def forwards(counts: Counter[str], seconds: Counter[str], wall: float, steps: int) -> str:
+    """Where `steps` steps over `wall` seconds went, from time_forwards' counts."""
+    each = {name: seconds[name] / max(1, counts[name]) * 1e3 for name in ("decode forward", "join forward")}
+    rest = (wall - seconds["decode forward"] - seconds["join forward"]) / max(1, steps) * 1e3
+    return (
+        f"decode forwards {counts['decode forward']} at {each['decode forward']:.2f} ms, join forwards "
+        f"{counts['join forward']} at {each['join forward']:.2f} ms; the rest (sampling, the cache's writes, "
+        f"the scheduler, idle waits) {rest:.2f} ms a step"
+    )
+
+
 def rebuilds(bundle: Path, lag: int, total: int, retain: bool, hold: bool | None) -> None:
     runner, tokenizer = load(bundle, retain)
     counts: Counter[str] = Counter()
     seconds: Counter[str] = Counter()
     scheduler_module.rebuild = timed("rebuild", counts, seconds, scheduler_module.rebuild)
     scheduler_module.write_in_place = timed("in_place", counts, seconds, scheduler_module.write_in_place)
+    time_forwards(runner, counts, seconds)
     done: list[int] = []
     lengths = np.random.default_rng(0)
     metrics = Metrics("bench")
@@ -240,6 +265,7 @@ def rebuilds(bundle: Path, lag: int, total: int, retain: bool, hold: bool | None
     print(f"  cache ({layout}): {columns:.1f} columns per step for {real:.1f} real tokens per live row")
     for name in ("rebuild", "in_place"):
         print(f"  {name}: {counts[name]} calls, {seconds[name]:.2f} s")
+    print(f"  {forwards(counts, seconds, wall, steps)}")
 
 
 def burst(bundle: Path, budgets: list[int]) -> None:
@@ -455,6 +481,7 @@ def openloop(bundle: Path, rates: list[float], seconds: float, warmup_s: float) 
     spent: Counter[str] = Counter()
     scheduler_module.rebuild = timed("rebuild", counts, spent, scheduler_module.rebuild)
     scheduler_module.write_in_place = timed("in_place", counts, spent, scheduler_module.write_in_place)
+    time_forwards(runner, counts, spent)
 
     def run(arrivals: np.ndarray) -> tuple[np.ndarray, float, int]:
         """Latency (s) of each request, from its arrival on the run's clock to its last token;
@@ -493,7 +520,9 @@ def openloop(bundle: Path, rates: list[float], seconds: float, warmup_s: float) 
         gaps = np.random.default_rng(1).exponential(1 / rate, int(rate * seconds * 2) + 10)
         arrivals = np.cumsum(gaps)
         arrivals = arrivals[arrivals < seconds]
+        began = time.perf_counter()
         latency, mean_rows, steps = run(arrivals)
+        wall = time.perf_counter() - began
         kept = latency[arrivals >= warmup_s] * 1e3
         p50, p90, p99 = np.percentile(kept, [50, 90, 99])
         print(
@@ -502,6 +531,7 @@ def openloop(bundle: Path, rates: list[float], seconds: float, warmup_s: float) 
             f"{steps} steps; {counts['rebuild']} rebuilds ({spent['rebuild'] * 1e3:.0f} ms), "
             f"{counts['in_place']} in-place joins ({spent['in_place'] * 1e3:.0f} ms)"
         )
+        print(f"  {forwards(counts, spent, wall, steps)}")
 
 
 def freeslots(bundle: Path) -> None:
