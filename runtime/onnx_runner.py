@@ -230,6 +230,9 @@ class OnnxRunner:
                 raise BundleError(f"{name}=on, but no node of {path.name} is one it computes")
         self.last_run_s = 0.0  # the last decoder run's time inside ORT (the engine bench splits a step with it)
         self._check_interface(self.session, mixed=False)
+        # fp32 logits on the host are written into the array `forward` returns, not copied out of
+        # a tensor ORT allocated (a 32-row step's 0.9 MB; fp16 logits are cast on the way out).
+        self._float_logits = self.session.get_outputs()[0].type == "tensor(float)"
         # ORT falls back to CPU silently when CUDA cannot start; report what it actually uses.
         self.provider = self.session.get_providers()[0]
         self.device = "cuda" if self.provider == CUDA else "cpu"
@@ -441,7 +444,10 @@ class OnnxRunner:
         past: list[ort.OrtValue],
         logits_device: str,
         prompts: Prompts | None,
+        logits_into: np.ndarray | None = None,
     ) -> tuple[ort.OrtValue, list[ort.OrtValue]]:
+        """One forward; `logits_into`: a float32 host array [B (+ J), vocab] the logits are written
+        into, in place of a tensor ORT allocates (whose return is then not meaningful)."""
         if self.in_place:
             past = self._with_room(past, attention_mask.shape[1] - input_ids.shape[1], attention_mask.shape[1])
         session = self.session
@@ -449,7 +455,11 @@ class OnnxRunner:
             if self.mixed_session is None:
                 raise ValueError(f"variant {self.variant.name} has no mixed graph to prefill prompts in a step")
             session = self.mixed_session
-        binding = self._binding(session, past, logits_device)
+        binding = self._binding(session, past)
+        if logits_into is not None:
+            binding.bind_output(LOGITS, "cpu", 0, np.float32, list(logits_into.shape), logits_into.ctypes.data)
+        else:
+            binding.bind_output(LOGITS, logits_device)  # a rebound name keeps its place; ORT allocates anew
         self._bind_ids(binding, (INPUT_IDS, ATTENTION_MASK, POSITION_IDS), input_ids, attention_mask, position_ids)
         if prompts is not None:
             self._bind_ids(binding, PROMPT_INPUTS, prompts.input_ids, prompts.attention_mask, prompts.position_ids)
@@ -463,19 +473,18 @@ class OnnxRunner:
         outputs = binding.get_outputs()
         return outputs[0], list(outputs[1:])
 
-    def _binding(self, session: ort.InferenceSession, past: list[ort.OrtValue], logits_device: str) -> ort.IOBinding:
+    def _binding(self, session: ort.InferenceSession, past: list[ort.OrtValue]) -> ort.IOBinding:
         """An IO binding of `session` with `past` bound as its cache and the logits output bound
-        (first: outputs come back in the order bound). In place, the cache's tensors are the same
-        from step to step until a rebuild, so each session keeps its binding and binds the cache
-        again only when it changed: ~50 bind calls a step fewer for GPT-2 small (0.1 ms of a
-        3.5 ms batch-1 step, bench/engine.md). A kept binding whose cache is no longer the batch's
-        is dropped, so no old cache stays alive in it."""
+        (first: outputs come back in the order bound; the caller binds it again for its run). In
+        place, the cache's tensors are the same from step to step until a rebuild, so each session
+        keeps its binding and binds the cache again only when it changed: ~50 bind calls a step
+        fewer for GPT-2 small (0.1 ms of a 3.5 ms batch-1 step, bench/engine.md). A kept binding
+        whose cache is no longer the batch's is dropped, so no old cache stays alive in it."""
         kept = self._bindings.get(id(session))
         if kept is not None and _same(kept[1], past):
-            kept[0].bind_output(LOGITS, logits_device)  # a rebound name keeps its place; ORT allocates anew
             return kept[0]
         binding = session.io_binding()
-        binding.bind_output(LOGITS, logits_device)
+        binding.bind_output(LOGITS, self.device)
         self._bind_cache(binding, self.past_names, self.present_names, past)
         if self.in_place:  # a new cache: a binding of another session holding the old one goes
             self._bindings = {key: b for key, b in self._bindings.items() if _same(b[1], past)}
@@ -510,8 +519,13 @@ class OnnxRunner:
         step, and the last-position logits [B, vocab] come back to the host, where the
         per-request samplers run. With `prompts` (a `mixed` graph), the logits are [B + J, vocab]
         and the prompts' cache is in `prompts.past`."""
-        logits, present = self._run_decoder(input_ids, attention_mask, position_ids, past, "cpu", prompts)
-        return logits.numpy().astype(np.float32, copy=False), present
+        if self.device == "cpu" and self._float_logits:  # written straight into the array we return
+            rows = input_ids.shape[0] + (0 if prompts is None else prompts.input_ids.shape[0])
+            logits = np.empty((rows, self.vocab_size), np.float32)
+            _, present = self._run_decoder(input_ids, attention_mask, position_ids, past, "cpu", prompts, logits)
+            return logits, present
+        value, present = self._run_decoder(input_ids, attention_mask, position_ids, past, "cpu", prompts)
+        return value.numpy().astype(np.float32, copy=False), present
 
     def step_and_sample(
         self,

@@ -265,11 +265,17 @@ def _bucket_in_order(
 
 
 def sample(
-    logits: np.ndarray, rows: list[Row], never: np.ndarray | None = None, logits_rows: np.ndarray | None = None
+    logits: np.ndarray,
+    rows: list[Row],
+    never: np.ndarray | None = None,
+    logits_rows: np.ndarray | None = None,
+    scratch: bool = False,
 ) -> np.ndarray:
     """One token id per row from logits [rows, vocab] (float32), row i from logits row
     `logits_rows[i]` (default i: the n samples of a request read their one prefill row). Does
-    not modify `logits`: it works on its own copy, gathered and copied in one go.
+    not modify `logits`: it works on its own copy, gathered and copied in one go; unless
+    `scratch` (the logits are the caller's to discard: a forward's fresh array) and the rows read
+    every logits row in order, where it works in them (a 32-row step's 0.9 MB copy saved).
 
     Batched where it can be (softmax, top-p, the draw), per row where parameters differ
     (penalty, banned tokens, top-k). `never`: token ids no row may produce. Each row's
@@ -278,7 +284,13 @@ def sample(
     """
     if len(rows) == 1:
         return np.array([_sample_row(logits[0 if logits_rows is None else logits_rows[0]], rows[0], never)], np.int64)
-    x = np.asarray(logits.copy() if logits_rows is None else logits[logits_rows], dtype=np.float32)
+    every_row = logits_rows is None or (
+        len(logits_rows) == logits.shape[0] and bool((logits_rows == np.arange(len(logits_rows))).all())
+    )
+    if scratch and every_row and logits.dtype == np.float32:
+        x = logits
+    else:
+        x = np.asarray(logits.copy() if logits_rows is None else logits[logits_rows], dtype=np.float32)
     if never is not None and never.size:
         x[:, never] = -np.inf  # tokens no output may contain (the command tokens)
     banned_rows: list[int] = []
@@ -409,7 +421,7 @@ def command_token_ids(tokenizer: TokenizerLike, spec: CommandSpec) -> list[int]:
 class SampledStep:
     tokens: np.ndarray  # [rows] int64: one per sampled row
     present: list[Any]  # the runner's KV cache after this forward
-    logits: np.ndarray | None  # [batch, vocab] when they came to the host (not with device sampling)
+    logits: np.ndarray | None  # [batch, vocab] with keep_logits (else None: the host sampler worked in them)
     forward_s: float  # the forward's wall time (with device sampling: forward and sampling)
 
 
@@ -461,5 +473,6 @@ class Sampler:
             assert isinstance(self.runner, OnnxRunner), "only a mixed ONNX graph prefills prompts in a step"
             logits, present = self.runner.forward(input_ids, attention_mask, position_ids, past, prompts)
         forward_s = time.perf_counter() - start
-        tokens = sample(logits, rows, self.never, logits_rows)
-        return SampledStep(tokens, present, logits, forward_s)
+        # The forward's logits are this step's own array: sampled in place unless the caller keeps them.
+        tokens = sample(logits, rows, self.never, logits_rows, scratch=not keep_logits)
+        return SampledStep(tokens, present, None if not keep_logits else logits, forward_s)

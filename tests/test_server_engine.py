@@ -125,6 +125,29 @@ def test_each_row_of_a_mixed_batch_draws_what_it_draws_alone_and_the_logits_stay
     assert sample(logits, rows())[1] != logits[1].argmax()  # its ban holds in the batch
 
 
+def test_sampling_in_a_forward_s_own_logits_draws_what_a_copy_draws(top_p_path: str) -> None:
+    """`scratch`: the sampler works in the caller's logits where its rows read every logits row in
+    order (a forward's fresh array), else in its own copy; the tokens are the same either way."""
+    rng = np.random.default_rng(16)
+    logits = (rng.normal(size=(6, 700)) * rng.choice([0.5, 4.0], size=(6, 1))).astype(np.float32)
+    mixed: list[dict[str, float]] = [{"top_p": 0.9}, {"temperature": 0.0}, {"top_k": 5}, {"top_p": 1.0}]
+    for params in (mixed, [{"top_p": 0.95}]):
+        for read in (None, np.arange(6), np.array([0, 2, 2, 5]), np.array([5, 4, 3, 2, 1, 0])):
+            count = 6 if read is None else len(read)
+
+            def rows(count: int = count, params: list[dict[str, float]] = params) -> list[Row]:
+                return [row(seed=20 + i, **params[i % len(params)]) for i in range(count)]
+
+            expected = sample(logits, rows(), None, read)
+            own = logits.copy()
+            assert sample(own, rows(), None, read, scratch=True).tolist() == expected.tolist()
+            in_order = read is None or read.tolist() == list(range(6))
+            if not in_order:
+                np.testing.assert_array_equal(own, logits)  # gathered into its own copy
+            elif len(params) == 1:
+                assert not np.array_equal(own, logits)  # every row sampled: worked in the array
+
+
 def test_a_lone_row_draws_what_the_batched_sampler_draws_for_it(top_p_path: str) -> None:
     """`sample` takes a shortcut for a batch of one (_sample_row); the first row of a batch of
     two goes the batched way with the same arithmetic, so both must give the same token for the
