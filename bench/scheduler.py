@@ -79,7 +79,8 @@
 - sampling: the host sampler (`sample`: bans, temperature, top-p, the draw) on the bundle's own
   logits: a closed loop of 32 records `--steps` decode steps' logits and rows, then each step is
   sampled again from a fresh generator per row, from warm memory, on its first 1, 8 and all 32
-  rows: ms per call, best of 3 passes.
+  rows, in the logits array as Sampler.run does (`scratch`, since 878acb6; before it, `sample`
+  took its own copy): ms per call, best of 3 passes.
 - weights: ORT's two INT8 weight kernels (export/variants.py's `dynamic` and `blockwise`) on 48
   MLP-shaped MatMuls at 1, 8, 25 and 32 rows (`--rows`). On an AMX machine the dynamic kernel's
   time steps up past each multiple of 16 rows (`--rows 1 16 17 32 33 --dynamic-only`): it computes
@@ -353,12 +354,16 @@ def sampling(bundle: Path, steps: int, evict_mb: int) -> None:
     record = sampler_module.sample
 
     def recording(
-        logits: np.ndarray, rows: list[Row], never: np.ndarray | None = None, logits_rows: np.ndarray | None = None
+        logits: np.ndarray,
+        rows: list[Row],
+        never: np.ndarray | None = None,
+        logits_rows: np.ndarray | None = None,
+        scratch: bool = False,
     ) -> np.ndarray:
-        if len(recorded) < steps and len(rows) == 32:
+        if len(recorded) < steps and len(rows) == 32:  # copied before the sampler may work in them
             state = [Row(r.params, r.generator, list(r.generated), list(r.banned), list(r.never)) for r in rows]
             recorded.append((logits.copy() if logits_rows is None else logits[logits_rows], state, never))
-        return record(logits, rows, never, logits_rows)
+        return record(logits, rows, never, logits_rows, scratch)
 
     sampler_module.sample = recording
     scheduler = Scheduler(runner, tokenizer, Metrics("bench"), max_batch_size=32)
@@ -384,7 +389,7 @@ def sampling(bundle: Path, steps: int, evict_mb: int) -> None:
                     evictor.sum()
                     warm[...] = logits
                 start = time.perf_counter()
-                record(warm[:rows], fresh[:rows], never)
+                record(warm[:rows], fresh[:rows], never, scratch=True)  # in the forward's logits, as Sampler.run
                 total += time.perf_counter() - start
             best = min(best, total / len(recorded))
         after = f", each after reading {evict_mb} MB" if evict_mb else ""

@@ -11,8 +11,8 @@ from loadtest.plot import plot_sweep
 SYSTEM_KEYS = ("naive", "ct2", "ours_off", "ours_int8", "ours_fp32")
 
 
-def ratio(x: float | None, y: float | None) -> str:
-    return f"{x / y:.1f}x" if x and y else "-"
+def ratio(x: float | None, y: float | None, digits: int = 1) -> str:
+    return f"{x / y:.{digits}f}x" if x and y else "-"
 
 
 def ms(value: float | None) -> str:
@@ -107,10 +107,10 @@ def model_section(name: str, entry: dict[str, Any], roof: dict[str, Any]) -> lis
             "",
             f"Roofline, INT8 weights ({entry['parameters'] / 1e6:.0f} MB): the weight-bandwidth floor of a decode"
             f" step is {memory:.2f} ms; ours unloaded spends {ms(per_token)} ms per token (prefill and HTTP"
-            f" included), {ratio(per_token, memory)} that floor. At batch 32 the {peak}-GEMM compute floor is"
+            f" included), {ratio(per_token, memory, 2)} that floor. At batch 32 the {peak}-GEMM compute floor is"
             f" {compute32:.2f} ms, so the roofline of a step (the larger floor) is {roofline32:.2f} ms; ours at"
             f" saturation spends {ms(step32)} ms per 32 tokens (prefills, sampling and HTTP included):"
-            f" {100 * roofline32 / step32 if step32 else 0:.0f}% of the roofline.",
+            f" {100 * roofline32 / step32 if step32 else 0:.1f}% of the roofline.",
         ]
         alone = entry.get("inprocess")
         if alone:
@@ -125,7 +125,7 @@ def model_section(name: str, entry: dict[str, Any], roof: dict[str, Any]) -> lis
         if half:
             p99, p50 = half["latency_ms"]["p99"], unloaded["latency_ms"]["p50"]
             lines.append(
-                f"Tail: at 50% of saturation ours INT8's p99 is {ms(p99)} ms, {ratio(p99, p50)} its unloaded p50"
+                f"Tail: at 50% of saturation ours INT8's p99 is {ms(p99)} ms, {ratio(p99, p50, 2)} its unloaded p50"
                 f" ({ms(p50)} ms)."
             )
     lines += ["", f"![latency against offered load, {name}](RESULTS_{name}.png)", ""]
