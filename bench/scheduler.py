@@ -69,7 +69,8 @@
   join to be written into in place) costs a decode step: the step of B rows of which the first L
   are live (41 columns each), for B / L = 8 / 8, 16 / 8, 16 / 16, 32 / 16, 32 / 32, best of 15,
   taken in turn (a ragged INT8 bundle).
-- topp: the host top-p sampler on 32 rows of 7,106 tokens, flat and peaked, by either sort; their
+- topp: the host top-p sampler on 32 rows of 7,106 tokens, flat and peaked, by either sort, and
+  the C draw (runtime/top_p.c) on AVX-512 and scalar, where the library is built; their
   row sums in float64 and by `row_mass`; the candidates' sort by np.lexsort and by the sampler's
   rule (an int64 key past KEY_SORT_FROM tokens) at 100 / 1,000 / 5,000 tokens.
 - sideload: a closed loop of 32 alone, then beside a second thread that does `--rate` chunks of
@@ -117,7 +118,7 @@ from contract.command import prompt_ids
 from contract.manifest import load_manifest
 from contract.positions import position_offset
 from loadtest.roofline import best_seconds
-from runtime import attention_kernel, custom_ops, matmul_kernel
+from runtime import attention_kernel, custom_ops, matmul_kernel, top_p_kernel
 from runtime import sampler as sampler_module
 from runtime.allocator import retain_freed_memory
 from runtime.kv_cache import BatchCache
@@ -319,7 +320,7 @@ def topp() -> None:
 
     # Dirichlet rows, and the softmax of normal logits at temperature 0.8 (a random-init
     # model's are near N(0, 1): flat; a trained one's are peaked).
-    logits = {scale: rng.normal(0, scale, (32, 7106)).astype(np.float32) / 0.8 for scale in (1.0, 4.0)}
+    logits = {scale: rng.normal(0, scale, (32, 7106)).astype(np.float32) / 0.8 for scale in (1.0, 2.5, 4.0)}
     rows = {
         "flat": rng.dirichlet(np.full(7106, 5.0), size=32).astype(np.float32),
         "peaked": rng.dirichlet(np.full(7106, 0.02), size=32).astype(np.float32),
@@ -333,6 +334,14 @@ def topp() -> None:
         bucketed = ms(lambda p=probs, m=mass, v=u: _draw_by_buckets(p, m, v))
         flat = ms(lambda p=probs, e=every, m=mass, v=u: _draw_from_sorted_candidates(p, e, m, v))
         print(f"{name}: top-p step {step:.1f} ms; by buckets {bucketed:.1f} ms, one flat sort {flat:.1f} ms")
+        if top_p_kernel.function() is not None:  # the C draw (runtime/top_p.c), and its scalar passes
+            total = row_mass(probs)
+            c = [ms(lambda p=probs, t=top_p, m=total, v=u: top_p_kernel.draw(p, t, m, v), 200)]
+            os.environ["PROMPTGEN_TOP_P_PORTABLE"] = "1"
+            c.append(ms(lambda p=probs, t=top_p, m=total, v=u: top_p_kernel.draw(p, t, m, v), 200))
+            del os.environ["PROMPTGEN_TOP_P_PORTABLE"]
+            wide = "AVX-512" if top_p_kernel.vectorized() else "scalar (no AVX-512 here)"
+            print(f"  in C: {c[0]:.2f} ms ({wide}), {c[1]:.2f} ms scalar")
         print(f"  row sums: float64 {ms(lambda p=probs: p.sum(axis=1, dtype=np.float64)) * 1e3:.0f} us, "
               f"row_mass (float32) {ms(lambda p=probs: row_mass(p)) * 1e3:.0f} us")  # fmt: skip
     # The candidates' sort: np.lexsort against the int64 key (_by_row_most_likely_first, past
