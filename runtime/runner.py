@@ -2,9 +2,10 @@
 
 `forward(input_ids, attention_mask, position_ids, past) -> (logits, present)`: ids, mask and
 positions are int64 numpy arrays [batch, tokens]; logits come back as float32 numpy [batch, vocab]
-for the last position only; `past` and `present` are one tensor per entry of
-contract.manifest.past_names(), [batch, n_kv_head, seq, head_dim], in whatever form the runner
-keeps them (numpy for PyTorch, ORT values on the device for ONNX): callers only hand them back.
+for the last position only, an array the caller owns (the host sampler may work in it); `past`
+and `present` are one tensor per entry of contract.manifest.past_names(), [batch, n_kv_head, seq,
+head_dim], in whatever form the runner keeps them (numpy for PyTorch, ORT values on the device
+for ONNX): callers only hand them back.
 `empty_past(batch)` is the past of a prefill (seq 0).
 
 The shapes speak of key/value heads, not attention heads, so a decoder with grouped-query
