@@ -199,11 +199,12 @@ def timed(name: str, counts: Counter[str], seconds: Counter[str], function: Call
 def time_forwards(runner: OnnxRunner, counts: Counter[str], seconds: Counter[str]) -> None:
     """Times each of the runner's forwards into `counts` and `seconds`, a decode step's apart from
     a join step's (the mixed graph: the batch's step and the joiners' prefill), for `forwards`."""
-    forward = runner.forward
+    decode = timed("decode forward", counts, seconds, runner.forward)
+    join = timed("join forward", counts, seconds, runner.forward)
 
     def split(*args: Any, **kwargs: Any) -> Any:
         mixed = len(args) > 4 and args[4] is not None or kwargs.get("prompts") is not None
-        return timed("join forward" if mixed else "decode forward", counts, seconds, forward)(*args, **kwargs)
+        return (join if mixed else decode)(*args, **kwargs)
 
     runner.forward = split  # type: ignore[method-assign]
 

@@ -63,7 +63,6 @@ from contract.manifest import (
 )
 from runtime import attention_kernel as attention_rewrite
 from runtime import matmul_kernel as matmul_rewrite
-from runtime import top_p_kernel
 from runtime.cache_graph import CACHE_OUTPUT, cache_graph
 from runtime.cpus import available_cpus
 from runtime.custom_ops import SharedWeights, kernel_session, matmul_on_amx
@@ -274,7 +273,6 @@ class OnnxRunner:
                 "mixed_prefill": self.mixed_session is not None,
                 "attention_kernel": self.attention_kernel,
                 "matmul_kernel": self.matmul_kernel,
-                "host_top_p": "C" if top_p_kernel.function() is not None else "numpy",
                 "intra_op_threads": self.intra_op_threads or "ORT's default",
                 "file": str(path),
             },

@@ -41,7 +41,7 @@ def softmax_rows(rng: np.random.Generator, rows: int, vocab: int, scale: float) 
 
 def test_c_draws_the_numpy_draws_token(path_kind: str) -> None:
     """Dirichlet rows (peaked to flat, with ties and zeros) and softmax rows of a 7,106-token
-    vocabulary at several logit scales: peaked rows leave most tokens in the tail the C draw
+    vocabulary at several logit scales, and of GPT-2's 50,257: peaked rows leave most tokens in the tail the C draw
     skips, flat ones put thousands in the nucleus. Every top_p, 1 included."""
     rng = np.random.default_rng(21)
     cases = []
@@ -52,6 +52,7 @@ def test_c_draws_the_numpy_draws_token(path_kind: str) -> None:
             probs[8:, 0] += 0.01  # no row all zeros
             cases.append(probs / probs.max(axis=1, keepdims=True))
     cases += [softmax_rows(rng, 32, 7106, scale) for scale in (0.3, 1.0, 2.5, 4.0, 10.0)]
+    cases += [softmax_rows(rng, 8, 50257, scale) for scale in (0.5, 6.0)]  # GPT-2's own vocabulary
     draws = 0
     for probs in cases:
         total = row_mass(probs)

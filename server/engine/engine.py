@@ -26,6 +26,7 @@ from collections.abc import Callable
 from tokenizers import Tokenizer
 
 from contract.manifest import Manifest
+from runtime import top_p_kernel
 from runtime.allocator import retain_freed_memory
 from runtime.decode import generate
 from runtime.mixed_runner import MixedRunner
@@ -182,7 +183,7 @@ class Engine(EngineBase):
             self.failure = f"warm-up failed: {type(e).__name__}: {e}"
             return  # the thread ends: /readyz says engine_failed
         self.warmed_up = True
-        log.info("engine ready")
+        log.info("engine ready", extra={"host_top_p": "C" if top_p_kernel.function() is not None else "numpy"})
         scheduler = self.scheduler
         while True:
             self.heartbeat = time.monotonic()
